@@ -1,0 +1,138 @@
+//! Opening a source (regular file or block device) for reading, finding its size, and reading
+//! it by `pread` or through a memory map. The read mode is a measured choice: see
+//! `docs/benchmarks.md` (pread wins on page-cached files, where mmap page faults dominate).
+
+use std::fs::File;
+use std::io::{self, Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::path::{Path, PathBuf};
+
+/// How the scan reads the source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ReadMode {
+    /// `pread` into reusable buffers (default).
+    #[default]
+    Pread,
+    /// A read-only memory map with `madvise(SEQUENTIAL)`.
+    Mmap,
+}
+
+/// Why a source cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("source {0} does not exist")]
+    Missing(PathBuf),
+    #[error("source {0} is a directory; give an image file or a block device")]
+    Directory(PathBuf),
+    #[error("source {0} is neither a regular file nor a block device")]
+    NotFileOrDevice(PathBuf),
+    #[error("cannot read source {path}: {source}")]
+    Unreadable { path: PathBuf, source: io::Error },
+}
+
+/// What kind of object a path is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceKind {
+    File,
+    BlockDevice,
+}
+
+/// An open, readable source.
+pub struct BlockSource {
+    file: File,
+    path: PathBuf,
+    size: u64,
+    kind: DeviceKind,
+}
+
+/// Classifies `path`, with the errors a user should see.
+pub fn classify(path: &Path) -> Result<DeviceKind, SourceError> {
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => SourceError::Missing(path.to_owned()),
+        _ => SourceError::Unreadable {
+            path: path.to_owned(),
+            source: e,
+        },
+    })?;
+    let file_type = meta.file_type();
+    if file_type.is_dir() {
+        Err(SourceError::Directory(path.to_owned()))
+    } else if file_type.is_file() {
+        Ok(DeviceKind::File)
+    } else if file_type.is_block_device() {
+        Ok(DeviceKind::BlockDevice)
+    } else {
+        Err(SourceError::NotFileOrDevice(path.to_owned()))
+    }
+}
+
+/// Size of an open file or block device (seeking to the end works for both; metadata
+/// reports 0 for devices).
+pub fn size_of(file: &File) -> io::Result<u64> {
+    let mut handle = file;
+    let size = handle.seek(SeekFrom::End(0))?;
+    handle.seek(SeekFrom::Start(0))?;
+    Ok(size)
+}
+
+impl BlockSource {
+    pub fn open(path: &Path) -> Result<BlockSource, SourceError> {
+        let kind = classify(path)?;
+        let unreadable = |source| SourceError::Unreadable {
+            path: path.to_owned(),
+            source,
+        };
+        let file = File::open(path).map_err(unreadable)?;
+        let size = size_of(&file).map_err(unreadable)?;
+        // Tell the kernel we read sequentially: larger read-ahead on files and devices.
+        let _ = nix::fcntl::posix_fadvise(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            0,
+            0,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_SEQUENTIAL,
+        );
+        Ok(BlockSource {
+            file,
+            path: path.to_owned(),
+            size,
+            kind,
+        })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Reads at most the first `size` bytes (a target larger than the source).
+    pub fn limited_to(mut self, size: u64) -> Self {
+        self.size = self.size.min(size);
+        self
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn kind(&self) -> DeviceKind {
+        self.kind
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Reads exactly `buf.len()` bytes at `offset`.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+
+    /// Maps the whole source read-only. The caller must not let the source shrink while
+    /// mapped (a frozen view never does).
+    pub fn map(&self) -> io::Result<memmap2::Mmap> {
+        // SAFETY: the mapping is read-only and the scan reads a frozen view; a concurrent
+        // truncation would raise SIGBUS, which is why pread is the default mode.
+        let map = unsafe { memmap2::MmapOptions::new().len(self.size as usize).map(&self.file)? };
+        let _ = map.advise(memmap2::Advice::Sequential);
+        Ok(map)
+    }
+}

@@ -1,0 +1,35 @@
+//! blkmirror: continuous block-device mirroring by snapshots and verified deltas.
+//!
+//! One cycle, as data flows:
+//!
+//! ```text
+//! source ──snapshot──> frozen view ──> reader ──> hasher (BLAKE3, rayon) ──> diff vs base manifest
+//!                                                                               │ changed blocks, zero runs
+//! target <── receiver (verify, pwrite, fsync, commit) <── frames <── transport <── zstd
+//! ```
+//!
+//! * [`snapshot`] freezes the source (`none` reads it live).
+//! * [`blockdiff`] owns the manifest format, the block reader, the parallel scan and the pure diff.
+//! * [`transport`] owns the wire: frame encode/decode, local, ssh and mutual-TLS streams.
+//! * [`sender`] runs one cycle end to end; [`receiver`] applies one; [`daemon`] loops cycles.
+//! * [`target`] is where blocks land (file or block device); [`state`] persists both sides' state.
+//! * [`cli`] turns arguments into configs and implements progress with indicatif or JSON.
+//!
+//! One cycle is one generation: the sender commits its manifest for generation N only after the
+//! receiver acknowledged that N is durable. Until then the receiver's state says "applying N".
+
+pub mod blockdiff;
+pub mod cli;
+pub mod daemon;
+pub mod demo;
+pub mod link;
+pub mod progress;
+pub mod receiver;
+pub mod sender;
+pub mod server;
+pub mod snapshot;
+pub mod state;
+pub mod target;
+pub mod transport;
+pub mod units;
+pub mod verify;

@@ -1,0 +1,126 @@
+//! Opening a session to a destination: an in-process receiver for a local path, `ssh` for
+//! `ssh://`, mutual TLS for `tls://`. Returns a handshaken [`Connection`] plus whatever must be
+//! kept alive and shut down with it (the local receiver task, the ssh child).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::progress::NoProgress;
+use crate::receiver::{self, ReceiverConfig};
+use crate::transport::dest::Destination;
+use crate::transport::ssh::SshOptions;
+use crate::transport::tls::{self, Identity};
+use crate::transport::{local, Connection, TransportError};
+
+/// How to reach the destination, beyond its address.
+#[derive(Clone)]
+pub struct LinkConfig {
+    pub dest: Destination,
+    /// State dir for an in-process receiver (local destinations).
+    pub state_dir: PathBuf,
+    pub threads: usize,
+    /// Our TLS identity and the receiver's pinned fingerprint (`tls://`).
+    pub tls: Option<(Arc<Identity>, [u8; 32])>,
+    pub ssh: SshOptions,
+}
+
+/// Why a destination could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Ssh(#[from] crate::transport::ssh::SshError),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error(transparent)]
+    Receive(#[from] receiver::ReceiveError),
+    #[error("tls:// destinations need --identity DIR and --peer FINGERPRINT")]
+    MissingIdentity,
+}
+
+impl LinkError {
+    pub fn is_transient(&self) -> bool {
+        match self {
+            LinkError::Transport(e) => e.is_transient(),
+            LinkError::Tls(e) => e.is_transient(),
+            _ => false,
+        }
+    }
+}
+
+enum Peer {
+    Local(tokio::task::JoinHandle<Result<(), receiver::ReceiveError>>),
+    Ssh(crate::transport::ssh::SshChild),
+    Tls,
+}
+
+/// An open session to a destination.
+pub struct Link {
+    pub conn: Connection,
+    peer: Peer,
+}
+
+impl Link {
+    pub async fn open(config: &LinkConfig) -> Result<Link, LinkError> {
+        let (stream, peer) = match &config.dest {
+            Destination::Local(path) => {
+                let (ours, theirs) = local::pair();
+                let receiver_config = ReceiverConfig {
+                    target: receiver::absolute(path),
+                    create: true,
+                    state_dir: config.state_dir.clone(),
+                    threads: config.threads,
+                };
+                let task = tokio::spawn(async move {
+                    receiver::serve(&receiver_config, theirs, "local", &NoProgress).await
+                });
+                (ours, Peer::Local(task))
+            }
+            Destination::Tls { host, port } => {
+                let (identity, peer) = config.tls.as_ref().ok_or(LinkError::MissingIdentity)?;
+                (tls::connect(host, *port, identity, *peer).await?, Peer::Tls)
+            }
+            Destination::Ssh {
+                user,
+                host,
+                port,
+                path,
+            } => {
+                let crate::transport::ssh::SshConnection { stream, child } =
+                    crate::transport::ssh::spawn(user.as_deref(), host, *port, path, &config.ssh)?;
+                (stream, Peer::Ssh(child))
+            }
+        };
+        let mut conn = Connection::new(stream);
+        if let Err(e) = conn.handshake().await {
+            let mut link = Link { conn, peer };
+            return Err(link.peer_error().await.unwrap_or(e.into()));
+        }
+        Ok(Link { conn, peer })
+    }
+
+    /// After a transport failure: the local receiver's own error, which says more.
+    pub async fn peer_error(&mut self) -> Option<LinkError> {
+        if let Peer::Local(task) = &mut self.peer {
+            let waited = tokio::time::timeout(std::time::Duration::from_secs(2), task).await;
+            if let Ok(Ok(Err(e))) = waited {
+                return Some(e.into());
+            }
+        }
+        None
+    }
+
+    /// Closes the session cleanly and waits for the peer to finish.
+    pub async fn close(self) -> Result<(), LinkError> {
+        let Link { mut conn, peer } = self;
+        let _ = conn.shutdown().await;
+        drop(conn);
+        match peer {
+            Peer::Local(task) => task.await.expect("receiver task panicked")?,
+            Peer::Ssh(child) => child.finish().await?,
+            Peer::Tls => {}
+        }
+        Ok(())
+    }
+}

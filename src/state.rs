@@ -1,0 +1,275 @@
+//! Persistent state of both sides, and the atomic-write primitive they share.
+//!
+//! Sender: `STATE/sources/<key(source identity)>/dest-<key(dest)>.{manifest,json}`: the manifest
+//! of what the receiver acknowledged, and a status record. One state dir serves many sources
+//! and destinations. Receiver: `STATE/targets/<key(target path)>/{state.json,manifest,lock}`.
+//! Formats: `docs/format.md`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// Writes `path` atomically: a temp file in the same directory, fsync, rename, fsync the dir.
+pub fn atomic_write(path: &Path, write: impl FnOnce(&mut File) -> io::Result<()>) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)?;
+    let mut temp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)?;
+    write(temp.as_file_mut())?;
+    temp.as_file().sync_all()?;
+    temp.persist(path).map_err(|e| e.error)?;
+    File::open(dir)?.sync_all()
+}
+
+/// Writes a JSON document atomically.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    atomic_write(path, |file| {
+        serde_json::to_writer_pretty(&mut *file, value)?;
+        file.write_all(b"\n")
+    })
+}
+
+/// Reads a JSON document; `Ok(None)` if missing.
+pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> io::Result<Option<T>> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// A short, stable directory key for any text (first 16 hex digits of its BLAKE3).
+pub fn key(text: &str) -> String {
+    hex::encode(&blake3::hash(text.as_bytes()).as_bytes()[..8])
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Formats Unix seconds as RFC 3339.
+pub fn format_time(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + std::time::Duration::from_secs(secs)).to_string()
+}
+
+/// The default state directory: `/var/lib/blkmirror` for root, else
+/// `$XDG_STATE_HOME/blkmirror` or `~/.local/state/blkmirror`.
+pub fn default_state_dir() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/blkmirror");
+    }
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME") {
+        return PathBuf::from(dir).join("blkmirror");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| ".".into());
+    PathBuf::from(home).join(".local/state/blkmirror")
+}
+
+/// Where the sender keeps state for one (source, destination) pair.
+#[derive(Clone, Debug)]
+pub struct SenderPaths {
+    pub dir: PathBuf,
+    pub manifest: PathBuf,
+    pub status: PathBuf,
+}
+
+impl SenderPaths {
+    pub fn new(state_dir: &Path, source_identity: &str, dest: &str) -> Self {
+        let dir = state_dir.join("sources").join(key(source_identity));
+        let dest_key = key(dest);
+        SenderPaths {
+            manifest: dir.join(format!("dest-{dest_key}.manifest")),
+            status: dir.join(format!("dest-{dest_key}.json")),
+            dir,
+        }
+    }
+}
+
+/// The sender's record of its last committed cycle (what `status` shows).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SenderStatus {
+    pub source: String,
+    pub source_identity: String,
+    pub dest: String,
+    pub generation: u64,
+    pub root: String,
+    pub committed_at: u64,
+    pub last_cycle: serde_json::Value,
+}
+
+/// Where the receiver keeps state for one target.
+#[derive(Clone, Debug)]
+pub struct ReceiverPaths {
+    pub dir: PathBuf,
+    pub state: PathBuf,
+    pub manifest: PathBuf,
+    pub lock: PathBuf,
+}
+
+impl ReceiverPaths {
+    pub fn new(state_dir: &Path, target: &Path) -> Self {
+        let dir = state_dir
+            .join("targets")
+            .join(key(&target.display().to_string()));
+        ReceiverPaths {
+            state: dir.join("state.json"),
+            manifest: dir.join("manifest"),
+            lock: dir.join("lock"),
+            dir,
+        }
+    }
+
+    /// Takes the per-target lock; `Ok(None)` when another session holds it.
+    pub fn lock(&self) -> io::Result<Option<nix::fcntl::Flock<File>>> {
+        fs::create_dir_all(&self.dir)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&self.lock)?;
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(Some(lock)),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+            Err((_, errno)) => Err(errno.into()),
+        }
+    }
+}
+
+/// What the receiver's target holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Condition {
+    /// The target is byte-identical to the committed generation; the manifest describes it.
+    Consistent,
+    /// A cycle is being applied, or the receiver died while applying: the target is
+    /// mid-cycle and the saved manifest may not describe it (it is rebuilt by hashing).
+    Applying,
+    /// A cycle was aborted cleanly: the target is mid-cycle, but the saved manifest
+    /// describes it exactly.
+    Interrupted,
+}
+
+/// The receiver's state record for one target.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReceiverState {
+    pub format: u32,
+    pub target: String,
+    pub condition: Condition,
+    pub committed_generation: u64,
+    pub committed_root: String,
+    pub applying_generation: Option<u64>,
+    pub block_size: u32,
+    pub device_size: u64,
+    pub updated_at: u64,
+    pub committed_at: Option<u64>,
+    pub last_cycle_bytes_written: u64,
+    /// Why the last cycle did not commit, if it did not.
+    pub last_error: Option<String>,
+}
+
+impl ReceiverState {
+    pub fn new(target: &Path) -> Self {
+        ReceiverState {
+            format: 1,
+            target: target.display().to_string(),
+            condition: Condition::Applying,
+            committed_generation: 0,
+            committed_root: String::new(),
+            applying_generation: None,
+            block_size: 0,
+            device_size: 0,
+            updated_at: now(),
+            committed_at: None,
+            last_cycle_bytes_written: 0,
+            last_error: None,
+        }
+    }
+
+    pub fn save(&mut self, paths: &ReceiverPaths) -> io::Result<()> {
+        self.updated_at = now();
+        write_json(&paths.state, self)
+    }
+}
+
+/// Every state record found under a state dir, for `status`.
+pub fn list(state_dir: &Path) -> io::Result<Vec<serde_json::Value>> {
+    let mut entries = Vec::new();
+    for file in json_files(&state_dir.join("targets"), "state.json")? {
+        if let Some(state) = read_json::<ReceiverState>(&file)? {
+            let mut value = serde_json::to_value(&state)?;
+            value["role"] = "receiver".into();
+            value["condition"] = match state.condition {
+                Condition::Consistent => "consistent",
+                _ => "mid-cycle",
+            }
+            .into();
+            value["detail"] = serde_json::to_value(state.condition)?;
+            entries.push(value);
+        }
+    }
+    for file in json_files(&state_dir.join("sources"), ".json")? {
+        if let Some(status) = read_json::<SenderStatus>(&file)? {
+            let mut value = serde_json::to_value(&status)?;
+            value["role"] = "sender".into();
+            entries.push(value);
+        }
+    }
+    Ok(entries)
+}
+
+fn json_files(root: &Path, suffix: &str) -> io::Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    let dirs = match fs::read_dir(root) {
+        Ok(dirs) => dirs,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(found),
+        Err(e) => return Err(e),
+    };
+    for dir in dirs {
+        for file in fs::read_dir(dir?.path())? {
+            let path = file?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if name.ends_with(suffix) && !name.starts_with(".tmp-") {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/b.json");
+        write_json(&path, &serde_json::json!({"x": 1})).unwrap();
+        write_json(&path, &serde_json::json!({"x": 2})).unwrap();
+        let v: serde_json::Value = read_json(&path).unwrap().unwrap();
+        assert_eq!(v["x"], 2);
+        assert_eq!(fs::read_dir(dir.path().join("a")).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn lock_is_exclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = ReceiverPaths::new(dir.path(), Path::new("/dev/x"));
+        let first = paths.lock().unwrap();
+        assert!(first.is_some());
+        assert!(paths.lock().unwrap().is_none());
+        drop(first);
+        assert!(paths.lock().unwrap().is_some());
+    }
+}

@@ -1,0 +1,246 @@
+//! Where blocks land: a regular file (kept sparse: zero runs punch holes) or a block device
+//! (opened exclusively, so a mounted or in-use device is refused; zero runs use BLKZEROOUT).
+//! Owns opening, size checks, positioned writes, zeroing and durability (fsync). It does not
+//! know about manifests or the protocol.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::blockdiff::source::{classify, size_of, DeviceKind, SourceError};
+
+nix::ioctl_write_ptr_bad!(blkzeroout, nix::request_code_none!(0x12, 127), [u64; 2]);
+
+/// Why a target cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("target {0} does not exist (pass --create to create it as a sparse file)")]
+    Missing(PathBuf),
+    #[error("target {0} is a directory; give a file or a block device")]
+    Directory(PathBuf),
+    #[error("target {0} is neither a regular file nor a block device")]
+    NotFileOrDevice(PathBuf),
+    #[error("target {0} is in use (mounted, or held open by another program); refusing to write")]
+    InUse(PathBuf),
+    #[error("target {path} holds {has} bytes but the source needs {need}; refusing to write")]
+    TooSmall { path: PathBuf, has: u64, need: u64 },
+    #[error("cannot open target {path}: {source}")]
+    Open { path: PathBuf, source: io::Error },
+    #[error("I/O error on target {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+/// An open, writable target.
+pub struct Target {
+    file: File,
+    path: PathBuf,
+    kind: DeviceKind,
+    size: u64,
+}
+
+/// Checks that `path` can serve as a target without opening it for writing.
+pub fn check_path(path: &Path, create: bool) -> Result<(), TargetError> {
+    match classify(path) {
+        Ok(_) => Ok(()),
+        Err(SourceError::Missing(_)) if create => {
+            let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+            match parent {
+                Some(dir) if !dir.is_dir() => Err(TargetError::Open {
+                    path: path.to_owned(),
+                    source: io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!("directory {} does not exist", dir.display()),
+                    ),
+                }),
+                _ => Ok(()),
+            }
+        }
+        Err(e) => Err(map_classify_error(path, e)),
+    }
+}
+
+fn map_classify_error(path: &Path, error: SourceError) -> TargetError {
+    match error {
+        SourceError::Missing(p) => TargetError::Missing(p),
+        SourceError::Directory(p) => TargetError::Directory(p),
+        SourceError::NotFileOrDevice(p) => TargetError::NotFileOrDevice(p),
+        SourceError::Unreadable { source, .. } => TargetError::Open {
+            path: path.to_owned(),
+            source,
+        },
+    }
+}
+
+impl Target {
+    /// Opens an existing target, or creates a sparse file of `create_size` bytes when it is
+    /// missing and `create_size` is given.
+    pub fn open(path: &Path, create_size: Option<u64>) -> Result<Target, TargetError> {
+        let kind = match classify(path) {
+            Ok(kind) => kind,
+            Err(SourceError::Missing(_)) if create_size.is_some() => {
+                return Target::create(path, create_size.unwrap_or(0))
+            }
+            Err(e) => return Err(map_classify_error(path, e)),
+        };
+        let mut options = OpenOptions::new();
+        options.read(true).write(true);
+        if kind == DeviceKind::BlockDevice {
+            // O_EXCL on a block device fails with EBUSY when it is mounted or claimed.
+            options.custom_flags(libc::O_EXCL);
+        }
+        let file = options.open(path).map_err(|e| match e.raw_os_error() {
+            Some(libc::EBUSY) => TargetError::InUse(path.to_owned()),
+            _ => TargetError::Open {
+                path: path.to_owned(),
+                source: e,
+            },
+        })?;
+        let size = size_of(&file).map_err(|e| TargetError::Open {
+            path: path.to_owned(),
+            source: e,
+        })?;
+        Ok(Target {
+            file,
+            path: path.to_owned(),
+            kind,
+            size,
+        })
+    }
+
+    fn create(path: &Path, size: u64) -> Result<Target, TargetError> {
+        let open_error = |e| TargetError::Open {
+            path: path.to_owned(),
+            source: e,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(open_error)?;
+        file.set_len(size).map_err(open_error)?;
+        tracing::info!(target = %path.display(), size, "created sparse target file");
+        Ok(Target {
+            file,
+            path: path.to_owned(),
+            kind: DeviceKind::File,
+            size,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn kind(&self) -> DeviceKind {
+        self.kind
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Makes the target hold exactly `need` bytes when it is a file we may resize, or checks
+    /// that a device (or a file we may not resize) is large enough.
+    pub fn fit(&mut self, need: u64, may_resize_file: bool) -> Result<(), TargetError> {
+        if self.kind == DeviceKind::File && may_resize_file {
+            if self.size != need {
+                self.file.set_len(need).map_err(|e| self.io_error(e))?;
+                self.size = need;
+            }
+            return Ok(());
+        }
+        if self.size < need {
+            return Err(TargetError::TooSmall {
+                path: self.path.clone(),
+                has: self.size,
+                need,
+            });
+        }
+        Ok(())
+    }
+
+    pub fn write_at(&self, data: &[u8], offset: u64) -> Result<(), TargetError> {
+        self.file
+            .write_all_at(data, offset)
+            .map_err(|e| self.io_error(e))
+    }
+
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), TargetError> {
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(|e| self.io_error(e))
+    }
+
+    /// Makes `len` bytes at `offset` read as zeros: punches a hole in a file, asks a device to
+    /// zero the range, and falls back to writing zeros.
+    pub fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), TargetError> {
+        let fd = self.file.as_raw_fd();
+        let done = match self.kind {
+            DeviceKind::File => nix::fcntl::fallocate(
+                fd,
+                nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+                    | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+                offset as i64,
+                len as i64,
+            )
+            .is_ok(),
+            // SAFETY: BLKZEROOUT reads a [start, len] pair from the pointer we pass.
+            DeviceKind::BlockDevice => unsafe { blkzeroout(fd, &[offset, len]) }.is_ok(),
+        };
+        if done {
+            return Ok(());
+        }
+        let zeros = vec![0u8; len.min(1 << 20) as usize];
+        let mut at = offset;
+        while at < offset + len {
+            let n = (offset + len - at).min(zeros.len() as u64) as usize;
+            self.write_at(&zeros[..n], at)?;
+            at += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Makes every write so far durable.
+    pub fn sync(&self) -> Result<(), TargetError> {
+        self.file.sync_all().map_err(|e| self.io_error(e))
+    }
+
+    fn io_error(&self, source: io::Error) -> TargetError {
+        TargetError::Io {
+            path: self.path.clone(),
+            source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn create_sparse_write_and_punch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.img");
+        assert!(matches!(Target::open(&path, None), Err(TargetError::Missing(_))));
+        let mut target = Target::open(&path, Some(8 << 20)).unwrap();
+        assert_eq!(target.size(), 8 << 20);
+        assert!(std::fs::metadata(&path).unwrap().blocks() < 64);
+        target.write_at(&[7u8; 65536], 65536).unwrap();
+        target.write_zeroes(65536, 4096).unwrap();
+        let mut buf = [1u8; 8192];
+        target.read_at(&mut buf, 65536).unwrap();
+        assert!(buf[..4096].iter().all(|&b| b == 0));
+        assert!(buf[4096..].iter().all(|&b| b == 7));
+        assert!(matches!(target.fit(16 << 20, false), Err(TargetError::TooSmall { .. })));
+        target.fit(16 << 20, true).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 16 << 20);
+        assert!(matches!(
+            Target::open(dir.path(), None),
+            Err(TargetError::Directory(_))
+        ));
+    }
+}

@@ -1,0 +1,526 @@
+//! Wire messages and their byte encoding (see `docs/protocol.md`). Bytes only: no I/O here,
+//! so every decoder can be fed arbitrary bytes by property tests and must never panic.
+//!
+//! A stream starts with a [`Preamble`] from each side, then carries frames:
+//! `u32 length (LE, counts the type byte and the body) | u8 type | body`.
+
+use crate::blockdiff::manifest::BlockHash;
+
+/// Bytes that open every blkmirror stream.
+pub const MAGIC: [u8; 8] = *b"BKMRWIRE";
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Capability bits (none defined yet; reserved for extensions negotiated at handshake).
+pub const CAPABILITIES: u64 = 0;
+/// Largest plaintext an extent may carry.
+pub const MAX_EXTENT_BYTES: u32 = 16 << 20;
+/// Most blocks in one extent (16 MiB of 4 KiB blocks).
+pub const MAX_EXTENT_BLOCKS: u32 = MAX_EXTENT_BYTES / 4096;
+/// Most hashes in one manifest chunk.
+pub const MAX_MANIFEST_CHUNK: u32 = 65536;
+/// Largest frame accepted, checked before allocating.
+pub const MAX_FRAME_LEN: u32 = MAX_EXTENT_BYTES + (1 << 20);
+/// Longest text (refusal reason, software name) accepted.
+pub const MAX_TEXT_LEN: u32 = 4096;
+/// Length of the preamble on the wire.
+pub const PREAMBLE_LEN: usize = 20;
+
+/// First bytes each side writes: magic, protocol version, capabilities.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Preamble {
+    pub version: u32,
+    pub capabilities: u64,
+}
+
+impl Preamble {
+    pub fn ours() -> Self {
+        Preamble {
+            version: PROTOCOL_VERSION,
+            capabilities: CAPABILITIES,
+        }
+    }
+
+    pub fn encode(&self) -> [u8; PREAMBLE_LEN] {
+        let mut out = [0u8; PREAMBLE_LEN];
+        out[..8].copy_from_slice(&MAGIC);
+        out[8..12].copy_from_slice(&self.version.to_le_bytes());
+        out[12..20].copy_from_slice(&self.capabilities.to_le_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8; PREAMBLE_LEN]) -> Result<Preamble, FrameError> {
+        if bytes[..8] != MAGIC {
+            return Err(FrameError::NotBlkmirror);
+        }
+        Ok(Preamble {
+            version: u32::from_le_bytes(bytes[8..12].try_into().unwrap()),
+            capabilities: u64::from_le_bytes(bytes[12..20].try_into().unwrap()),
+        })
+    }
+}
+
+/// Why bytes could not be decoded as a frame.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    #[error("peer is not a blkmirror endpoint (bad magic)")]
+    NotBlkmirror,
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    TooLong { len: u64, max: u64 },
+    #[error("empty frame")]
+    Empty,
+    #[error("unknown frame type {0}")]
+    UnknownType(u8),
+    #[error("frame truncated: needed {needed} more bytes, {available} available")]
+    Truncated { needed: usize, available: usize },
+    #[error("{0} trailing bytes after frame body")]
+    Trailing(usize),
+    #[error("invalid frame: {0}")]
+    Invalid(String),
+}
+
+/// Target condition reported by a receiver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetCondition {
+    /// Holds the committed generation exactly; manifest exact.
+    Consistent = 0,
+    /// A cycle was interrupted; the target is mid-cycle but the receiver's manifest is exact.
+    MidCycle = 1,
+    /// No state (new target), or state lost: the receiver has hashed the target.
+    Unknown = 2,
+}
+
+/// Every message of the protocol.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    /// Fatal refusal, either direction. Its encoding never changes across versions.
+    Refused { reason: String },
+    /// Sender opens a cycle.
+    CycleStart {
+        generation: u64,
+        device_size: u64,
+        block_size: u32,
+        /// Root of the sender's committed manifest (None: it has none).
+        base_root: Option<BlockHash>,
+    },
+    /// Receiver answers CycleStart.
+    TargetState {
+        committed_generation: u64,
+        root: BlockHash,
+        condition: TargetCondition,
+    },
+    /// Sender asks for the receiver's manifest (roots disagreed).
+    ManifestRequest,
+    /// A run of the receiver's block hashes.
+    ManifestChunk {
+        first_block: u64,
+        hashes: Vec<BlockHash>,
+    },
+    /// End of the receiver's manifest.
+    ManifestEnd { root: BlockHash },
+    /// Changed blocks: `hashes` of each plaintext block, `payload` zstd or raw.
+    Extent {
+        first_block: u64,
+        raw_len: u32,
+        compressed: bool,
+        hashes: Vec<BlockHash>,
+        payload: Vec<u8>,
+    },
+    /// Blocks that are now all zeros.
+    ZeroRun { first_block: u64, block_count: u64 },
+    /// Sender has sent all changes; the new root the target must reach.
+    CycleEnd { generation: u64, root: BlockHash },
+    /// Receiver made generation N durable.
+    Committed { generation: u64, root: BlockHash },
+}
+
+mod kind {
+    pub const REFUSED: u8 = 1;
+    pub const CYCLE_START: u8 = 2;
+    pub const TARGET_STATE: u8 = 3;
+    pub const MANIFEST_REQUEST: u8 = 4;
+    pub const MANIFEST_CHUNK: u8 = 5;
+    pub const MANIFEST_END: u8 = 6;
+    pub const EXTENT: u8 = 7;
+    pub const ZERO_RUN: u8 = 8;
+    pub const CYCLE_END: u8 = 9;
+    pub const COMMITTED: u8 = 10;
+}
+
+impl Message {
+    /// Short name for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Refused { .. } => "Refused",
+            Message::CycleStart { .. } => "CycleStart",
+            Message::TargetState { .. } => "TargetState",
+            Message::ManifestRequest => "ManifestRequest",
+            Message::ManifestChunk { .. } => "ManifestChunk",
+            Message::ManifestEnd { .. } => "ManifestEnd",
+            Message::Extent { .. } => "Extent",
+            Message::ZeroRun { .. } => "ZeroRun",
+            Message::CycleEnd { .. } => "CycleEnd",
+            Message::Committed { .. } => "Committed",
+        }
+    }
+
+    /// Appends the whole frame (length, type, body) to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&[0; 4]);
+        match self {
+            Message::Refused { reason } => {
+                out.push(kind::REFUSED);
+                let text = truncate_text(reason);
+                put_u32(out, text.len() as u32);
+                out.extend_from_slice(text.as_bytes());
+            }
+            Message::CycleStart {
+                generation,
+                device_size,
+                block_size,
+                base_root,
+            } => {
+                out.push(kind::CYCLE_START);
+                put_u64(out, *generation);
+                put_u64(out, *device_size);
+                put_u32(out, *block_size);
+                put_opt_hash(out, base_root);
+            }
+            Message::TargetState {
+                committed_generation,
+                root,
+                condition,
+            } => {
+                out.push(kind::TARGET_STATE);
+                put_u64(out, *committed_generation);
+                out.extend_from_slice(root);
+                out.push(*condition as u8);
+            }
+            Message::ManifestRequest => out.push(kind::MANIFEST_REQUEST),
+            Message::ManifestChunk {
+                first_block,
+                hashes,
+            } => {
+                out.push(kind::MANIFEST_CHUNK);
+                put_u64(out, *first_block);
+                put_u32(out, hashes.len() as u32);
+                out.extend_from_slice(hashes.as_flattened());
+            }
+            Message::ManifestEnd { root } => {
+                out.push(kind::MANIFEST_END);
+                out.extend_from_slice(root);
+            }
+            Message::Extent {
+                first_block,
+                raw_len,
+                compressed,
+                hashes,
+                payload,
+            } => {
+                out.push(kind::EXTENT);
+                put_u64(out, *first_block);
+                put_u32(out, *raw_len);
+                out.push(u8::from(*compressed));
+                put_u32(out, hashes.len() as u32);
+                out.extend_from_slice(hashes.as_flattened());
+                put_u32(out, payload.len() as u32);
+                out.extend_from_slice(payload);
+            }
+            Message::ZeroRun {
+                first_block,
+                block_count,
+            } => {
+                out.push(kind::ZERO_RUN);
+                put_u64(out, *first_block);
+                put_u64(out, *block_count);
+            }
+            Message::CycleEnd { generation, root } => {
+                out.push(kind::CYCLE_END);
+                put_u64(out, *generation);
+                out.extend_from_slice(root);
+            }
+            Message::Committed { generation, root } => {
+                out.push(kind::COMMITTED);
+                put_u64(out, *generation);
+                out.extend_from_slice(root);
+            }
+        }
+        let len = (out.len() - start - 4) as u32;
+        out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    }
+
+    /// Checks a frame length read from the wire before anything is allocated for it.
+    pub fn check_len(len: u32) -> Result<(), FrameError> {
+        if len == 0 {
+            return Err(FrameError::Empty);
+        }
+        if len > MAX_FRAME_LEN {
+            return Err(FrameError::TooLong {
+                len: len as u64,
+                max: MAX_FRAME_LEN as u64,
+            });
+        }
+        Ok(())
+    }
+
+    /// Decodes one frame body (type byte first, length prefix already removed).
+    pub fn decode(frame: &[u8]) -> Result<Message, FrameError> {
+        let (&kind, body) = frame.split_first().ok_or(FrameError::Empty)?;
+        let mut r = Reader { buf: body };
+        let message = match kind {
+            kind::REFUSED => Message::Refused {
+                reason: r.text()?,
+            },
+            kind::CYCLE_START => Message::CycleStart {
+                generation: r.u64()?,
+                device_size: r.u64()?,
+                block_size: r.u32()?,
+                base_root: r.opt_hash()?,
+            },
+            kind::TARGET_STATE => Message::TargetState {
+                committed_generation: r.u64()?,
+                root: r.hash()?,
+                condition: match r.u8()? {
+                    0 => TargetCondition::Consistent,
+                    1 => TargetCondition::MidCycle,
+                    2 => TargetCondition::Unknown,
+                    other => return Err(FrameError::Invalid(format!("target condition {other}"))),
+                },
+            },
+            kind::MANIFEST_REQUEST => Message::ManifestRequest,
+            kind::MANIFEST_CHUNK => {
+                let first_block = r.u64()?;
+                let count = r.u32()?;
+                if count == 0 || count > MAX_MANIFEST_CHUNK {
+                    return Err(FrameError::Invalid(format!("manifest chunk of {count} hashes")));
+                }
+                Message::ManifestChunk {
+                    first_block,
+                    hashes: r.hashes(count)?,
+                }
+            }
+            kind::MANIFEST_END => Message::ManifestEnd { root: r.hash()? },
+            kind::EXTENT => {
+                let first_block = r.u64()?;
+                let raw_len = r.u32()?;
+                if raw_len == 0 || raw_len > MAX_EXTENT_BYTES {
+                    return Err(FrameError::Invalid(format!("extent of {raw_len} bytes")));
+                }
+                let compressed = match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    other => return Err(FrameError::Invalid(format!("compression flag {other}"))),
+                };
+                let count = r.u32()?;
+                if count == 0 || count > MAX_EXTENT_BLOCKS {
+                    return Err(FrameError::Invalid(format!("extent of {count} blocks")));
+                }
+                let hashes = r.hashes(count)?;
+                let payload_len = r.u32()?;
+                if !compressed && payload_len != raw_len {
+                    return Err(FrameError::Invalid(format!(
+                        "raw extent payload of {payload_len} bytes, header says {raw_len}"
+                    )));
+                }
+                Message::Extent {
+                    first_block,
+                    raw_len,
+                    compressed,
+                    hashes,
+                    payload: r.bytes(payload_len as usize)?.to_vec(),
+                }
+            }
+            kind::ZERO_RUN => {
+                let first_block = r.u64()?;
+                let block_count = r.u64()?;
+                if block_count == 0 {
+                    return Err(FrameError::Invalid("empty zero run".into()));
+                }
+                Message::ZeroRun {
+                    first_block,
+                    block_count,
+                }
+            }
+            kind::CYCLE_END => Message::CycleEnd {
+                generation: r.u64()?,
+                root: r.hash()?,
+            },
+            kind::COMMITTED => Message::Committed {
+                generation: r.u64()?,
+                root: r.hash()?,
+            },
+            other => return Err(FrameError::UnknownType(other)),
+        };
+        if !r.buf.is_empty() {
+            return Err(FrameError::Trailing(r.buf.len()));
+        }
+        Ok(message)
+    }
+}
+
+fn truncate_text(text: &str) -> &str {
+    let mut end = text.len().min(MAX_TEXT_LEN as usize);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+fn put_u32(out: &mut Vec<u8>, v: u32) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_u64(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_opt_hash(out: &mut Vec<u8>, hash: &Option<BlockHash>) {
+    match hash {
+        Some(h) => {
+            out.push(1);
+            out.extend_from_slice(h);
+        }
+        None => out.push(0),
+    }
+}
+
+/// A bounds-checked cursor over a frame body.
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn bytes(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
+        if self.buf.len() < n {
+            return Err(FrameError::Truncated {
+                needed: n,
+                available: self.buf.len(),
+            });
+        }
+        let (head, tail) = self.buf.split_at(n);
+        self.buf = tail;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, FrameError> {
+        Ok(self.bytes(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, FrameError> {
+        Ok(u32::from_le_bytes(self.bytes(4)?.try_into().unwrap()))
+    }
+    fn u64(&mut self) -> Result<u64, FrameError> {
+        Ok(u64::from_le_bytes(self.bytes(8)?.try_into().unwrap()))
+    }
+    fn hash(&mut self) -> Result<BlockHash, FrameError> {
+        Ok(self.bytes(32)?.try_into().unwrap())
+    }
+    fn opt_hash(&mut self) -> Result<Option<BlockHash>, FrameError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => Ok(Some(self.hash()?)),
+            other => Err(FrameError::Invalid(format!("option flag {other}"))),
+        }
+    }
+    fn hashes(&mut self, count: u32) -> Result<Vec<BlockHash>, FrameError> {
+        let bytes = self.bytes(count as usize * 32)?;
+        Ok(bytes
+            .chunks_exact(32)
+            .map(|c| c.try_into().unwrap())
+            .collect())
+    }
+    fn text(&mut self) -> Result<String, FrameError> {
+        let len = self.u32()?;
+        if len > MAX_TEXT_LEN {
+            return Err(FrameError::Invalid(format!("text of {len} bytes")));
+        }
+        let bytes = self.bytes(len as usize)?;
+        Ok(String::from_utf8_lossy(bytes).into_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn hash_strategy() -> impl Strategy<Value = BlockHash> {
+        any::<[u8; 32]>()
+    }
+
+    fn message_strategy() -> impl Strategy<Value = Message> {
+        prop_oneof![
+            "[a-z ]{0,40}".prop_map(|reason| Message::Refused { reason }),
+            (any::<u64>(), any::<u64>(), any::<u32>(), proptest::option::of(hash_strategy())).prop_map(
+                |(generation, device_size, block_size, base_root)| Message::CycleStart {
+                    generation,
+                    device_size,
+                    block_size,
+                    base_root
+                }
+            ),
+            (any::<u64>(), hash_strategy(), 0u8..3).prop_map(|(committed_generation, root, c)| {
+                Message::TargetState {
+                    committed_generation,
+                    root,
+                    condition: [
+                        TargetCondition::Consistent,
+                        TargetCondition::MidCycle,
+                        TargetCondition::Unknown,
+                    ][c as usize],
+                }
+            }),
+            Just(Message::ManifestRequest),
+            (any::<u64>(), proptest::collection::vec(hash_strategy(), 1..20))
+                .prop_map(|(first_block, hashes)| Message::ManifestChunk { first_block, hashes }),
+            hash_strategy().prop_map(|root| Message::ManifestEnd { root }),
+            (any::<u64>(), proptest::collection::vec(hash_strategy(), 1..5), proptest::collection::vec(any::<u8>(), 1..300), any::<bool>())
+                .prop_map(|(first_block, hashes, payload, compressed)| Message::Extent {
+                    first_block,
+                    raw_len: if compressed { 4096 } else { payload.len() as u32 },
+                    compressed,
+                    hashes,
+                    payload
+                }),
+            (any::<u64>(), 1u64..).prop_map(|(first_block, block_count)| Message::ZeroRun { first_block, block_count }),
+            (any::<u64>(), hash_strategy()).prop_map(|(generation, root)| Message::CycleEnd { generation, root }),
+            (any::<u64>(), hash_strategy()).prop_map(|(generation, root)| Message::Committed { generation, root }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(msg in message_strategy()) {
+            let mut buf = Vec::new();
+            msg.encode(&mut buf);
+            let len = u32::from_le_bytes(buf[..4].try_into().unwrap());
+            prop_assert_eq!(len as usize, buf.len() - 4);
+            Message::check_len(len).unwrap();
+            prop_assert_eq!(Message::decode(&buf[4..]).unwrap(), msg);
+        }
+
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = Message::decode(&bytes);
+        }
+
+        #[test]
+        fn truncation_is_an_error(msg in message_strategy(), cut in 1usize..64) {
+            let mut buf = Vec::new();
+            msg.encode(&mut buf);
+            let body = &buf[4..];
+            if cut < body.len() {
+                prop_assert!(Message::decode(&body[..body.len() - cut]).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn preamble() {
+        let p = Preamble::ours();
+        assert_eq!(Preamble::decode(&p.encode()).unwrap(), p);
+        let mut bad = p.encode();
+        bad[0] = b'X';
+        assert_eq!(Preamble::decode(&bad), Err(FrameError::NotBlkmirror));
+        assert!(Message::check_len(MAX_FRAME_LEN + 1).is_err());
+        assert!(Message::check_len(0).is_err());
+    }
+}

@@ -1,0 +1,170 @@
+//! The wire: frame encoding ([`frame`]), a framed [`Connection`] over any async byte stream,
+//! and the streams themselves: in-process ([`local`]), `ssh` child stdio ([`ssh`]) and mutual
+//! TLS over TCP with pinned certificate fingerprints ([`tls`]). [`dest`] parses `DEST` URLs.
+//!
+//! Nothing here knows about cycles or targets; the sender and receiver drive a `Connection`.
+
+pub mod dest;
+pub mod frame;
+pub mod local;
+pub mod ssh;
+pub mod tls;
+
+use std::io;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+
+use frame::{FrameError, Message, Preamble, PREAMBLE_LEN, PROTOCOL_VERSION};
+
+/// Any bidirectional byte stream a connection can run over.
+pub trait ByteStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> ByteStream for T {}
+
+/// A boxed byte stream (TCP+TLS, ssh stdio, in-process duplex).
+pub type BoxStream = Box<dyn ByteStream>;
+
+/// Why a connection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("connection lost: {0}")]
+    Io(#[from] io::Error),
+    #[error("peer closed the connection")]
+    Closed,
+    #[error("bad frame from peer: {0}")]
+    Frame(#[from] FrameError),
+    #[error("peer speaks protocol version {theirs}; this blkmirror speaks version {ours}")]
+    VersionMismatch { ours: u32, theirs: u32 },
+    #[error("peer refused: {0}")]
+    Refused(String),
+    #[error("unexpected {got} from peer while waiting for {expected}")]
+    Unexpected {
+        got: &'static str,
+        expected: &'static str,
+    },
+}
+
+impl TransportError {
+    /// True when retrying later may succeed (network trouble rather than a refusal).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, TransportError::Io(_) | TransportError::Closed)
+    }
+}
+
+/// A framed, versioned connection.
+pub struct Connection {
+    reader: BufReader<tokio::io::ReadHalf<BoxStream>>,
+    writer: BufWriter<tokio::io::WriteHalf<BoxStream>>,
+    scratch: Vec<u8>,
+    /// Bytes written to the stream so far (frames and preamble).
+    pub bytes_sent: u64,
+    /// Bytes read from the stream so far.
+    pub bytes_received: u64,
+}
+
+impl Connection {
+    pub fn new(stream: BoxStream) -> Self {
+        let (read, write) = tokio::io::split(stream);
+        Connection {
+            reader: BufReader::with_capacity(1 << 20, read),
+            writer: BufWriter::with_capacity(1 << 20, write),
+            scratch: Vec::new(),
+            bytes_sent: 0,
+            bytes_received: 0,
+        }
+    }
+
+    /// Exchanges preambles. Both sides write theirs first, then read the peer's; a peer of
+    /// another version gets a `Refused` frame (whose encoding is frozen) and a clear error.
+    pub async fn handshake(&mut self) -> Result<Preamble, TransportError> {
+        let ours = Preamble::ours();
+        self.writer.write_all(&ours.encode()).await?;
+        self.writer.flush().await?;
+        self.bytes_sent += PREAMBLE_LEN as u64;
+        let mut buf = [0u8; PREAMBLE_LEN];
+        match self.reader.read_exact(&mut buf).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                return Err(TransportError::Closed)
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.bytes_received += PREAMBLE_LEN as u64;
+        let theirs = Preamble::decode(&buf)?;
+        if theirs.version != PROTOCOL_VERSION {
+            let error = TransportError::VersionMismatch {
+                ours: PROTOCOL_VERSION,
+                theirs: theirs.version,
+            };
+            let _ = self
+                .send(&Message::Refused {
+                    reason: error.to_string(),
+                })
+                .await;
+            let _ = self.flush().await;
+            return Err(error);
+        }
+        Ok(theirs)
+    }
+
+    /// Queues a message (buffered; call [`Connection::flush`] when waiting for an answer).
+    pub async fn send(&mut self, message: &Message) -> Result<(), TransportError> {
+        self.scratch.clear();
+        message.encode(&mut self.scratch);
+        self.writer.write_all(&self.scratch).await?;
+        self.bytes_sent += self.scratch.len() as u64;
+        Ok(())
+    }
+
+    pub async fn flush(&mut self) -> Result<(), TransportError> {
+        self.writer.flush().await?;
+        Ok(())
+    }
+
+    /// Sends a refusal and flushes, ignoring errors (the connection is going away).
+    pub async fn refuse(&mut self, reason: &str) {
+        let _ = self
+            .send(&Message::Refused {
+                reason: reason.to_string(),
+            })
+            .await;
+        let _ = self.flush().await;
+        let _ = self.writer.shutdown().await;
+    }
+
+    /// Reads the next message. A `Refused` from the peer becomes [`TransportError::Refused`].
+    pub async fn recv(&mut self) -> Result<Message, TransportError> {
+        let mut len_bytes = [0u8; 4];
+        match self.reader.read_exact(&mut len_bytes).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                return Err(TransportError::Closed)
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let len = u32::from_le_bytes(len_bytes);
+        Message::check_len(len)?;
+        let mut body = vec![0u8; len as usize];
+        match self.reader.read_exact(&mut body).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                return Err(TransportError::Frame(FrameError::Truncated {
+                    needed: len as usize,
+                    available: 0,
+                }))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.bytes_received += 4 + len as u64;
+        match Message::decode(&body)? {
+            Message::Refused { reason } => Err(TransportError::Refused(reason)),
+            message => Ok(message),
+        }
+    }
+
+    /// Closes the writing side cleanly.
+    pub async fn shutdown(&mut self) -> Result<(), TransportError> {
+        self.writer.flush().await?;
+        self.writer.shutdown().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,384 @@
+//! ssh transport: runs `blkmirror receive --stdio PATH` on a remote host through the system
+//! `ssh` and speaks the protocol over the child's stdin/stdout. Authentication is ssh's.
+//!
+//! The command line is `SSH_COMMAND... -T -e none [-p PORT] [-l USER] HOST -- 'REMOTE
+//! receive --stdio PATH'`, with the remote part quoted for the remote POSIX shell. ssh's
+//! stderr is inherited, so ssh's own errors and the remote receiver's error line reach the
+//! user directly.
+
+use std::io;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+use super::BoxStream;
+
+/// How long [`SshChild::finish`] waits for ssh to exit before killing it.
+pub const FINISH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How to run ssh and what to run on the far side.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SshOptions {
+    /// The local ssh program and its arguments, split like a POSIX shell would
+    /// (e.g. `ssh -i key -o StrictHostKeyChecking=no`).
+    pub ssh_command: String,
+    /// The blkmirror program on the remote host, as shell words (e.g. `sudo blkmirror`).
+    pub remote_command: String,
+}
+
+impl Default for SshOptions {
+    fn default() -> Self {
+        SshOptions {
+            ssh_command: "ssh".to_string(),
+            remote_command: "blkmirror".to_string(),
+        }
+    }
+}
+
+/// Why ssh could not be started or did not end well.
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    #[error("invalid --ssh-command {text:?}: {cause}")]
+    BadSshCommand { text: String, cause: String },
+    #[error("invalid remote command {text:?}: {cause}")]
+    BadRemoteCommand { text: String, cause: String },
+    #[error("invalid ssh host {host:?}: {cause}")]
+    BadHost { host: String, cause: String },
+    #[error("invalid remote path {path:?}: {cause}")]
+    BadPath { path: String, cause: String },
+    #[error("cannot run {program}: {cause}{hint}")]
+    Spawn {
+        program: String,
+        cause: String,
+        hint: &'static str,
+    },
+    #[error("ssh could not connect to {host} (exit 255)")]
+    CouldNotConnect { host: String },
+    #[error("the remote command on {host} failed (exit {code}; its error is shown above)")]
+    RemoteFailed { host: String, code: i32 },
+    #[error("ssh to {host} was killed by signal {signal}")]
+    Killed { host: String, signal: i32 },
+    #[error("cannot wait for ssh to {host}: {cause}")]
+    Wait { host: String, cause: String },
+    #[error("ssh to {host} did not exit within {secs} s; killed it")]
+    Timeout { host: String, secs: u64 },
+}
+
+/// A running ssh: the byte stream to the remote receiver plus the process to reap.
+///
+/// Destructure it: `let SshConnection { stream, child } = spawn(..)?;`, run the protocol over
+/// `stream`, drop it (closing ssh's stdin), then `child.finish().await`. When the protocol
+/// fails with a closed connection, `finish` usually has the better explanation.
+pub struct SshConnection {
+    pub stream: BoxStream,
+    pub child: SshChild,
+}
+
+impl SshConnection {
+    /// Closes the stream and waits for ssh (see [`SshChild::finish`]).
+    pub async fn finish(self) -> Result<(), SshError> {
+        drop(self.stream);
+        self.child.finish().await
+    }
+}
+
+/// The ssh process. Killed if dropped before [`SshChild::finish`].
+pub struct SshChild {
+    child: Child,
+    host: String,
+}
+
+impl SshChild {
+    /// Waits (up to [`FINISH_TIMEOUT`], then kills) for ssh to exit and reports a failure.
+    /// Drop the stream first, or the remote receiver may wait forever for end of input.
+    pub async fn finish(mut self) -> Result<(), SshError> {
+        let host = self.host.clone();
+        match tokio::time::timeout(FINISH_TIMEOUT, self.child.wait()).await {
+            Ok(Ok(status)) => check_status(&host, status),
+            Ok(Err(e)) => Err(SshError::Wait {
+                host,
+                cause: e.to_string(),
+            }),
+            Err(_) => {
+                let _ = self.child.kill().await;
+                Err(SshError::Timeout {
+                    host,
+                    secs: FINISH_TIMEOUT.as_secs(),
+                })
+            }
+        }
+    }
+
+    /// The ssh process id, if it is still running.
+    pub fn id(&self) -> Option<u32> {
+        self.child.id()
+    }
+}
+
+fn check_status(host: &str, status: ExitStatus) -> Result<(), SshError> {
+    use std::os::unix::process::ExitStatusExt;
+    let host = host.to_string();
+    match (status.code(), status.signal()) {
+        (Some(0), _) => Ok(()),
+        (Some(255), _) => Err(SshError::CouldNotConnect { host }),
+        (Some(code), _) => Err(SshError::RemoteFailed { host, code }),
+        (None, Some(signal)) => Err(SshError::Killed { host, signal }),
+        (None, None) => Err(SshError::Wait {
+            host,
+            cause: format!("unexpected status {status}"),
+        }),
+    }
+}
+
+/// Builds the full argument vector (program first) for reaching `path` on `host`.
+pub fn build_command_line(
+    user: Option<&str>,
+    host: &str,
+    port: Option<u16>,
+    path: &str,
+    opts: &SshOptions,
+) -> Result<Vec<String>, SshError> {
+    let mut args = split_ssh_command(&opts.ssh_command)?;
+    args.extend(["-T", "-e", "none"].map(String::from));
+    if let Some(port) = port {
+        args.extend(["-p".to_string(), port.to_string()]);
+    }
+    if let Some(user) = user {
+        args.extend(["-l".to_string(), user.to_string()]);
+    }
+    check_host(host)?;
+    args.extend([host.to_string(), "--".to_string()]);
+    args.push(remote_line(&opts.remote_command, path)?);
+    Ok(args)
+}
+
+fn split_ssh_command(text: &str) -> Result<Vec<String>, SshError> {
+    let bad = |cause: &str| SshError::BadSshCommand {
+        text: text.to_string(),
+        cause: cause.to_string(),
+    };
+    match shlex::split(text) {
+        None => Err(bad("unbalanced quotes or trailing backslash")),
+        Some(words) if words.is_empty() => Err(bad("empty")),
+        Some(words) => Ok(words),
+    }
+}
+
+fn check_host(host: &str) -> Result<(), SshError> {
+    let cause = if host.is_empty() {
+        "empty"
+    } else if host.starts_with('-') {
+        "must not start with '-'"
+    } else {
+        return Ok(());
+    };
+    Err(SshError::BadHost {
+        host: host.to_string(),
+        cause: cause.to_string(),
+    })
+}
+
+/// The single string ssh hands to the remote shell: `REMOTE... receive --stdio PATH`, quoted.
+fn remote_line(remote_command: &str, path: &str) -> Result<String, SshError> {
+    let bad_remote = |cause: &str| SshError::BadRemoteCommand {
+        text: remote_command.to_string(),
+        cause: cause.to_string(),
+    };
+    let mut words = match shlex::split(remote_command) {
+        None => return Err(bad_remote("unbalanced quotes or trailing backslash")),
+        Some(words) if words.is_empty() => return Err(bad_remote("empty")),
+        Some(words) => words,
+    };
+    words.extend(["receive", "--stdio", path].map(String::from));
+    shlex::try_join(words.iter().map(String::as_str)).map_err(|e| SshError::BadPath {
+        path: path.to_string(),
+        cause: e.to_string(),
+    })
+}
+
+/// Starts ssh to run the receiver for `path` on `host`; stdin/stdout become the stream.
+pub fn spawn(
+    user: Option<&str>,
+    host: &str,
+    port: Option<u16>,
+    path: &str,
+    opts: &SshOptions,
+) -> Result<SshConnection, SshError> {
+    let args = build_command_line(user, host, port, path, opts)?;
+    tracing::debug!("running {args:?}");
+    let mut child = Command::new(&args[0])
+        .args(&args[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| spawn_error(&args[0], &e))?;
+    let stdin = child.stdin.take().expect("stdin is piped");
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let stream: BoxStream = Box::new(tokio::io::join(stdout, stdin));
+    let child = SshChild {
+        child,
+        host: host.to_string(),
+    };
+    Ok(SshConnection { stream, child })
+}
+
+fn spawn_error(program: &str, e: &io::Error) -> SshError {
+    let text = e.to_string();
+    let cause = match text.find(" (os error ") {
+        Some(at) => text[..at].to_string(),
+        None => text,
+    };
+    let hint = match e.kind() {
+        io::ErrorKind::NotFound => " (install openssh-client or set --ssh-command)",
+        _ => "",
+    };
+    SshError::Spawn {
+        program: program.to_string(),
+        cause,
+        hint,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(
+        user: Option<&str>,
+        host: &str,
+        port: Option<u16>,
+        path: &str,
+        opts: &SshOptions,
+    ) -> Vec<String> {
+        build_command_line(user, host, port, path, opts).unwrap()
+    }
+
+    #[test]
+    fn default_command_line() {
+        let opts = SshOptions::default();
+        assert_eq!(
+            line(None, "host", None, "/dev/sdb", &opts),
+            [
+                "ssh",
+                "-T",
+                "-e",
+                "none",
+                "host",
+                "--",
+                "blkmirror receive --stdio /dev/sdb"
+            ]
+        );
+    }
+
+    #[test]
+    fn user_port_and_custom_commands() {
+        let opts = SshOptions {
+            ssh_command: "ssh -i 'my key' -o StrictHostKeyChecking=no".into(),
+            remote_command: "sudo '/opt/my dir/blkmirror'".into(),
+        };
+        assert_eq!(
+            line(Some("root"), "::1", Some(2222), "/tmp/a b's", &opts),
+            [
+                "ssh",
+                "-i",
+                "my key",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-T",
+                "-e",
+                "none",
+                "-p",
+                "2222",
+                "-l",
+                "root",
+                "::1",
+                "--",
+                r#"sudo '/opt/my dir/blkmirror' receive --stdio "/tmp/a b's""#,
+            ]
+        );
+    }
+
+    #[test]
+    fn remote_line_survives_a_shell() {
+        let path = "/tmp/$(touch x) `y` \"z\" 'w'";
+        let remote = remote_line("blkmirror", path).unwrap();
+        let words = shlex::split(&remote).unwrap();
+        assert_eq!(words, ["blkmirror", "receive", "--stdio", path]);
+    }
+
+    #[test]
+    fn bad_inputs_are_named() {
+        let opts = SshOptions::default();
+        let err = |user, host, path, opts: &SshOptions| {
+            build_command_line(user, host, None, path, opts)
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            err(None, "-oProxyCommand=x", "/x", &opts),
+            r#"invalid ssh host "-oProxyCommand=x": must not start with '-'"#
+        );
+        assert_eq!(err(None, "", "/x", &opts), r#"invalid ssh host "": empty"#);
+        assert!(err(None, "h", "/a\0b", &opts).starts_with(r#"invalid remote path "/a\0b""#));
+        let unbalanced = SshOptions {
+            ssh_command: "ssh -i 'key".into(),
+            ..SshOptions::default()
+        };
+        assert_eq!(
+            err(None, "h", "/x", &unbalanced),
+            r#"invalid --ssh-command "ssh -i 'key": unbalanced quotes or trailing backslash"#
+        );
+        let empty = SshOptions {
+            remote_command: " ".into(),
+            ..SshOptions::default()
+        };
+        assert_eq!(
+            err(None, "h", "/x", &empty),
+            r#"invalid remote command " ": empty"#
+        );
+    }
+
+    #[tokio::test]
+    async fn missing_ssh_program_is_explained() {
+        let opts = SshOptions {
+            ssh_command: "/nonexistent/ssh".into(),
+            ..SshOptions::default()
+        };
+        let error = spawn(None, "h", None, "/x", &opts).err().unwrap();
+        assert_eq!(
+            error.to_string(),
+            "cannot run /nonexistent/ssh: No such file or directory \
+             (install openssh-client or set --ssh-command)"
+        );
+    }
+
+    #[tokio::test]
+    async fn finish_reports_exit_status() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // `sh -c SCRIPT` ignores the ssh-style arguments after it ($0, $1, ...).
+        let run = |script: &str| SshOptions {
+            ssh_command: format!("sh -c {}", shlex::try_quote(script).unwrap()),
+            ..SshOptions::default()
+        };
+        let mut echo = spawn(None, "h", None, "/x", &run("cat")).unwrap();
+        echo.stream.write_all(b"hi").await.unwrap();
+        echo.stream.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        echo.stream.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"hi");
+        echo.finish().await.unwrap();
+        let failing = spawn(None, "h", None, "/x", &run("exit 255")).unwrap();
+        assert_eq!(
+            failing.finish().await.unwrap_err().to_string(),
+            "ssh could not connect to h (exit 255)"
+        );
+        let remote = spawn(None, "h", None, "/x", &run("exit 3")).unwrap();
+        assert!(matches!(
+            remote.finish().await,
+            Err(SshError::RemoteFailed { code: 3, .. })
+        ));
+    }
+}
