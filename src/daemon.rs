@@ -36,7 +36,7 @@ pub enum DaemonError {
     Link(#[from] LinkError),
     #[error(transparent)]
     Send(#[from] SendError),
-    #[error("interrupted by a signal during generation {0}; the cycle was aborted and the target keeps its last committed generation")]
+    #[error("interrupted by a signal during generation {0}: the cycle was aborted; the receiver keeps its last committed generation and marks the target mid-cycle until the next cycle completes")]
     Interrupted(u64),
     #[error("cannot start worker threads: {0}")]
     Threads(String),
@@ -90,6 +90,9 @@ pub async fn run(
             outcome = attempt => outcome,
             _ = shutdown_signal() => {
                 cancel.store(true, Ordering::Relaxed);
+                if let Some(link) = link.take() {
+                    link.abandon().await;
+                }
                 return Err(DaemonError::Interrupted(generation_hint + 1));
             }
         };

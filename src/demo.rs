@@ -47,7 +47,14 @@ fn sample_block(rng: &mut Rng, buf: &mut [u8]) {
     match rng.next() % 10 {
         0..=3 => rng.fill(buf),
         4..=6 => {
-            let words: [&[u8]; 6] = [b"mail ", b"From: ", b"index.html ", b"\n", b"the quick ", b"brown fox "];
+            let words: [&[u8]; 6] = [
+                b"mail ",
+                b"From: ",
+                b"index.html ",
+                b"\n",
+                b"the quick ",
+                b"brown fox ",
+            ];
             let mut at = 0;
             while at < buf.len() {
                 let w = words[(rng.next() % 6) as usize];
@@ -61,7 +68,8 @@ fn sample_block(rng: &mut Rng, buf: &mut [u8]) {
 }
 
 fn build_volume(path: &Path, size: u64) -> anyhow::Result<()> {
-    let mut file = std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
+    let mut file =
+        std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
     let mut rng = Rng(2026);
     let mut block = vec![0u8; BLOCK];
     let mut written = 0;
@@ -108,9 +116,16 @@ fn describe(label: &str, report: &CycleReport) {
 }
 
 /// Runs the demo.
-pub async fn run(dir: Option<PathBuf>, size: u64, progress: Arc<dyn Progress>) -> anyhow::Result<()> {
+pub async fn run(
+    dir: Option<PathBuf>,
+    size: u64,
+    progress: Arc<dyn Progress>,
+) -> anyhow::Result<()> {
     if size < BLOCK as u64 * 100 {
-        bail!("--size must be at least {}", human_bytes(BLOCK as u64 * 100));
+        bail!(
+            "--size must be at least {}",
+            human_bytes(BLOCK as u64 * 100)
+        );
     }
     let temp;
     let dir = match dir {
@@ -119,14 +134,20 @@ pub async fn run(dir: Option<PathBuf>, size: u64, progress: Arc<dyn Progress>) -
             dir
         }
         None => {
-            temp = tempfile::Builder::new().prefix("blkmirror-demo-").tempdir()?;
+            temp = tempfile::Builder::new()
+                .prefix("blkmirror-demo-")
+                .tempdir()?;
             temp.path().to_owned()
         }
     };
     let source = dir.join("source.img");
     let target = dir.join("target.img");
     println!("blkmirror demo in {}", dir.display());
-    println!("1. building a {} sample volume: {}", human_bytes(size), source.display());
+    println!(
+        "1. building a {} sample volume: {}",
+        human_bytes(size),
+        source.display()
+    );
     build_volume(&source, size)?;
 
     println!("2. making TLS identities for both ends (keygen)");
@@ -144,7 +165,10 @@ pub async fn run(dir: Option<PathBuf>, size: u64, progress: Arc<dyn Progress>) -
     )
     .await?;
     let addr = server.local_addr();
-    println!("3. receiver listening on {addr}, writing {}", target.display());
+    println!(
+        "3. receiver listening on {addr}, writing {}",
+        target.display()
+    );
     let receiver_config = Arc::new(ReceiverConfig {
         target: target.clone(),
         create: true,
@@ -176,10 +200,7 @@ pub async fn run(dir: Option<PathBuf>, size: u64, progress: Arc<dyn Progress>) -
                 sender_identity.clone(),
                 tls::parse_fingerprint(&receiver_fp).expect("own fingerprint parses"),
             )),
-            ssh: SshOptions {
-                ssh_command: "ssh".into(),
-                remote_command: "blkmirror".into(),
-            },
+            ssh: SshOptions::default(),
         },
         mode: Mode::Once,
         interval: Duration::from_secs(1),
@@ -189,17 +210,26 @@ pub async fn run(dir: Option<PathBuf>, size: u64, progress: Arc<dyn Progress>) -
     let provider = crate::snapshot::NoSnapshot::default();
 
     println!("4. initial sync over TLS");
-    crate::daemon::run(config(&state), &provider, progress.clone(), |r| describe("cycle", r)).await?;
+    crate::daemon::run(config(&state), &provider, progress.clone(), |r| {
+        describe("cycle", r)
+    })
+    .await?;
     let changed = change_one_percent(&source, size)?;
     println!("5. changed {changed} random 64 KiB blocks (1%) of the source; mirroring again");
-    crate::daemon::run(config(&state), &provider, progress.clone(), |r| describe("cycle", r)).await?;
+    crate::daemon::run(config(&state), &provider, progress.clone(), |r| {
+        describe("cycle", r)
+    })
+    .await?;
 
     let _ = stop_tx.send(());
     server_task.await??;
     println!("6. verifying target against source");
     let report = crate::verify::verify(&source, &target, &*progress)?;
     if !report.identical() {
-        bail!("target differs from source in {} bytes", report.differing_bytes());
+        bail!(
+            "target differs from source in {} bytes",
+            report.differing_bytes()
+        );
     }
     println!("   identical: {} bytes", report.source_size);
     println!("demo complete");

@@ -51,7 +51,7 @@ impl LinkError {
 
 enum Peer {
     Local(tokio::task::JoinHandle<Result<(), receiver::ReceiveError>>),
-    Ssh(crate::transport::ssh::SshChild),
+    Ssh(Box<crate::transport::ssh::SshChild>),
     Tls,
 }
 
@@ -89,7 +89,7 @@ impl Link {
             } => {
                 let crate::transport::ssh::SshConnection { stream, child } =
                     crate::transport::ssh::spawn(user.as_deref(), host, *port, path, &config.ssh)?;
-                (stream, Peer::Ssh(child))
+                (stream, Peer::Ssh(Box::new(child)))
             }
         };
         let mut conn = Connection::new(stream);
@@ -109,6 +109,16 @@ impl Link {
             }
         }
         None
+    }
+
+    /// Drops the connection mid-cycle (on a signal) and lets an in-process receiver record
+    /// the abort before the process exits.
+    pub async fn abandon(self) {
+        let Link { conn, peer } = self;
+        drop(conn);
+        if let Peer::Local(task) = peer {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
+        }
     }
 
     /// Closes the session cleanly and waits for the peer to finish.

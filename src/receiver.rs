@@ -25,6 +25,10 @@ use crate::transport::{BoxStream, Connection, TransportError};
 
 /// A hash no block can have: marks a block whose content is unknown.
 const UNKNOWN_HASH: BlockHash = [0xff; 32];
+/// Largest device a sender may announce (1 PiB), checked before anything is sized from it.
+pub const MAX_DEVICE_SIZE: u64 = 1 << 50;
+/// Most blocks a manifest may hold (8 GiB of hashes), checked before allocating it.
+pub const MAX_BLOCKS: u64 = 1 << 28;
 
 /// How a receiver was started.
 #[derive(Clone, Debug)]
@@ -72,6 +76,8 @@ struct Session<'a> {
     manifest: Option<Manifest>,
     pool: rayon::ThreadPool,
     progress: &'a dyn Progress,
+    /// The current cycle changed the target (size or content).
+    touched: bool,
 }
 
 /// Serves one connection: any number of cycles until the sender closes it.
@@ -83,19 +89,42 @@ pub async fn serve(
 ) -> Result<(), ReceiveError> {
     let mut conn = Connection::new(stream);
     conn.handshake().await?;
+    let result = serve_cycles(config, &mut conn, peer, progress).await;
+    if let Err(error) = &result {
+        if !matches!(error, ReceiveError::Transport(_)) {
+            conn.refuse(&error.to_string()).await;
+        }
+    }
+    result
+}
+
+/// Takes the target's lock and state, then runs cycles until the sender closes.
+async fn serve_cycles(
+    config: &ReceiverConfig,
+    conn: &mut Connection,
+    peer: &str,
+    progress: &dyn Progress,
+) -> Result<(), ReceiveError> {
     let paths = ReceiverPaths::new(&config.state_dir, &config.target);
     let state_error = |source| ReceiveError::State {
         path: paths.dir.clone(),
         source,
     };
     let Some(_lock) = paths.lock().map_err(state_error)? else {
-        let error = ReceiveError::Busy(config.target.clone());
-        conn.refuse(&error.to_string()).await;
-        return Err(error);
+        return Err(ReceiveError::Busy(config.target.clone()));
     };
     let state = crate::state::read_json::<ReceiverState>(&paths.state)
         .map_err(state_error)?
         .unwrap_or_else(|| ReceiverState::new(&config.target));
+    if state.format != 1 {
+        return Err(ReceiveError::State {
+            path: paths.state.clone(),
+            source: std::io::Error::other(format!(
+                "state format {} is not supported (this build reads format 1)",
+                state.format
+            )),
+        });
+    }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(config.threads.max(1))
         .build()
@@ -108,6 +137,7 @@ pub async fn serve(
         manifest: None,
         pool,
         progress,
+        touched: false,
     };
     tracing::info!(peer, target = %config.target.display(), "sender connected");
     loop {
@@ -122,16 +152,14 @@ pub async fn serve(
             ..
         } = message
         else {
-            let error = ReceiveError::Protocol(format!("expected CycleStart, got {}", message.name()));
-            conn.refuse(&error.to_string()).await;
-            return Err(error);
+            return Err(ReceiveError::Protocol(format!(
+                "expected CycleStart, got {}",
+                message.name()
+            )));
         };
-        if let Err(error) = session.cycle(&mut conn, generation, device_size, block_size).await {
-            if !matches!(error, ReceiveError::Transport(_)) {
-                conn.refuse(&error.to_string()).await;
-            }
-            return Err(error);
-        }
+        session
+            .cycle(conn, generation, device_size, block_size)
+            .await?;
     }
 }
 
@@ -144,7 +172,11 @@ impl Session<'_> {
         block_size: u32,
     ) -> Result<(), ReceiveError> {
         check_block_size(block_size as u64).map_err(ReceiveError::Protocol)?;
+        check_geometry(device_size, block_size)?;
         let generation = proposed.max(self.state.committed_generation + 1);
+        let prior = self.state.condition;
+        self.touched = false;
+        self.state.last_cycle_bytes_written = 0;
         let condition = self.prepare(device_size, block_size, generation)?;
         let manifest = self.manifest.as_ref().expect("prepared");
         conn.send(&Message::TargetState {
@@ -155,10 +187,11 @@ impl Session<'_> {
         .await?;
         conn.flush().await?;
         let result = self.apply_stream(conn, generation).await;
+        let touched = self.touched || self.state.last_cycle_bytes_written > 0;
         match result {
-            Ok(root) => self.commit(conn, generation, root).await,
+            Ok(root) => self.commit(conn, generation, root, prior).await,
             Err(error) => {
-                self.abort(&error);
+                self.abort(&error, prior, touched);
                 Err(error)
             }
         }
@@ -180,9 +213,14 @@ impl Session<'_> {
             self.target = Some(Target::open(&self.config.target, create)?);
             created = create.is_some();
         }
-        let managed = created || self.state.committed_generation > 0;
         let target = self.target.as_mut().expect("opened");
-        if target.size() < device_size && !(managed && target.kind() == DeviceKind::File) {
+        // A file target is resized to the source's size when we manage it (created it or
+        // committed to it before) or when it is at least as large; a smaller unknown file and
+        // any block device must already be large enough.
+        let managed =
+            created || self.state.committed_generation > 0 || target.size() >= device_size;
+        let may_resize = managed && target.kind() == DeviceKind::File;
+        if !may_resize {
             target.fit(device_size, false)?;
         }
         if self.manifest.is_none() && !created {
@@ -195,7 +233,10 @@ impl Session<'_> {
         self.state.device_size = device_size;
         self.save_state()?;
         let target = self.target.as_mut().expect("opened");
-        target.fit(device_size, managed && target.kind() == DeviceKind::File)?;
+        let size_before = target.size();
+        let fitted = target.fit(device_size, may_resize);
+        self.touched |= target.size() != size_before;
+        fitted?;
         if created {
             self.manifest = Some(Manifest::zeroed(block_size, device_size));
             return Ok(TargetCondition::Unknown);
@@ -233,7 +274,10 @@ impl Session<'_> {
             Some(reason) => Err(reason),
             None => match Manifest::load(&self.paths.manifest) {
                 Ok(Some(m)) if m.block_size == block_size => Ok(m),
-                Ok(Some(m)) => Err(format!("block size changed from {} to {block_size}", m.block_size)),
+                Ok(Some(m)) => Err(format!(
+                    "block size changed from {} to {block_size}",
+                    m.block_size
+                )),
                 Ok(None) => Err("its manifest is missing".into()),
                 Err(e) => Err(format!("its manifest is unusable: {e}")),
             },
@@ -249,17 +293,27 @@ impl Session<'_> {
 
     fn hash_target(&self, block_size: u32, device_size: u64) -> Result<Manifest, ReceiveError> {
         let source = BlockSource::open(&self.config.target)
-            .map_err(|e| ReceiveError::Target(TargetError::Open {
-                path: self.config.target.clone(),
-                source: std::io::Error::other(e.to_string()),
-            }))?
+            .map_err(|e| {
+                ReceiveError::Target(TargetError::Open {
+                    path: self.config.target.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            })?
             .limited_to(device_size);
         let options = ScanOptions::new(block_size);
-        let hashes = hash_all(&source, &options, &self.pool, &AtomicBool::new(false), self.progress)
-            .map_err(|e| ReceiveError::Target(TargetError::Io {
+        let hashes = hash_all(
+            &source,
+            &options,
+            &self.pool,
+            &AtomicBool::new(false),
+            self.progress,
+        )
+        .map_err(|e| {
+            ReceiveError::Target(TargetError::Io {
                 path: self.config.target.clone(),
                 source: std::io::Error::other(e.to_string()),
-            }))?;
+            })
+        })?;
         Ok(Manifest::from_hashes(block_size, device_size, hashes))
     }
 
@@ -282,22 +336,23 @@ impl Session<'_> {
         conn: &mut Connection,
         generation: u64,
     ) -> Result<BlockHash, ReceiveError> {
-        let target = self.target.take().expect("opened");
-        let mut manifest = self.manifest.take().expect("prepared");
         let mut first = conn.recv().await;
         if let Ok(Message::ManifestRequest) = first {
-            send_manifest(conn, &manifest).await?;
+            send_manifest(conn, self.manifest.as_ref().expect("prepared")).await?;
             first = conn.recv().await;
         }
+        let target = self.target.take().expect("opened");
+        let mut manifest = self.manifest.take().expect("prepared");
         let (tx, rx) = channel::<Message>(16);
         let applier = std::thread::spawn(move || {
-            let result = apply_messages(&target, &mut manifest, rx);
-            (target, manifest, result)
+            let mut touched = 0;
+            let result = apply_messages(&target, &mut manifest, rx, &mut touched);
+            (target, manifest, touched, result)
         });
         let streamed = stream_to_applier(conn, first, &tx).await;
         drop(tx);
-        let (target, manifest, applied) = applier.join().expect("applier thread panicked");
-        self.state.last_cycle_bytes_written = applied.as_ref().map(|n| *n).unwrap_or(0);
+        let (target, manifest, touched, applied) = applier.join().expect("applier thread panicked");
+        self.state.last_cycle_bytes_written = touched;
         self.target = Some(target);
         self.manifest = Some(manifest);
         let end = streamed?;
@@ -315,6 +370,7 @@ impl Session<'_> {
         conn: &mut Connection,
         generation: u64,
         expected_root: BlockHash,
+        prior: Condition,
     ) -> Result<(), ReceiveError> {
         let target = self.target.as_ref().expect("opened");
         target.sync()?;
@@ -326,7 +382,7 @@ impl Session<'_> {
                 ours: hex::encode(root),
                 theirs: hex::encode(expected_root),
             };
-            self.abort(&error);
+            self.abort(&error, prior, true);
             return Err(error);
         }
         manifest.generation = generation;
@@ -350,10 +406,17 @@ impl Session<'_> {
     }
 
     /// After a failed cycle: make what was written durable and save a manifest that describes
-    /// it, so the target is "interrupted" (mid-cycle, manifest exact) rather than unknown.
-    fn abort(&mut self, error: &ReceiveError) {
-        tracing::error!(target = %self.config.target.display(), %error, "cycle aborted; target is mid-cycle");
+    /// it, so the target is "interrupted" (mid-cycle, manifest exact) rather than unknown. A
+    /// cycle that wrote nothing leaves a consistent target consistent.
+    fn abort(&mut self, error: &ReceiveError, prior: Condition, touched: bool) {
+        tracing::error!(target = %self.config.target.display(), %error, touched, "cycle aborted");
         self.state.last_error = Some(error.to_string());
+        if !touched && prior == Condition::Consistent {
+            self.state.condition = Condition::Consistent;
+            self.state.applying_generation = None;
+            let _ = self.save_state();
+            return;
+        }
         let (Some(target), Some(manifest)) = (self.target.as_ref(), self.manifest.as_ref()) else {
             let _ = self.save_state();
             return;
@@ -366,15 +429,21 @@ impl Session<'_> {
     }
 
     fn save_state(&mut self) -> Result<(), ReceiveError> {
-        self.state.save(&self.paths).map_err(|source| ReceiveError::State {
-            path: self.paths.state.clone(),
-            source,
-        })
+        self.state
+            .save(&self.paths)
+            .map_err(|source| ReceiveError::State {
+                path: self.paths.state.clone(),
+                source,
+            })
     }
 }
 
 async fn send_manifest(conn: &mut Connection, manifest: &Manifest) -> Result<(), ReceiveError> {
-    for (i, chunk) in manifest.hashes().chunks(MAX_MANIFEST_CHUNK as usize).enumerate() {
+    for (i, chunk) in manifest
+        .hashes()
+        .chunks(MAX_MANIFEST_CHUNK as usize)
+        .enumerate()
+    {
         conn.send(&Message::ManifestChunk {
             first_block: (i * MAX_MANIFEST_CHUNK as usize) as u64,
             hashes: chunk.to_vec(),
@@ -390,19 +459,20 @@ async fn send_manifest(conn: &mut Connection, manifest: &Manifest) -> Result<(),
 }
 
 /// Forwards data messages to the applier until CycleEnd; returns its generation and root.
+/// Stops at once when the applier stops (its error is reported by the caller).
 async fn stream_to_applier(
     conn: &mut Connection,
     first: Result<Message, TransportError>,
     tx: &Sender<Message>,
 ) -> Result<(u64, BlockHash), ReceiveError> {
+    const APPLIER_STOPPED: (u64, BlockHash) = (u64::MAX, [0; 32]);
     let mut next = first;
     loop {
         match next? {
             Message::CycleEnd { generation, root } => return Ok((generation, root)),
             message @ (Message::Extent { .. } | Message::ZeroRun { .. }) => {
                 if tx.send(message).await.is_err() {
-                    // The applier stopped: its error is reported by the caller.
-                    return Ok((u64::MAX, [0; 32]));
+                    return Ok(APPLIER_STOPPED);
                 }
             }
             other => {
@@ -412,20 +482,24 @@ async fn stream_to_applier(
                 )))
             }
         }
-        next = conn.recv().await;
+        next = tokio::select! {
+            message = conn.recv() => message,
+            _ = tx.closed() => return Ok(APPLIER_STOPPED),
+        };
     }
 }
 
 /// Applies extents and zero runs to the target, verifying every block; keeps the manifest in
-/// step with what was written. Returns the bytes written.
+/// step with what was written. Counts bytes written or zeroed in `touched` (also on error: a
+/// failed write counts, since it may have changed the target).
 fn apply_messages(
     target: &Target,
     manifest: &mut Manifest,
     mut rx: Receiver<Message>,
-) -> Result<u64, ReceiveError> {
+    touched: &mut u64,
+) -> Result<(), ReceiveError> {
     let mut decompressor =
         zstd::bulk::Decompressor::new().map_err(|e| ReceiveError::Protocol(e.to_string()))?;
-    let mut written = 0u64;
     while let Some(message) = rx.blocking_recv() {
         match message {
             Message::Extent {
@@ -448,7 +522,11 @@ fn apply_messages(
                 let data = if compressed {
                     let data = decompressor
                         .decompress(&payload, raw_len as usize)
-                        .map_err(|e| ReceiveError::Protocol(format!("extent at block {first_block} does not decompress: {e}")))?;
+                        .map_err(|e| {
+                            ReceiveError::Protocol(format!(
+                                "extent at block {first_block} does not decompress: {e}"
+                            ))
+                        })?;
                     if data.len() != raw_len as usize {
                         return Err(ReceiveError::Protocol(format!(
                             "extent at block {first_block} decompressed to {} bytes, expected {raw_len}", data.len()
@@ -467,6 +545,7 @@ fn apply_messages(
                     }
                 }
                 let offset = first_block * block_size as u64;
+                *touched += raw_len as u64;
                 if let Err(e) = target.write_at(&data, offset) {
                     for i in first_block..first_block + count {
                         manifest.set_hash(i, UNKNOWN_HASH);
@@ -476,7 +555,6 @@ fn apply_messages(
                 for (i, hash) in hashes.into_iter().enumerate() {
                     manifest.set_hash(first_block + i as u64, hash);
                 }
-                written += raw_len as u64;
             }
             Message::ZeroRun {
                 first_block,
@@ -486,6 +564,7 @@ fn apply_messages(
                 let block_size = manifest.block_size as u64;
                 let start = first_block * block_size;
                 let end = ((first_block + block_count) * block_size).min(manifest.device_size);
+                *touched += end - start;
                 if let Err(e) = target.write_zeroes(start, end - start) {
                     for i in first_block..first_block + block_count {
                         manifest.set_hash(i, UNKNOWN_HASH);
@@ -495,14 +574,30 @@ fn apply_messages(
                 let full = zero_block_hash(block_size as usize);
                 for i in first_block..first_block + block_count {
                     let len = block_len(manifest.device_size, manifest.block_size, i);
-                    let hash = if len == block_size as usize { full } else { zero_block_hash(len) };
+                    let hash = if len == block_size as usize {
+                        full
+                    } else {
+                        zero_block_hash(len)
+                    };
                     manifest.set_hash(i, hash);
                 }
             }
             _ => unreachable!("only data messages reach the applier"),
         }
     }
-    Ok(written)
+    Ok(())
+}
+
+/// Bounds the announced geometry before a target or manifest is sized from it.
+fn check_geometry(device_size: u64, block_size: u32) -> Result<(), ReceiveError> {
+    let blocks = crate::blockdiff::manifest::block_count(device_size, block_size);
+    if device_size > MAX_DEVICE_SIZE || blocks > MAX_BLOCKS {
+        return Err(ReceiveError::Protocol(format!(
+            "announced device of {device_size} bytes in {blocks} blocks exceeds the receiver's limits \
+             ({MAX_DEVICE_SIZE} bytes, {MAX_BLOCKS} blocks; use a larger --block-size)"
+        )));
+    }
+    Ok(())
 }
 
 fn check_range(manifest: &Manifest, first_block: u64, count: u64) -> Result<(), ReceiveError> {

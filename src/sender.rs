@@ -274,7 +274,10 @@ fn load_own_manifest(
             "it belongs to another source".to_string()
         }
         Ok(Some(m)) if m.block_size != block_size => {
-            format!("its block size is {} and this cycle uses {block_size}", m.block_size)
+            format!(
+                "its block size is {} and this cycle uses {block_size}",
+                m.block_size
+            )
         }
         Ok(Some(m)) if m.device_size != device_size => format!(
             "the source was {} bytes and is now {device_size}",
@@ -317,7 +320,9 @@ async fn fetch_manifest(
                 hashes.extend(chunk);
             }
             Message::ManifestEnd { root } => {
-                if hashes.len() as u64 != expected || root_of(device_size, block_size, &hashes) != root {
+                if hashes.len() as u64 != expected
+                    || root_of(device_size, block_size, &hashes) != root
+                {
                     return Err(SendError::Protocol(
                         "receiver's manifest is incomplete or does not match its root".into(),
                     ));
@@ -372,7 +377,7 @@ async fn stream_changes(
     drop(rx);
     let (result, hashes, stats) = scanner.await.expect("scan task panicked");
     if let Some(e) = send_error {
-        return Err(e.into());
+        return Err(refusal_or(conn, e).await);
     }
     match result {
         Ok(()) => Ok((hashes, stats)),
@@ -385,6 +390,14 @@ async fn stream_changes(
             "read error at byte {offset} of {path}: {source}"
         ))),
         Err(ScanError::Sink(())) => Err(SendError::Transport(TransportError::Closed)),
+    }
+}
+
+/// After a failed write: the receiver usually refused first and said why; prefer its reason.
+async fn refusal_or(conn: &mut Connection, error: TransportError) -> SendError {
+    match tokio::time::timeout(Duration::from_secs(5), conn.recv()).await {
+        Ok(Err(refused @ TransportError::Refused(_))) => refused.into(),
+        _ => error.into(),
     }
 }
 
@@ -500,7 +513,9 @@ impl Differ {
 /// Builds an extent, compressed when that makes it smaller.
 fn extent(first_block: u64, data: &[u8], hashes: Vec<BlockHash>, level: i32) -> Message {
     let compressed = if level > 0 {
-        zstd::bulk::compress(data, level).ok().filter(|c| c.len() < data.len())
+        zstd::bulk::compress(data, level)
+            .ok()
+            .filter(|c| c.len() < data.len())
     } else {
         None
     };

@@ -70,6 +70,10 @@ fn map_classify_error(path: &Path, error: SourceError) -> TargetError {
             path: path.to_owned(),
             source,
         },
+        other @ SourceError::As { .. } => TargetError::Open {
+            path: path.to_owned(),
+            source: io::Error::other(other.to_string()),
+        },
     }
 }
 
@@ -225,7 +229,10 @@ mod tests {
     fn create_sparse_write_and_punch() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.img");
-        assert!(matches!(Target::open(&path, None), Err(TargetError::Missing(_))));
+        assert!(matches!(
+            Target::open(&path, None),
+            Err(TargetError::Missing(_))
+        ));
         let mut target = Target::open(&path, Some(8 << 20)).unwrap();
         assert_eq!(target.size(), 8 << 20);
         assert!(std::fs::metadata(&path).unwrap().blocks() < 64);
@@ -235,7 +242,10 @@ mod tests {
         target.read_at(&mut buf, 65536).unwrap();
         assert!(buf[..4096].iter().all(|&b| b == 0));
         assert!(buf[4096..].iter().all(|&b| b == 7));
-        assert!(matches!(target.fit(16 << 20, false), Err(TargetError::TooSmall { .. })));
+        assert!(matches!(
+            target.fit(16 << 20, false),
+            Err(TargetError::TooSmall { .. })
+        ));
         target.fit(16 << 20, true).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 16 << 20);
         assert!(matches!(

@@ -32,17 +32,21 @@ impl VerifyReport {
 }
 
 /// Compares `source` with `target`.
-pub fn verify(source: &Path, target: &Path, progress: &dyn Progress) -> Result<VerifyReport, SourceError> {
+pub fn verify(
+    source: &Path,
+    target: &Path,
+    progress: &dyn Progress,
+) -> Result<VerifyReport, SourceError> {
     let a = BlockSource::open(source)?;
-    let b = BlockSource::open(target)?;
+    let b = BlockSource::open(target).map_err(|e| e.as_role("target"))?;
     let mut report = VerifyReport {
         source_size: a.size(),
         target_size: b.size(),
         ..Default::default()
     };
     let compare_len = a.size().min(b.size());
-    report.size_mismatch = b.size() < a.size()
-        || (b.kind() == DeviceKind::File && b.size() != a.size());
+    report.size_mismatch =
+        b.size() < a.size() || (b.kind() == DeviceKind::File && b.size() != a.size());
     progress.start(Stage::Verify, compare_len);
     let mut buf_a = vec![0u8; CHUNK];
     let mut buf_b = vec![0u8; CHUNK];
@@ -53,10 +57,16 @@ pub fn verify(source: &Path, target: &Path, progress: &dyn Progress) -> Result<V
             path: path.to_owned(),
             source: e,
         };
-        a.read_at(&mut buf_a[..len], offset).map_err(|e| read_error(source, e))?;
-        b.read_at(&mut buf_b[..len], offset).map_err(|e| read_error(target, e))?;
+        a.read_at(&mut buf_a[..len], offset)
+            .map_err(|e| read_error(source, e))?;
+        b.read_at(&mut buf_b[..len], offset)
+            .map_err(|e| read_error(target, e))?;
         if buf_a[..len] != buf_b[..len] {
-            for (i, (x, y)) in buf_a[..len].chunks(GRAIN).zip(buf_b[..len].chunks(GRAIN)).enumerate() {
+            for (i, (x, y)) in buf_a[..len]
+                .chunks(GRAIN)
+                .zip(buf_b[..len].chunks(GRAIN))
+                .enumerate()
+            {
                 if x != y {
                     let start = offset + (i * GRAIN) as u64;
                     add_range(&mut report.differing, start..start + x.len() as u64);

@@ -114,7 +114,9 @@ mod tests {
             let mut state = seed;
             let mut data = vec![0u8; blocks * BS + (seed % 3000) as usize];
             for chunk in data.chunks_mut(BS) {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 if state >> 62 != 0 {
                     chunk.fill((state >> 32) as u8 | 1);
                 }

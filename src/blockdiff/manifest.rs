@@ -29,7 +29,9 @@ pub enum ManifestError {
     UnsupportedVersion { found: u32 },
     #[error("manifest header is inconsistent: {0}")]
     BadHeader(String),
-    #[error("manifest is truncated or has trailing bytes: expected {expected} bytes, found {found}")]
+    #[error(
+        "manifest is truncated or has trailing bytes: expected {expected} bytes, found {found}"
+    )]
     BadLength { expected: u64, found: u64 },
     #[error("manifest checksum does not match (file corrupted)")]
     BadChecksum,

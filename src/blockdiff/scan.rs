@@ -182,14 +182,15 @@ fn scan_pread<E>(
         let mut offset_done = 0u64;
         for _ in 0..total_blocks.div_ceil(per_chunk) {
             check_cancel(cancel)?;
-            let (first_block, buf) = full_rx
-                .recv()
-                .expect("reader thread ended early")
-                .map_err(|e| ScanError::Read {
-                    path: source.path().display().to_string(),
-                    offset: offset_done,
-                    source: e,
-                })?;
+            let (first_block, buf) =
+                full_rx
+                    .recv()
+                    .expect("reader thread ended early")
+                    .map_err(|e| ScanError::Read {
+                        path: source.path().display().to_string(),
+                        offset: offset_done,
+                        source: e,
+                    })?;
             hasher.hash(pool, &buf, &mut hashes, &mut zero);
             sink(ScannedChunk {
                 first_block,
@@ -276,7 +277,10 @@ mod tests {
         }
         file.write_all(&data).unwrap();
         let source = BlockSource::open(file.path()).unwrap();
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
         let cancel = AtomicBool::new(false);
         let expected: Vec<BlockHash> = data.chunks(4096).map(hash_block).collect();
         for mode in [ReadMode::Pread, ReadMode::Mmap] {

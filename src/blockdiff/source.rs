@@ -28,6 +28,22 @@ pub enum SourceError {
     NotFileOrDevice(PathBuf),
     #[error("cannot read source {path}: {source}")]
     Unreadable { path: PathBuf, source: io::Error },
+    /// The same problem with a device read in another role (`verify`'s target).
+    #[error("{role} {}", .error.to_string().trim_start_matches("source "))]
+    As {
+        role: &'static str,
+        error: Box<SourceError>,
+    },
+}
+
+impl SourceError {
+    /// Names the device by its role (e.g. "target") instead of "source".
+    pub fn as_role(self, role: &'static str) -> SourceError {
+        SourceError::As {
+            role,
+            error: Box::new(self),
+        }
+    }
 }
 
 /// What kind of object a path is.
@@ -131,7 +147,11 @@ impl BlockSource {
     pub fn map(&self) -> io::Result<memmap2::Mmap> {
         // SAFETY: the mapping is read-only and the scan reads a frozen view; a concurrent
         // truncation would raise SIGBUS, which is why pread is the default mode.
-        let map = unsafe { memmap2::MmapOptions::new().len(self.size as usize).map(&self.file)? };
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .len(self.size as usize)
+                .map(&self.file)?
+        };
         let _ = map.advise(memmap2::Advice::Sequential);
         Ok(map)
     }

@@ -25,7 +25,11 @@ use crate::transport::tls;
 use crate::units::{human_bytes, parse_duration, parse_size};
 
 #[derive(Parser, Debug)]
-#[command(name = "blkmirror", version, about = "Mirror block devices and image files by snapshots and verified deltas")]
+#[command(
+    name = "blkmirror",
+    version,
+    about = "Mirror block devices and image files by snapshots and verified deltas"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -121,6 +125,9 @@ struct SendArgs {
     /// blkmirror's path on the remote host, when it is not on the remote PATH.
     #[arg(long, default_value = "blkmirror")]
     remote_command: String,
+    /// The remote receiver's --state-dir, for ssh:// destinations.
+    #[arg(long)]
+    remote_state_dir: Option<String>,
     /// How the scan reads the source (pread is faster on page-cached data; see docs).
     #[arg(long, value_enum, default_value = "pread", hide = true)]
     read_mode: ReadModeArg,
@@ -171,7 +178,21 @@ fn usage(message: impl Into<String>) -> CliError {
 
 /// Entry point: parses arguments, runs, returns the exit code.
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version: print as clap does, exit 0.
+            let _ = e.print();
+            return 0;
+        }
+        Err(e) => {
+            eprintln!(
+                "blkmirror: error: {} (see blkmirror --help)",
+                clap_message(&e)
+            );
+            return 2;
+        }
+    };
     let result = run(cli);
     match result {
         Ok(code) => code,
@@ -184,6 +205,16 @@ pub fn main() -> i32 {
             1
         }
     }
+}
+
+/// The first line of a clap error, without its own "error: " prefix.
+fn clap_message(error: &clap::Error) -> String {
+    if error.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        return "missing command: one of send, receive, keygen, verify, status, demo".into();
+    }
+    let rendered = error.render().to_string();
+    let line = rendered.lines().next().unwrap_or("invalid arguments");
+    line.trim_start_matches("error: ").to_string()
 }
 
 /// The error and its causes on one line, without repeating a cause already in the message.
@@ -202,13 +233,17 @@ fn one_line(error: &anyhow::Error) -> String {
     text.replace('\n', " ")
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
-    tokio::runtime::Builder::new_multi_thread()
+/// Runs a future on a fresh runtime, then shuts it down without waiting for blocking reads
+/// (a stdin reader would otherwise hold the process until its peer closes the pipe).
+fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, CliError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .context("cannot start the async runtime")
-        .map_err(CliError::Runtime)
+        .context("cannot start the async runtime")?;
+    let output = runtime.block_on(future);
+    runtime.shutdown_background();
+    Ok(output)
 }
 
 fn init_logging(multi: Option<indicatif::MultiProgress>) {
@@ -261,7 +296,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Demo { dir, size } => {
             let size = parse_size(&size).map_err(usage)?;
             let progress = make_progress(ProgressMode::Auto);
-            runtime()?.block_on(crate::demo::run(dir, size, progress))?;
+            block_on(crate::demo::run(dir, size, progress))??;
             Ok(0)
         }
     }
@@ -275,7 +310,11 @@ fn send(args: SendArgs) -> Result<i32, CliError> {
     if !(0..=22).contains(&args.compress_level) {
         return Err(usage("--compress-level must be between 0 (off) and 22"));
     }
-    let dest = parse_destination(&args.dest).map_err(usage)?;
+    let dest = match parse_destination(&args.dest).map_err(usage)? {
+        // Key state by the absolute path, whatever the working directory.
+        Destination::Local(path) => Destination::Local(receiver::absolute(&path)),
+        other => other,
+    };
     let threads = threads(args.threads)?;
     let tls = match (&dest, &args.identity, &args.peer) {
         (Destination::Tls { .. }, Some(dir), Some(peer)) => {
@@ -296,7 +335,9 @@ fn send(args: SendArgs) -> Result<i32, CliError> {
     if let Destination::Local(path) = &dest {
         check_local_dest(&args.source, path)?;
     }
-    let state_dir = args.state_dir.unwrap_or_else(crate::state::default_state_dir);
+    let state_dir = args
+        .state_dir
+        .unwrap_or_else(crate::state::default_state_dir);
     let mode = if args.once {
         Mode::Once
     } else if args.until_quiet {
@@ -324,6 +365,7 @@ fn send(args: SendArgs) -> Result<i32, CliError> {
             ssh: SshOptions {
                 ssh_command: args.ssh_command,
                 remote_command: args.remote_command,
+                remote_state_dir: args.remote_state_dir,
             },
         },
         mode,
@@ -332,9 +374,9 @@ fn send(args: SendArgs) -> Result<i32, CliError> {
     };
     let provider = snapshot::provider(args.snapshot);
     let json = args.json;
-    runtime()?.block_on(crate::daemon::run(config, &*provider, progress, |report| {
+    block_on(crate::daemon::run(config, &*provider, progress, |report| {
         print_report(report, json)
-    }))
+    }))?
     .map_err(|e| CliError::Runtime(e.into()))?;
     Ok(0)
 }
@@ -381,15 +423,16 @@ fn receive(args: ReceiveArgs) -> Result<i32, CliError> {
     let config = ReceiverConfig {
         target: receiver::absolute(&args.target),
         create: args.create,
-        state_dir: args.state_dir.unwrap_or_else(crate::state::default_state_dir),
+        state_dir: args
+            .state_dir
+            .unwrap_or_else(crate::state::default_state_dir),
         threads: threads(args.threads)?,
     };
     init_logging(None);
     receiver::check_config(&config).map_err(|e| CliError::Runtime(e.into()))?;
     if args.stdio {
         let stream = Box::new(tokio::io::join(tokio::io::stdin(), tokio::io::stdout()));
-        runtime()?
-            .block_on(receiver::serve(&config, stream, "stdio", &NoProgress))
+        block_on(receiver::serve(&config, stream, "stdio", &NoProgress))?
             .map_err(|e| CliError::Runtime(e.into()))?;
         return Ok(0);
     }
@@ -405,22 +448,22 @@ fn receive(args: ReceiveArgs) -> Result<i32, CliError> {
         .map(|p| tls::parse_fingerprint(p).map_err(|e| usage(format!("--allow-peer: {e}"))))
         .collect::<Result<Vec<_>, _>>()?;
     let identity = tls::load_identity(identity_dir).context("--identity")?;
-    let rt = runtime()?;
-    rt.block_on(async {
+    block_on(async {
         let server = tls::TlsServer::bind(&addr, &identity, allowed).await?;
         println!("listening on {}", server.local_addr());
         let _ = std::io::stdout().flush();
         tracing::info!(addr = %server.local_addr(), target = %config.target.display(), "receiver ready");
         crate::server::serve_tls(server, Arc::new(config), crate::daemon::shutdown_signal()).await
-    })
+    })?
     .map_err(|e| CliError::Runtime(e.into()))?;
     Ok(0)
 }
 
 fn verify(source: PathBuf, target: PathBuf) -> Result<i32, CliError> {
-    init_logging(None);
     let progress = make_progress(ProgressMode::Auto);
-    let report = crate::verify::verify(&source, &target, &*progress).map_err(|e| CliError::Runtime(e.into()))?;
+    // `verify` promises exit 2 for errors (1 means "different").
+    let report = crate::verify::verify(&source, &target, &*progress)
+        .map_err(|e| CliError::Usage(e.to_string()))?;
     if report.identical() {
         println!("identical: {} bytes", report.source_size);
         return Ok(0);
@@ -449,9 +492,13 @@ fn verify(source: PathBuf, target: PathBuf) -> Result<i32, CliError> {
 
 fn status(state_dir: Option<PathBuf>, json: bool) -> Result<i32, CliError> {
     let dir = state_dir.unwrap_or_else(crate::state::default_state_dir);
-    let entries = crate::state::list(&dir).with_context(|| format!("state dir {}", dir.display()))?;
+    let entries =
+        crate::state::list(&dir).with_context(|| format!("state dir {}", dir.display()))?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&entries).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&entries).unwrap_or_default()
+        );
         return Ok(0);
     }
     if entries.is_empty() {
@@ -482,7 +529,10 @@ fn describe(entry: &serde_json::Value) -> String {
     let target = entry["target"].as_str().unwrap_or("?");
     let committed = &entry["committed_generation"];
     if entry["condition"] == "consistent" {
-        format!("receiver {target}: consistent at generation {committed} (committed {})", time("committed_at"))
+        format!(
+            "receiver {target}: consistent at generation {committed} (committed {})",
+            time("committed_at")
+        )
     } else {
         format!(
             "receiver {target}: MID-CYCLE ({}, applying generation {}); last consistent generation {committed}{}",

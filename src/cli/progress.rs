@@ -32,7 +32,9 @@ impl Bars {
 
     fn bar(&self, stage: Stage) -> Option<ProgressBar> {
         let bars = self.bars.lock().expect("bars lock");
-        bars.iter().find(|(s, _)| *s == stage).map(|(_, b)| b.clone())
+        bars.iter()
+            .find(|(s, _)| *s == stage)
+            .map(|(_, b)| b.clone())
     }
 }
 

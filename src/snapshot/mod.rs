@@ -23,7 +23,10 @@ pub enum SnapshotKind {
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
     #[error("snapshot of {source_path} failed: {reason}")]
-    Failed { source_path: PathBuf, reason: String },
+    Failed {
+        source_path: PathBuf,
+        reason: String,
+    },
 }
 
 /// What consistency a view gives.

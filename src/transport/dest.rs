@@ -122,9 +122,7 @@ fn parse_ssh(rest: &str) -> Result<Destination, String> {
         return Err(format!("missing PATH (expected {SSH_FORM})"));
     }
     let (user, host_port) = match authority.rsplit_once('@') {
-        Some((user, _)) if user.is_empty() => {
-            return Err(format!("empty user before '@' (expected {SSH_FORM})"))
-        }
+        Some(("", _)) => return Err(format!("empty user before '@' (expected {SSH_FORM})")),
         Some((user, host_port)) => (Some(user.to_string()), host_port),
         None => (None, authority),
     };

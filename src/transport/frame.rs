@@ -268,9 +268,7 @@ impl Message {
         let (&kind, body) = frame.split_first().ok_or(FrameError::Empty)?;
         let mut r = Reader { buf: body };
         let message = match kind {
-            kind::REFUSED => Message::Refused {
-                reason: r.text()?,
-            },
+            kind::REFUSED => Message::Refused { reason: r.text()? },
             kind::CYCLE_START => Message::CycleStart {
                 generation: r.u64()?,
                 device_size: r.u64()?,
@@ -292,7 +290,9 @@ impl Message {
                 let first_block = r.u64()?;
                 let count = r.u32()?;
                 if count == 0 || count > MAX_MANIFEST_CHUNK {
-                    return Err(FrameError::Invalid(format!("manifest chunk of {count} hashes")));
+                    return Err(FrameError::Invalid(format!(
+                        "manifest chunk of {count} hashes"
+                    )));
                 }
                 Message::ManifestChunk {
                     first_block,
@@ -449,14 +449,20 @@ mod tests {
     fn message_strategy() -> impl Strategy<Value = Message> {
         prop_oneof![
             "[a-z ]{0,40}".prop_map(|reason| Message::Refused { reason }),
-            (any::<u64>(), any::<u64>(), any::<u32>(), proptest::option::of(hash_strategy())).prop_map(
-                |(generation, device_size, block_size, base_root)| Message::CycleStart {
-                    generation,
-                    device_size,
-                    block_size,
-                    base_root
-                }
-            ),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                any::<u32>(),
+                proptest::option::of(hash_strategy())
+            )
+                .prop_map(|(generation, device_size, block_size, base_root)| {
+                    Message::CycleStart {
+                        generation,
+                        device_size,
+                        block_size,
+                        base_root,
+                    }
+                }),
             (any::<u64>(), hash_strategy(), 0u8..3).prop_map(|(committed_generation, root, c)| {
                 Message::TargetState {
                     committed_generation,
@@ -469,20 +475,42 @@ mod tests {
                 }
             }),
             Just(Message::ManifestRequest),
-            (any::<u64>(), proptest::collection::vec(hash_strategy(), 1..20))
-                .prop_map(|(first_block, hashes)| Message::ManifestChunk { first_block, hashes }),
-            hash_strategy().prop_map(|root| Message::ManifestEnd { root }),
-            (any::<u64>(), proptest::collection::vec(hash_strategy(), 1..5), proptest::collection::vec(any::<u8>(), 1..300), any::<bool>())
-                .prop_map(|(first_block, hashes, payload, compressed)| Message::Extent {
+            (
+                any::<u64>(),
+                proptest::collection::vec(hash_strategy(), 1..20)
+            )
+                .prop_map(|(first_block, hashes)| Message::ManifestChunk {
                     first_block,
-                    raw_len: if compressed { 4096 } else { payload.len() as u32 },
-                    compressed,
-                    hashes,
-                    payload
+                    hashes
                 }),
-            (any::<u64>(), 1u64..).prop_map(|(first_block, block_count)| Message::ZeroRun { first_block, block_count }),
-            (any::<u64>(), hash_strategy()).prop_map(|(generation, root)| Message::CycleEnd { generation, root }),
-            (any::<u64>(), hash_strategy()).prop_map(|(generation, root)| Message::Committed { generation, root }),
+            hash_strategy().prop_map(|root| Message::ManifestEnd { root }),
+            (
+                any::<u64>(),
+                proptest::collection::vec(hash_strategy(), 1..5),
+                proptest::collection::vec(any::<u8>(), 1..300),
+                any::<bool>()
+            )
+                .prop_map(|(first_block, hashes, payload, compressed)| {
+                    Message::Extent {
+                        first_block,
+                        raw_len: if compressed {
+                            4096
+                        } else {
+                            payload.len() as u32
+                        },
+                        compressed,
+                        hashes,
+                        payload,
+                    }
+                }),
+            (any::<u64>(), 1u64..).prop_map(|(first_block, block_count)| Message::ZeroRun {
+                first_block,
+                block_count
+            }),
+            (any::<u64>(), hash_strategy())
+                .prop_map(|(generation, root)| Message::CycleEnd { generation, root }),
+            (any::<u64>(), hash_strategy())
+                .prop_map(|(generation, root)| Message::Committed { generation, root }),
         ]
     }
 

@@ -2,15 +2,19 @@
 //! `ssh` and speaks the protocol over the child's stdin/stdout. Authentication is ssh's.
 //!
 //! The command line is `SSH_COMMAND... -T -e none [-p PORT] [-l USER] HOST -- 'REMOTE
-//! receive --stdio PATH'`, with the remote part quoted for the remote POSIX shell. ssh's
-//! stderr is inherited, so ssh's own errors and the remote receiver's error line reach the
-//! user directly.
+//! receive --stdio --create [--state-dir DIR] -- PATH'`, the remote part quoted for the
+//! remote POSIX shell. ssh's stderr is inherited, so ssh's own errors and the remote
+//! receiver's error line reach the user directly. Shutting the stream down closes ssh's stdin
+//! (end of input for the remote receiver); dropping the stream does too.
 
 use std::io;
+use std::pin::Pin;
 use std::process::{ExitStatus, Stdio};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use tokio::process::{Child, Command};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use super::BoxStream;
 
@@ -25,6 +29,8 @@ pub struct SshOptions {
     pub ssh_command: String,
     /// The blkmirror program on the remote host, as shell words (e.g. `sudo blkmirror`).
     pub remote_command: String,
+    /// The remote receiver's `--state-dir`, when not its default.
+    pub remote_state_dir: Option<String>,
 }
 
 impl Default for SshOptions {
@@ -32,6 +38,7 @@ impl Default for SshOptions {
         SshOptions {
             ssh_command: "ssh".to_string(),
             remote_command: "blkmirror".to_string(),
+            remote_state_dir: None,
         }
     }
 }
@@ -149,7 +156,7 @@ pub fn build_command_line(
     }
     check_host(host)?;
     args.extend([host.to_string(), "--".to_string()]);
-    args.push(remote_line(&opts.remote_command, path)?);
+    args.push(remote_line(opts, path)?);
     Ok(args)
 }
 
@@ -179,8 +186,10 @@ fn check_host(host: &str) -> Result<(), SshError> {
     })
 }
 
-/// The single string ssh hands to the remote shell: `REMOTE... receive --stdio PATH`, quoted.
-fn remote_line(remote_command: &str, path: &str) -> Result<String, SshError> {
+/// The single string ssh hands to the remote shell, quoted:
+/// `REMOTE... receive --stdio --create [--state-dir DIR] -- PATH`. A missing remote file target is created sparse, as for a local destination.
+fn remote_line(opts: &SshOptions, path: &str) -> Result<String, SshError> {
+    let remote_command = &opts.remote_command;
     let bad_remote = |cause: &str| SshError::BadRemoteCommand {
         text: remote_command.to_string(),
         cause: cause.to_string(),
@@ -190,7 +199,11 @@ fn remote_line(remote_command: &str, path: &str) -> Result<String, SshError> {
         Some(words) if words.is_empty() => return Err(bad_remote("empty")),
         Some(words) => words,
     };
-    words.extend(["receive", "--stdio", path].map(String::from));
+    words.extend(["receive", "--stdio", "--create"].map(String::from));
+    if let Some(dir) = &opts.remote_state_dir {
+        words.extend(["--state-dir".to_string(), dir.clone()]);
+    }
+    words.extend(["--".to_string(), path.to_string()]);
     shlex::try_join(words.iter().map(String::as_str)).map_err(|e| SshError::BadPath {
         path: path.to_string(),
         cause: e.to_string(),
@@ -217,12 +230,63 @@ pub fn spawn(
         .map_err(|e| spawn_error(&args[0], &e))?;
     let stdin = child.stdin.take().expect("stdin is piped");
     let stdout = child.stdout.take().expect("stdout is piped");
-    let stream: BoxStream = Box::new(tokio::io::join(stdout, stdin));
+    let stream: BoxStream = Box::new(SshStream {
+        stdout,
+        stdin: Some(stdin),
+    });
     let child = SshChild {
         child,
         host: host.to_string(),
     };
     Ok(SshConnection { stream, child })
+}
+
+/// ssh's stdout and stdin as one stream. Unlike a plain pipe, shutting it down really closes
+/// ssh's stdin, so the remote receiver sees end of input.
+struct SshStream {
+    stdout: ChildStdout,
+    stdin: Option<ChildStdin>,
+}
+
+impl AsyncRead for SshStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stdout).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SshStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.stdin.as_mut() {
+            Some(stdin) => Pin::new(stdin).poll_write(cx, buf),
+            None => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "write after shutdown of the ssh stream",
+            ))),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.stdin.as_mut() {
+            Some(stdin) => Pin::new(stdin).poll_flush(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(stdin) = self.stdin.as_mut() {
+            ready!(Pin::new(stdin).poll_flush(cx))?;
+        }
+        self.stdin = None;
+        Poll::Ready(Ok(()))
+    }
 }
 
 fn spawn_error(program: &str, e: &io::Error) -> SshError {
@@ -268,7 +332,7 @@ mod tests {
                 "none",
                 "host",
                 "--",
-                "blkmirror receive --stdio /dev/sdb"
+                "blkmirror receive --stdio --create -- /dev/sdb"
             ]
         );
     }
@@ -278,6 +342,7 @@ mod tests {
         let opts = SshOptions {
             ssh_command: "ssh -i 'my key' -o StrictHostKeyChecking=no".into(),
             remote_command: "sudo '/opt/my dir/blkmirror'".into(),
+            remote_state_dir: None,
         };
         assert_eq!(
             line(Some("root"), "::1", Some(2222), "/tmp/a b's", &opts),
@@ -296,7 +361,7 @@ mod tests {
                 "root",
                 "::1",
                 "--",
-                r#"sudo '/opt/my dir/blkmirror' receive --stdio "/tmp/a b's""#,
+                r#"sudo '/opt/my dir/blkmirror' receive --stdio --create -- "/tmp/a b's""#,
             ]
         );
     }
@@ -304,9 +369,20 @@ mod tests {
     #[test]
     fn remote_line_survives_a_shell() {
         let path = "/tmp/$(touch x) `y` \"z\" 'w'";
-        let remote = remote_line("blkmirror", path).unwrap();
+        let remote = remote_line(&SshOptions::default(), path).unwrap();
         let words = shlex::split(&remote).unwrap();
-        assert_eq!(words, ["blkmirror", "receive", "--stdio", path]);
+        assert_eq!(
+            words,
+            ["blkmirror", "receive", "--stdio", "--create", "--", path]
+        );
+        let opts = SshOptions {
+            remote_state_dir: Some("/var/lib/my state".into()),
+            ..SshOptions::default()
+        };
+        assert_eq!(
+            remote_line(&opts, "/dev/sdb").unwrap(),
+            "blkmirror receive --stdio --create --state-dir '/var/lib/my state' -- /dev/sdb"
+        );
     }
 
     #[test]

@@ -1,0 +1,92 @@
+//! `ssh://` destinations through a private sshd on 127.0.0.1 (see `common::Sshd`), with
+//! `--remote-command` set to this build's binary.
+//!
+//! The remote receiver's state goes to the test's temp dir through `--remote-state-dir` (as
+//! root it would otherwise default to /var/lib/blkmirror, shared by every test and run).
+
+mod common;
+
+use serde_json::Value;
+
+use common::*;
+
+#[test]
+fn sshd_harness_accepts_key_login() {
+    let t = Scratch::new("ssh-harness");
+    let sshd = Sshd::start(&t.dir("sshd"));
+    sshd.ssh("true").assert_success();
+    let out = sshd.ssh("echo $XDG_STATE_HOME");
+    out.assert_success();
+    assert_eq!(out.stdout_text().trim(), s(&sshd.remote_state));
+}
+
+/// `--ssh-command ... --remote-command ... --remote-state-dir DIR`: the remote receiver keeps
+/// its state in the test's temp dir (as root it would default to /var/lib/blkmirror).
+fn ssh_args(sshd: &Sshd, remote_command: &str) -> Vec<String> {
+    vec![
+        "--ssh-command".into(),
+        sshd.ssh_command(),
+        "--remote-command".into(),
+        remote_command.into(),
+        "--remote-state-dir".into(),
+        s(&sshd.remote_state).into(),
+    ]
+}
+
+#[test]
+fn mirror_over_ssh_two_cycles() {
+    let t = Scratch::new("ssh-cycles");
+    let sshd = Sshd::start(&t.dir("sshd"));
+    let src = t.path("source.img");
+    let tgt = t.path("target.img");
+    let len = 16 * MIB;
+    write_random_file(&src, len, 401);
+    assert!(
+        !tgt.exists(),
+        "the remote receiver creates a missing file target"
+    );
+    let state = t.dir("state-sender");
+    let dest = sshd.url(&tgt);
+    let extra = ssh_args(&sshd, bin());
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+
+    let c1 = send_once(s(&src), &dest, &state, &extra);
+    assert_eq!(c1.generation, 1, "{:?}", c1.raw);
+    assert!(c1.bytes_sent > 0, "{:?}", c1.raw);
+    assert_identical(&src, &tgt);
+
+    let before = read_all(&src);
+    random_writes(&src, &mut Rng::new(402), 12, 64, 200 * KIB);
+    let changed = changed_blocks(&before, &read_all(&src), BLOCK).len() as u64;
+    let c2 = send_once(s(&src), &dest, &state, &extra);
+    assert_eq!(c2.generation, 2, "{:?}", c2.raw);
+    assert_eq!(c2.blocks_changed, changed, "{:?}", c2.raw);
+    assert_identical(&src, &tgt);
+
+    let sender = status_entry(&state, "sender");
+    assert_eq!(
+        sender.get("generation").and_then(Value::as_u64),
+        Some(2),
+        "{sender}"
+    );
+    assert_receiver_consistent(&status_entry(&sshd.remote_state, "receiver"), 2);
+}
+
+#[test]
+fn ssh_with_a_missing_remote_command_fails_cleanly() {
+    let t = Scratch::new("ssh-badremote");
+    let sshd = Sshd::start(&t.dir("sshd"));
+    let src = t.path("source.img");
+    let tgt = t.path("target.img");
+    write_random_file(&src, 2 * MIB, 411);
+    let before = Rng::new(412).bytes((2 * MIB) as usize);
+    std::fs::write(&tgt, &before).unwrap();
+
+    let mut args = send_args(s(&src), &sshd.url(&tgt), &t.dir("state"));
+    args.push("--once".into());
+    args.extend(ssh_args(&sshd, "/nonexistent/blkmirror"));
+    let out = run(&args);
+    out.assert_error(1, &[]);
+    assert!(out.json_lines().is_empty(), "{out:?}");
+    assert_content(&tgt, &before, "target after a failed ssh start");
+}

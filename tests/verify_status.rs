@@ -1,0 +1,148 @@
+//! `verify` exit codes and output, `status` for both roles, and `demo`.
+
+mod common;
+
+use std::fs;
+
+use serde_json::Value;
+
+use common::*;
+
+#[test]
+fn verify_exit_codes() {
+    let t = Scratch::new("verify");
+    let a = t.path("a.img");
+    let b = t.path("b.img");
+    write_random_file(&a, 4 * MIB + 100, 501);
+    fs::copy(&a, &b).unwrap();
+
+    let out = run(&["verify", s(&a), s(&b)]);
+    out.assert_success();
+    assert!(out.error_lines().is_empty(), "{out:?}");
+
+    // One byte: exit 1 and a (small) printed range holds the offset.
+    let offset = 3_333_333u64;
+    corrupt_byte(&b, offset);
+    let out = run(&["verify", s(&a), s(&b)]);
+    out.assert_code(1);
+    assert_names_offset(&out, offset, BLOCK);
+    corrupt_byte(&b, offset);
+
+    // Different lengths are different.
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&b)
+        .unwrap()
+        .set_len(4 * MIB + 200)
+        .unwrap();
+    run(&["verify", s(&a), s(&b)]).assert_code(1);
+
+    // Errors: exit 2, one error line naming the path.
+    let missing = t.path("missing.img");
+    run(&["verify", s(&a), s(&missing)]).assert_error(2, &[s(&missing)]);
+    run(&["verify", s(&missing), s(&a)]).assert_error(2, &[s(&missing)]);
+    let dir = t.dir("a-directory");
+    run(&["verify", s(&a), s(&dir)]).assert_error(2, &[s(&dir)]);
+}
+
+#[test]
+fn status_reports_sender_generation_and_consistent_receiver() {
+    let t = Scratch::new("status");
+    let ids = TlsPair::new(&t);
+    let src = t.path("source.img");
+    let tgt = t.path("target.img");
+    write_random_file(&src, 8 * MIB, 511);
+    let rstate = t.dir("state-receiver");
+    let sstate = t.dir("state-sender");
+
+    // Fresh state dirs: empty arrays.
+    assert!(status(&rstate).is_empty());
+    assert!(status(&sstate).is_empty());
+
+    let mut rargs = ids.receiver_args();
+    rargs.push("--create".into());
+    let receiver = Receiver::start(&tgt, &rstate, &rargs);
+    let sargs = ids.sender_args();
+    let sargs: Vec<&str> = sargs.iter().map(String::as_str).collect();
+    let mut rng = Rng::new(512);
+    for generation in 1..=3 {
+        if generation > 1 {
+            random_writes(&src, &mut rng, 3, 100, 10 * KIB);
+        }
+        let c = send_once(s(&src), &receiver.url(), &sstate, &sargs);
+        assert_eq!(c.generation, generation);
+    }
+
+    let sender = status_entry(&sstate, "sender");
+    assert_eq!(
+        sender.get("generation").and_then(Value::as_u64),
+        Some(3),
+        "{sender}"
+    );
+    assert_eq!(
+        sender.get("source").and_then(Value::as_str),
+        Some(s(&src)),
+        "{sender}"
+    );
+    let dest = sender
+        .get("dest")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    assert!(dest.contains(&receiver.addr.port().to_string()), "{sender}");
+
+    let entry = status_entry(&rstate, "receiver");
+    assert_receiver_consistent(&entry, 3);
+    assert_eq!(
+        entry.get("target").and_then(Value::as_str),
+        Some(s(&tgt)),
+        "{entry}"
+    );
+
+    // The receiver's state outlives it.
+    drop(receiver);
+    assert_receiver_consistent(&status_entry(&rstate, "receiver"), 3);
+
+    // Human output (no --json) names the source.
+    let out = run(&["status", "--state-dir", s(&sstate)]);
+    out.assert_success();
+    assert!(out.stdout_text().contains(s(&src)), "{out:?}");
+}
+
+#[test]
+fn status_of_a_local_mirror() {
+    let t = Scratch::new("status-local");
+    let src = t.path("source.img");
+    let tgt = t.path("target.img");
+    write_random_file(&src, 4 * MIB, 521);
+    let state = t.dir("state");
+    send_once(s(&src), s(&tgt), &state, &[]);
+    send_once(s(&src), s(&tgt), &state, &[]);
+    let sender = status_entry(&state, "sender");
+    assert_eq!(
+        sender.get("generation").and_then(Value::as_u64),
+        Some(2),
+        "{sender}"
+    );
+    assert_eq!(
+        sender.get("source").and_then(Value::as_str),
+        Some(s(&src)),
+        "{sender}"
+    );
+    let dest = sender
+        .get("dest")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    assert!(dest.contains("target.img"), "{sender}");
+}
+
+#[test]
+fn demo_runs_to_completion() {
+    let t = Scratch::new("demo");
+    let out = Proc::spawn_in("demo", bin(), &["demo"], Some(t.root())).finish(RUN_TIMEOUT);
+    out.assert_success();
+    assert!(
+        !out.stdout.is_empty() || !out.stderr.is_empty(),
+        "demo printed nothing\n{out:?}"
+    );
+    assert!(out.error_lines().is_empty(), "{out:?}");
+}
