@@ -36,6 +36,8 @@ pub enum DaemonError {
     Link(#[from] LinkError),
     #[error(transparent)]
     Send(#[from] SendError),
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
     #[error("interrupted by a signal during generation {0}: the cycle was aborted; the receiver keeps its last committed generation and marks the target mid-cycle until the next cycle completes")]
     Interrupted(u64),
     #[error("cannot start worker threads: {0}")]
@@ -58,6 +60,7 @@ pub async fn run(
             .build()
             .map_err(|e| DaemonError::Threads(e.to_string()))?,
     );
+    provider.cleanup_stale(&config.cycle.source)?;
     let mut link: Option<Link> = None;
     let mut failures = 0u32;
     let mut generation_hint = 0;

@@ -3,7 +3,7 @@
 //! extents in parallel, stream them, and commit our manifest only after the receiver
 //! acknowledged the generation as durable.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -180,8 +180,13 @@ pub async fn run_cycle(
 
     let scan_start = Instant::now();
     let source = Arc::new(source);
-    let (scanned, stats) =
-        stream_changes(conn, config, source.clone(), base, pool, cancel, progress).await?;
+    let watch = watch_health(&view, cancel.clone());
+    let streamed = stream_changes(conn, config, source.clone(), base, pool, cancel, progress).await;
+    let watched = watch.finish();
+    // Data read from a view that went invalid must never be committed.
+    view.check_health()?;
+    watched?;
+    let (scanned, stats) = streamed?;
     let scan_time = scan_start.elapsed();
 
     let commit_start = Instant::now();
@@ -252,6 +257,59 @@ pub async fn run_cycle(
     };
     crate::state::write_json(&paths.status, &status).map_err(state_error(&paths.status))?;
     Ok(report)
+}
+
+/// Polls the view's health while the cycle reads it; a failure cancels the scan.
+struct HealthWatch {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Result<(), SnapshotError>>>,
+}
+
+/// How often a view's health is polled during a cycle.
+const HEALTH_POLL: Duration = Duration::from_secs(2);
+
+fn watch_health(view: &crate::snapshot::FrozenView, cancel: Arc<AtomicBool>) -> HealthWatch {
+    let stop = Arc::new(AtomicBool::new(false));
+    let Some(check) = view.health.clone() else {
+        return HealthWatch { stop, thread: None };
+    };
+    let flag = stop.clone();
+    let thread = std::thread::spawn(move || {
+        while !flag.load(Ordering::Relaxed) {
+            if let Err(e) = check() {
+                cancel.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
+            std::thread::park_timeout(HEALTH_POLL);
+        }
+        Ok(())
+    });
+    HealthWatch {
+        stop,
+        thread: Some(thread),
+    }
+}
+
+impl HealthWatch {
+    fn finish(mut self) -> Result<(), SnapshotError> {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.thread.take() {
+            Some(thread) => {
+                thread.thread().unpark();
+                thread.join().expect("health watcher panicked")
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for HealthWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = &self.thread {
+            thread.thread().unpark();
+        }
+    }
 }
 
 fn unexpected(got: &Message, expected: &'static str) -> SendError {

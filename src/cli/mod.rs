@@ -101,6 +101,15 @@ struct SendArgs {
     /// How to freeze the source for each cycle.
     #[arg(long, value_enum, default_value = "none")]
     snapshot: SnapshotKind,
+    /// COW space of a classic LVM snapshot (default: see docs/snapshots.md).
+    #[arg(long)]
+    snapshot_size: Option<String>,
+    /// Shell command run just before each snapshot (e.g. "fsfreeze -f /srv").
+    #[arg(long)]
+    pre_snapshot: Option<String>,
+    /// Shell command run just after each snapshot, even if it failed (e.g. "fsfreeze -u /srv").
+    #[arg(long)]
+    post_snapshot: Option<String>,
     /// zstd level 1-22; 0 sends raw.
     #[arg(long, default_value_t = 3)]
     compress_level: i32,
@@ -307,6 +316,12 @@ fn send(args: SendArgs) -> Result<i32, CliError> {
         .and_then(check_block_size)
         .map_err(|e| usage(format!("--block-size: {e}")))?;
     let interval = parse_duration(&args.interval).map_err(|e| usage(format!("--interval: {e}")))?;
+    let snapshot_size = args
+        .snapshot_size
+        .as_deref()
+        .map(parse_size)
+        .transpose()
+        .map_err(|e| usage(format!("--snapshot-size: {e}")))?;
     if !(0..=22).contains(&args.compress_level) {
         return Err(usage("--compress-level must be between 0 (off) and 22"));
     }
@@ -372,7 +387,15 @@ fn send(args: SendArgs) -> Result<i32, CliError> {
         interval,
         threads,
     };
-    let provider = snapshot::provider(args.snapshot);
+    let snapshot_options = snapshot::SnapshotOptions {
+        state_dir: config.cycle.state_dir.clone(),
+        source_identity: source_identity(&args.source).map_err(|e| CliError::Runtime(e.into()))?,
+        snapshot_size,
+        pre_snapshot: args.pre_snapshot,
+        post_snapshot: args.post_snapshot,
+    };
+    let provider = snapshot::provider(args.snapshot, &args.source, &snapshot_options)
+        .map_err(|e| CliError::Runtime(e.into()))?;
     let json = args.json;
     block_on(crate::daemon::run(config, &*provider, progress, |report| {
         print_report(report, json)

@@ -38,6 +38,11 @@ pub enum Consistency {
     CrashConsistent,
 }
 
+/// Releases a view (removes the snapshot, deletes the clone).
+pub type ReleaseFn = Box<dyn FnOnce() -> Result<(), SnapshotError> + Send>;
+/// Says whether a view is still valid (a classic snapshot that overflowed is not).
+pub type HealthFn = std::sync::Arc<dyn Fn() -> Result<(), SnapshotError> + Send + Sync>;
+
 /// A frozen (or, for `none`, live) view of the source for one cycle.
 pub struct FrozenView {
     /// Path to read the view from.
@@ -46,20 +51,34 @@ pub struct FrozenView {
     /// Byte ranges known to hold every change since the previous cycle's view, when the
     /// provider can tell (none do yet): `None` means scan everything.
     pub changed_hint: Option<Vec<std::ops::Range<u64>>>,
-    release: Option<Box<dyn FnOnce() -> Result<(), SnapshotError> + Send>>,
+    /// Polled during the cycle and checked once more after the last read, before the cycle
+    /// may commit: data read from an invalidated snapshot must never be committed.
+    pub health: Option<HealthFn>,
+    release: Option<ReleaseFn>,
 }
 
 impl FrozenView {
-    pub fn new(
-        path: PathBuf,
-        consistency: Consistency,
-        release: Option<Box<dyn FnOnce() -> Result<(), SnapshotError> + Send>>,
-    ) -> Self {
+    pub fn new(path: PathBuf, consistency: Consistency, release: Option<ReleaseFn>) -> Self {
         FrozenView {
             path,
             consistency,
             changed_hint: None,
+            health: None,
             release,
+        }
+    }
+
+    /// Adds a validity check (see [`FrozenView::health`]).
+    pub fn with_health(mut self, health: HealthFn) -> Self {
+        self.health = Some(health);
+        self
+    }
+
+    /// Is the view still valid?
+    pub fn check_health(&self) -> Result<(), SnapshotError> {
+        match &self.health {
+            Some(check) => check(),
+            None => Ok(()),
         }
     }
 
@@ -82,16 +101,41 @@ impl Drop for FrozenView {
     }
 }
 
+/// Options every provider may use (from the command line).
+#[derive(Clone, Debug, Default)]
+pub struct SnapshotOptions {
+    /// The sender's state dir (reflink clones live under it).
+    pub state_dir: PathBuf,
+    /// Stable identity of the source (snapshot names carry a key of it).
+    pub source_identity: String,
+    /// Size of a classic LVM snapshot's COW space; `None`: the provider's default rule.
+    pub snapshot_size: Option<u64>,
+    /// Shell command run just before the snapshot (e.g. flush a database, `fsfreeze -f`).
+    pub pre_snapshot: Option<String>,
+    /// Shell command run just after the snapshot (e.g. `fsfreeze -u`); runs even when the
+    /// snapshot failed.
+    pub post_snapshot: Option<String>,
+}
+
 /// A way to freeze a source.
 pub trait SnapshotProvider: Send + Sync {
     fn name(&self) -> &'static str;
+    /// Removes snapshots of this source left behind by a crashed run (only this program's,
+    /// only this source's). Called once before the first cycle.
+    fn cleanup_stale(&self, _source: &Path) -> Result<(), SnapshotError> {
+        Ok(())
+    }
     /// Freezes `source` for one cycle.
     fn freeze(&self, source: &Path) -> Result<FrozenView, SnapshotError>;
 }
 
-/// The provider for a `--snapshot` choice.
-pub fn provider(kind: SnapshotKind) -> Box<dyn SnapshotProvider> {
+/// The provider for a `--snapshot` choice and a source.
+pub fn provider(
+    kind: SnapshotKind,
+    _source: &Path,
+    _options: &SnapshotOptions,
+) -> Result<Box<dyn SnapshotProvider>, SnapshotError> {
     match kind {
-        SnapshotKind::None => Box::new(NoSnapshot::default()),
+        SnapshotKind::None => Ok(Box::new(NoSnapshot::default())),
     }
 }
