@@ -74,7 +74,7 @@ struct Session<'a> {
     state: ReceiverState,
     target: Option<Target>,
     manifest: Option<Manifest>,
-    pool: rayon::ThreadPool,
+    pool: std::sync::Arc<rayon::ThreadPool>,
     progress: &'a dyn Progress,
     /// The current cycle changed the target (size or content).
     touched: bool,
@@ -125,10 +125,12 @@ async fn serve_cycles(
             )),
         });
     }
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(config.threads.max(1))
-        .build()
-        .map_err(|e| ReceiveError::Protocol(e.to_string()))?;
+    let pool = std::sync::Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(config.threads.max(1))
+            .build()
+            .map_err(|e| ReceiveError::Protocol(e.to_string()))?,
+    );
     let mut session = Session {
         config,
         paths,
@@ -344,9 +346,10 @@ impl Session<'_> {
         let target = self.target.take().expect("opened");
         let mut manifest = self.manifest.take().expect("prepared");
         let (tx, rx) = channel::<Message>(16);
+        let pool = self.pool.clone();
         let applier = std::thread::spawn(move || {
             let mut touched = 0;
-            let result = apply_messages(&target, &mut manifest, rx, &mut touched);
+            let result = apply_messages(&target, &mut manifest, rx, &pool, &mut touched);
             (target, manifest, touched, result)
         });
         let streamed = stream_to_applier(conn, first, &tx).await;
@@ -496,6 +499,7 @@ fn apply_messages(
     target: &Target,
     manifest: &mut Manifest,
     mut rx: Receiver<Message>,
+    pool: &rayon::ThreadPool,
     touched: &mut u64,
 ) -> Result<(), ReceiveError> {
     let mut decompressor =
@@ -537,13 +541,7 @@ fn apply_messages(
                     payload
                 };
                 let block_size = manifest.block_size as usize;
-                for (i, (block, hash)) in data.chunks(block_size).zip(&hashes).enumerate() {
-                    if hash_block(block) != *hash {
-                        return Err(ReceiveError::BlockHashMismatch {
-                            offset: (first_block + i as u64) * block_size as u64,
-                        });
-                    }
-                }
+                verify_blocks(pool, &data, block_size, &hashes, first_block)?;
                 let offset = first_block * block_size as u64;
                 *touched += raw_len as u64;
                 if let Err(e) = target.write_at(&data, offset) {
@@ -598,6 +596,28 @@ fn check_geometry(device_size: u64, block_size: u32) -> Result<(), ReceiveError>
         )));
     }
     Ok(())
+}
+
+/// Checks every block of an extent against its hash, in parallel.
+fn verify_blocks(
+    pool: &rayon::ThreadPool,
+    data: &[u8],
+    block_size: usize,
+    hashes: &[BlockHash],
+    first_block: u64,
+) -> Result<(), ReceiveError> {
+    use rayon::prelude::*;
+    let bad = pool.install(|| {
+        data.par_chunks(block_size)
+            .zip(hashes)
+            .position_first(|(block, hash)| hash_block(block) != *hash)
+    });
+    match bad {
+        Some(i) => Err(ReceiveError::BlockHashMismatch {
+            offset: (first_block + i as u64) * block_size as u64,
+        }),
+        None => Ok(()),
+    }
 }
 
 fn check_range(manifest: &Manifest, first_block: u64, count: u64) -> Result<(), ReceiveError> {

@@ -127,7 +127,8 @@ fn setup() -> Setup {
 
 fn send_once(source: &Path, target: &Path, state: &Path) {
     let out = Command::new(bin())
-        .args(["send", "--once", "--progress", "never", "--state-dir"])
+        .args(["send", "--once", "--progress", "never", "--snapshot", "none"])
+        .arg("--state-dir")
         .arg(state)
         .arg(source)
         .arg(target)

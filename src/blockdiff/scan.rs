@@ -4,7 +4,6 @@
 //! number of chunks, so memory stays bounded whatever the device size.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::sync_channel;
 
 use rayon::prelude::*;
 
@@ -14,8 +13,6 @@ use crate::progress::{Progress, Stage};
 
 /// Default bytes read per chunk.
 pub const DEFAULT_CHUNK_BYTES: usize = 8 << 20;
-/// Chunks the reader may run ahead of the hasher.
-const READ_AHEAD: usize = 2;
 
 /// How to scan.
 #[derive(Clone, Debug)]
@@ -74,8 +71,10 @@ pub fn scan<E>(
 ) -> Result<(), ScanError<E>> {
     let hasher = ChunkHasher::new(options.block_size);
     progress.start(Stage::Scan, source.size());
-    let result = match options.read_mode {
-        ReadMode::Pread => scan_pread(source, options, pool, cancel, &hasher, progress, &mut sink),
+    let result = match options.read_mode.resolve(source.kind()) {
+        ReadMode::Pread | ReadMode::Auto => {
+            scan_pread(source, options, pool, cancel, &hasher, progress, &mut sink)
+        }
         ReadMode::Mmap => scan_mmap(source, options, pool, cancel, &hasher, progress, &mut sink),
     };
     progress.finish(Stage::Scan);
@@ -142,6 +141,10 @@ fn check_cancel<E>(cancel: &AtomicBool) -> Result<(), ScanError<E>> {
     }
 }
 
+/// Bytes each rayon task reads with one `pread` (reads of a chunk run in parallel, like the
+/// page faults of a memory map do).
+const READ_PIECE: usize = 1 << 20;
+
 fn scan_pread<E>(
     source: &BlockSource,
     options: &ScanOptions,
@@ -152,61 +155,38 @@ fn scan_pread<E>(
     sink: &mut impl FnMut(ScannedChunk<'_>) -> Result<(), E>,
 ) -> Result<(), ScanError<E>> {
     let size = source.size();
-    let block_size = options.block_size as u64;
     let per_chunk = options.blocks_per_chunk();
-    let total_blocks = block_count(size, options.block_size);
-    let chunk_len = (per_chunk * block_size) as usize;
-    let (full_tx, full_rx) = sync_channel::<std::io::Result<(u64, Vec<u8>)>>(READ_AHEAD);
-    let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(READ_AHEAD + 2);
-    for _ in 0..READ_AHEAD + 1 {
-        let _ = empty_tx.send(Vec::with_capacity(chunk_len));
+    let chunk_len = per_chunk * options.block_size as u64;
+    let mut buf = Vec::new();
+    let mut hashes = Vec::new();
+    let mut zero = Vec::new();
+    let mut offset = 0u64;
+    while offset < size {
+        check_cancel(cancel)?;
+        let len = (size - offset).min(chunk_len) as usize;
+        buf.resize(len, 0);
+        pool.install(|| {
+            buf.par_chunks_mut(READ_PIECE)
+                .enumerate()
+                .try_for_each(|(i, piece)| source.read_at(piece, offset + (i * READ_PIECE) as u64))
+        })
+        .map_err(|e| ScanError::Read {
+            path: source.path().display().to_string(),
+            offset,
+            source: e,
+        })?;
+        hasher.hash(pool, &buf, &mut hashes, &mut zero);
+        sink(ScannedChunk {
+            first_block: offset / options.block_size as u64,
+            data: &buf,
+            hashes: &hashes,
+            zero: &zero,
+        })
+        .map_err(ScanError::Sink)?;
+        progress.advance(Stage::Scan, len as u64, 0);
+        offset += len as u64;
     }
-    std::thread::scope(|scope| {
-        scope.spawn(move || {
-            let mut first_block = 0;
-            while first_block < total_blocks {
-                let Ok(mut buf) = empty_rx.recv() else { return };
-                let offset = first_block * block_size;
-                let len = (size - offset).min(chunk_len as u64) as usize;
-                buf.resize(len, 0);
-                let item = source.read_at(&mut buf, offset).map(|_| (first_block, buf));
-                let failed = item.is_err();
-                if full_tx.send(item).is_err() || failed {
-                    return;
-                }
-                first_block += per_chunk;
-            }
-        });
-        let mut hashes = Vec::new();
-        let mut zero = Vec::new();
-        let mut offset_done = 0u64;
-        for _ in 0..total_blocks.div_ceil(per_chunk) {
-            check_cancel(cancel)?;
-            let (first_block, buf) =
-                full_rx
-                    .recv()
-                    .expect("reader thread ended early")
-                    .map_err(|e| ScanError::Read {
-                        path: source.path().display().to_string(),
-                        offset: offset_done,
-                        source: e,
-                    })?;
-            hasher.hash(pool, &buf, &mut hashes, &mut zero);
-            sink(ScannedChunk {
-                first_block,
-                data: &buf,
-                hashes: &hashes,
-                zero: &zero,
-            })
-            .map_err(ScanError::Sink)?;
-            offset_done += buf.len() as u64;
-            progress.advance(Stage::Scan, buf.len() as u64, 0);
-            let _ = empty_tx.send(buf);
-        }
-        // Dropping the receivers (end of scope) stops the reader if we returned early.
-        drop(full_rx);
-        Ok(())
-    })
+    Ok(())
 }
 
 fn scan_mmap<E>(
@@ -239,6 +219,15 @@ fn scan_mmap<E>(
             zero: &zero,
         })
         .map_err(ScanError::Sink)?;
+        // Unmap what was read (it stays in the page cache) so the resident set stays bounded.
+        // SAFETY: the mapping is read-only and nothing refers to this range any more.
+        let _ = unsafe {
+            map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                i * chunk_len,
+                data.len(),
+            )
+        };
         progress.advance(Stage::Scan, data.len() as u64, 0);
     }
     Ok(())

@@ -1,6 +1,7 @@
 //! Opening a source (regular file or block device) for reading, finding its size, and reading
-//! it by `pread` or through a memory map. The read mode is a measured choice: see
-//! `docs/benchmarks.md` (pread wins on page-cached files, where mmap page faults dominate).
+//! it by `pread` or through a memory map. The read mode is a measured choice (see
+//! `docs/benchmarks.md`): on this project's machines a memory map read page-cached and cold
+//! image files faster than pread, so files are mapped; block devices are read with pread.
 
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
@@ -10,11 +11,25 @@ use std::path::{Path, PathBuf};
 /// How the scan reads the source.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum ReadMode {
-    /// `pread` into reusable buffers (default).
+    /// Memory map for regular files, pread for block devices (default).
     #[default]
+    Auto,
+    /// `pread` into a reusable buffer, pieces read in parallel.
     Pread,
-    /// A read-only memory map with `madvise(SEQUENTIAL)`.
+    /// A read-only memory map with `madvise(SEQUENTIAL)`, pages dropped behind the scan.
     Mmap,
+}
+
+impl ReadMode {
+    /// The concrete mode for a source. Block devices use pread: a read error there (a
+    /// snapshot invalidated mid-cycle) must be an error the cycle reports, not a SIGBUS.
+    pub fn resolve(self, kind: DeviceKind) -> ReadMode {
+        match (self, kind) {
+            (ReadMode::Auto, DeviceKind::File) => ReadMode::Mmap,
+            (ReadMode::Auto, DeviceKind::BlockDevice) => ReadMode::Pread,
+            (mode, _) => mode,
+        }
+    }
 }
 
 /// Why a source cannot be read.

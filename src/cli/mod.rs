@@ -73,6 +73,7 @@ enum ProgressMode {
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum ReadModeArg {
+    Auto,
     Pread,
     Mmap,
 }
@@ -98,10 +99,13 @@ struct SendArgs {
     /// Where the sender keeps its manifests (default /var/lib/blkmirror for root).
     #[arg(long)]
     state_dir: Option<PathBuf>,
-    /// How to freeze the source for each cycle.
-    #[arg(long, value_enum, default_value = "none")]
+    /// How to freeze the source for each cycle (see docs/snapshots.md). auto: an LVM LV gets
+    /// lvm-thin or lvm, an image file reflink; anything else is refused and needs an explicit
+    /// choice.
+    #[arg(long, value_enum, default_value = "auto", overrides_with = "snapshot")]
     snapshot: SnapshotKind,
-    /// COW space of a classic LVM snapshot (default: see docs/snapshots.md).
+    /// COW space of a classic LVM snapshot (--snapshot lvm), e.g. 2G. Default: 20% of the
+    /// origin LV, at least 64M, capped by the volume group's free space.
     #[arg(long)]
     snapshot_size: Option<String>,
     /// Shell command run just before each snapshot (e.g. "fsfreeze -f /srv").
@@ -110,8 +114,8 @@ struct SendArgs {
     /// Shell command run just after each snapshot, even if it failed (e.g. "fsfreeze -u /srv").
     #[arg(long)]
     post_snapshot: Option<String>,
-    /// zstd level 1-22; 0 sends raw.
-    #[arg(long, default_value_t = 3)]
+    /// zstd level 1-22; 0 sends raw. Level 1 is the measured default (docs/benchmarks.md).
+    #[arg(long, default_value_t = 1)]
     compress_level: i32,
     /// Worker threads for hashing and compression (default: all cores).
     #[arg(long)]
@@ -137,8 +141,8 @@ struct SendArgs {
     /// The remote receiver's --state-dir, for ssh:// destinations.
     #[arg(long)]
     remote_state_dir: Option<String>,
-    /// How the scan reads the source (pread is faster on page-cached data; see docs).
-    #[arg(long, value_enum, default_value = "pread", hide = true)]
+    /// How the scan reads the source: auto maps files and preads devices (see docs/benchmarks.md).
+    #[arg(long, value_enum, default_value = "auto", hide = true)]
     read_mode: ReadModeArg,
 }
 
@@ -368,6 +372,7 @@ fn send(args: SendArgs) -> Result<i32, CliError> {
             state_dir: state_dir.clone(),
             compress_level: args.compress_level,
             read_mode: match args.read_mode {
+                ReadModeArg::Auto => ReadMode::Auto,
                 ReadModeArg::Pread => ReadMode::Pread,
                 ReadModeArg::Mmap => ReadMode::Mmap,
             },

@@ -2,11 +2,19 @@
 //! releases it afterwards. The view is released when its [`FrozenView`] guard is dropped (every
 //! exit path) or explicitly with [`FrozenView::release`] to see the error.
 //!
-//! Providers: `none` (reads the live source, with a warning). LVM classic, LVM thin and
-//! reflink providers plug in here; a provider that can tell which ranges changed since the
-//! previous cycle fills [`FrozenView::changed_hint`] (the scan may then read only those).
+//! Providers: `lvm` (classic COW snapshot, [`lvm::classic`]), `lvm-thin` ([`lvm::thin`]),
+//! `reflink` (FICLONE of an image file, [`reflink`]), `none` (reads the live source, with a
+//! warning) and `auto`, resolved by [`provider`]. Hooks around snapshots live in [`hooks`],
+//! snapshot names (prefix + source key) in [`naming`]. A provider that can tell which ranges
+//! changed since the previous cycle fills [`FrozenView::changed_hint`] (the scan may then read
+//! only those). See docs/snapshots.md.
 
+mod command;
+pub mod hooks;
+pub mod lvm;
+pub mod naming;
 mod none;
+pub mod reflink;
 
 use std::path::{Path, PathBuf};
 
@@ -15,17 +23,118 @@ pub use none::NoSnapshot;
 /// Which provider to use (`--snapshot`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum SnapshotKind {
+    /// Pick from the source: an LVM LV gets lvm-thin (thin LV) or lvm, an image file reflink
+    /// (when its filesystem can); anything else is refused.
+    Auto,
+    /// Classic LVM snapshot (copy-on-write space sized by --snapshot-size).
+    Lvm,
+    /// LVM thin snapshot of a thin LV (no size needed).
+    LvmThin,
+    /// FICLONE of an image file on xfs (reflink=1) or btrfs.
+    Reflink,
     /// Read the source as it is, live. The source should be quiescent.
     None,
 }
 
-/// Why a snapshot could not be taken or released.
+/// The tail of every message that suggests reading live.
+const NONE_RISK: &str =
+    "pass --snapshot none to read it live (the target may then mix blocks from different moments)";
+
+/// Why a snapshot could not be taken, checked or released. Each message is one line: the
+/// thing, the cause, what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
     #[error("snapshot of {source_path} failed: {reason}")]
     Failed {
         source_path: PathBuf,
         reason: String,
+    },
+    #[error("lvm2 is not installed ({program} not found): install lvm2 or use --snapshot none")]
+    LvmMissing { program: &'static str },
+    #[error("source {source_path} is a block device and lvm2 is not installed (lvs not found), so it cannot be snapshotted: install lvm2 if it is an LVM logical volume, or {NONE_RISK}")]
+    LvmMissingForDevice { source_path: PathBuf },
+    #[error("LVM snapshots need root ({program}: {detail}): run `blkmirror send` as root, or use --snapshot none")]
+    NotRoot {
+        program: &'static str,
+        detail: String,
+    },
+    #[error("`{command}` failed ({status}): {stderr}; {hint}")]
+    LvmCommand {
+        command: String,
+        status: String,
+        stderr: String,
+        hint: &'static str,
+    },
+    #[error("cannot understand the output of `{command}` ({reason}): report this with your lvm2 version (`lvs --version`), or use --snapshot none")]
+    LvmOutput { command: String, reason: String },
+    #[error(
+        "cannot run `{command}`: {error}; check the lvm2 installation, or use --snapshot none"
+    )]
+    Spawn {
+        command: String,
+        error: std::io::Error,
+    },
+    #[error("source {source_path} is not an LVM logical volume: {hint}")]
+    NotAnLv {
+        source_path: PathBuf,
+        hint: &'static str,
+    },
+    #[error("source {source_path} is LV {lv}, {what}: {hint}")]
+    WrongLvKind {
+        source_path: PathBuf,
+        lv: String,
+        what: &'static str,
+        hint: &'static str,
+    },
+    #[error("volume group {vg} has no free space for the copy-on-write store of a classic snapshot of {lv}: add space (vgextend) or shrink an LV, use a thin LV (--snapshot lvm-thin), or use --snapshot none")]
+    NoFreeSpace { vg: String, lv: String },
+    #[error("--snapshot-size {wanted} is more than volume group {vg} has free ({free}): lower --snapshot-size, or free space in {vg}")]
+    SizeTooLarge {
+        vg: String,
+        wanted: String,
+        free: String,
+    },
+    #[error("snapshot {lv} was created but {path} did not appear: check udev and `lvs`, or use --snapshot none")]
+    DeviceMissing { lv: String, path: PathBuf },
+    #[error("snapshot {lv} overflowed (COW space full at {size}): the origin changed more than the snapshot could hold during the cycle; raise --snapshot-size or shorten cycles")]
+    Overflowed { lv: String, size: String },
+    #[error("snapshot {lv} is {state}, no longer readable: the cycle was aborted (the target keeps its last generation); check `lvs` and the kernel log")]
+    Unusable { lv: String, state: &'static str },
+    #[error("snapshot {lv} disappeared during the cycle (removed from outside?): the cycle was aborted (the target keeps its last generation); the next cycle takes a new one")]
+    Vanished { lv: String },
+    #[error("source {source_path} is on a filesystem without reflink (FICLONE: {errno}): use an LVM source, put the image on xfs (reflink=1) or btrfs, or {NONE_RISK}")]
+    NoReflink { source_path: PathBuf, errno: String },
+    #[error("cannot clone {source_path} into {dir} (FICLONE: {errno}): check free space and permissions there, or use --snapshot none")]
+    CloneFailed {
+        source_path: PathBuf,
+        dir: PathBuf,
+        errno: String,
+    },
+    #[error("source {source_path} is not a regular file, and reflink clones image files: use --snapshot auto, lvm or lvm-thin for an LV, or {NONE_RISK}")]
+    NotAFile { source_path: PathBuf },
+    #[error("source {source_path} is neither an LVM logical volume nor a regular file, so it cannot be snapshotted: use an LV (--snapshot lvm or lvm-thin) or an image file on xfs/btrfs (--snapshot reflink), or {NONE_RISK}")]
+    Unsupported { source_path: PathBuf },
+    #[error("{what} {path}: {error}; {hint}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        error: std::io::Error,
+        hint: &'static str,
+    },
+    #[error("{which}-snapshot hook `{command}` failed ({status}): {last_line}; the cycle was aborted: fix the command or drop --{which}-snapshot")]
+    Hook {
+        which: &'static str,
+        command: String,
+        status: String,
+        last_line: String,
+    },
+    #[error(
+        "cannot start the {which}-snapshot hook `{command}`: {error}; check that sh is installed"
+    )]
+    HookSpawn {
+        which: &'static str,
+        command: String,
+        error: std::io::Error,
     },
 }
 
@@ -129,13 +238,174 @@ pub trait SnapshotProvider: Send + Sync {
     fn freeze(&self, source: &Path) -> Result<FrozenView, SnapshotError>;
 }
 
-/// The provider for a `--snapshot` choice and a source.
+/// The provider for a `--snapshot` choice and a source, with the hooks around it. `auto` is
+/// resolved here, and every provider checks what it can up front (the LV exists, the
+/// filesystem can reflink), so a wrong choice fails before any connection is made.
 pub fn provider(
     kind: SnapshotKind,
-    _source: &Path,
-    _options: &SnapshotOptions,
+    source: &Path,
+    options: &SnapshotOptions,
 ) -> Result<Box<dyn SnapshotProvider>, SnapshotError> {
-    match kind {
-        SnapshotKind::None => Ok(Box::new(NoSnapshot::default())),
+    let options = &with_identity(source, options);
+    let inner: Box<dyn SnapshotProvider> = match kind {
+        SnapshotKind::None => Box::new(NoSnapshot::default()),
+        SnapshotKind::Lvm => Box::new(lvm::ClassicLvm::new(source, options)?),
+        SnapshotKind::LvmThin => Box::new(lvm::ThinLvm::new(source, options)?),
+        SnapshotKind::Reflink => Box::new(reflink::Reflink::new(source, options)?),
+        SnapshotKind::Auto => {
+            let chosen = auto(source, options)?;
+            tracing::info!(source = %source.display(), provider = chosen.name(), "--snapshot auto");
+            chosen
+        }
+    };
+    if options.snapshot_size.is_some() && inner.name() != "lvm" {
+        tracing::warn!(
+            provider = inner.name(),
+            "--snapshot-size only applies to classic LVM snapshots (--snapshot lvm): ignored"
+        );
+    }
+    Ok(hooks::Hooked::wrap(
+        inner,
+        options.pre_snapshot.clone(),
+        options.post_snapshot.clone(),
+    ))
+}
+
+/// Options whose identity is set (the canonical source path when the caller gave none).
+fn with_identity(source: &Path, options: &SnapshotOptions) -> SnapshotOptions {
+    let mut options = options.clone();
+    if options.source_identity.is_empty() {
+        let path = std::fs::canonicalize(source).unwrap_or_else(|_| source.to_owned());
+        options.source_identity = path.display().to_string();
+    }
+    options
+}
+
+/// `--snapshot auto`: an LV by `lvs` (thin or classic), a regular file by whether FICLONE
+/// works, anything else refused.
+fn auto(
+    source: &Path,
+    options: &SnapshotOptions,
+) -> Result<Box<dyn SnapshotProvider>, SnapshotError> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = std::fs::metadata(source).map_err(|error| SnapshotError::Io {
+        what: "cannot stat source",
+        path: source.to_owned(),
+        error,
+        hint: "check the path",
+    })?;
+    if meta.is_file() {
+        return Ok(Box::new(reflink::Reflink::new(source, options)?));
+    }
+    if !meta.file_type().is_block_device() {
+        return Err(SnapshotError::Unsupported {
+            source_path: source.to_owned(),
+        });
+    }
+    if !command::lvm_installed(command::LvmTool::Lvs) {
+        return Err(SnapshotError::LvmMissingForDevice {
+            source_path: source.to_owned(),
+        });
+    }
+    let lv = lvm::find_source_lv(source)?.ok_or_else(|| lvm::not_an_lv(source, true))?;
+    if lv.attr.is_thin_volume() {
+        Ok(Box::new(lvm::ThinLvm::for_lv(lv, source, options)?))
+    } else {
+        Ok(Box::new(lvm::ClassicLvm::for_lv(lv, source, options)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(dir: &Path) -> SnapshotOptions {
+        SnapshotOptions {
+            state_dir: dir.join("state"),
+            ..SnapshotOptions::default()
+        }
+    }
+
+    #[test]
+    fn auto_refuses_what_it_cannot_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory is neither an LV nor an image file.
+        let e = provider(SnapshotKind::Auto, dir.path(), &options(dir.path()))
+            .err()
+            .expect("a directory");
+        assert!(matches!(e, SnapshotError::Unsupported { .. }), "{e}");
+        assert!(e.to_string().contains("--snapshot none"), "{e}");
+        // A character device neither.
+        let e = provider(
+            SnapshotKind::Auto,
+            Path::new("/dev/null"),
+            &options(dir.path()),
+        )
+        .err()
+        .expect("/dev/null");
+        assert!(matches!(e, SnapshotError::Unsupported { .. }), "{e}");
+    }
+
+    #[test]
+    fn lvm_kinds_refuse_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("image");
+        std::fs::write(&file, b"x").unwrap();
+        for kind in [SnapshotKind::Lvm, SnapshotKind::LvmThin] {
+            let e = provider(kind, &file, &options(dir.path()))
+                .err()
+                .expect("a file is no LV");
+            assert!(matches!(e, SnapshotError::NotAnLv { .. }), "{e}");
+            assert!(e.to_string().contains("--snapshot reflink"), "{e}");
+        }
+    }
+
+    #[test]
+    fn none_is_live_and_hooked() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = options(dir.path());
+        let marker = dir.path().join("ran");
+        o.pre_snapshot = Some(format!("touch '{}'", marker.display()));
+        let p = provider(SnapshotKind::None, dir.path(), &o).unwrap();
+        assert_eq!(p.name(), "none");
+        let view = p.freeze(dir.path()).unwrap();
+        assert_eq!(view.consistency, Consistency::Live);
+        assert!(marker.exists());
+    }
+
+    #[test]
+    fn messages_are_one_line() {
+        let samples = [
+            SnapshotError::LvmMissing {
+                program: "lvcreate",
+            },
+            SnapshotError::NoReflink {
+                source_path: "/srv/vm.img".into(),
+                errno: "Operation not supported".into(),
+            },
+            SnapshotError::LvmMissingForDevice {
+                source_path: "/dev/sdb".into(),
+            },
+        ];
+        for e in samples {
+            let text = e.to_string();
+            assert!(!text.contains('\n'), "{text}");
+            assert!(text.contains("--snapshot none"), "{text}");
+        }
+        assert_eq!(
+            SnapshotError::LvmMissing {
+                program: "lvcreate"
+            }
+            .to_string(),
+            "lvm2 is not installed (lvcreate not found): install lvm2 or use --snapshot none"
+        );
+        assert_eq!(
+            SnapshotError::NoReflink {
+                source_path: "/srv/vm.img".into(),
+                errno: "Operation not supported".into(),
+            }
+            .to_string(),
+            "source /srv/vm.img is on a filesystem without reflink (FICLONE: Operation not supported): use an LVM source, put the image on xfs (reflink=1) or btrfs, or pass --snapshot none to read it live (the target may then mix blocks from different moments)"
+        );
     }
 }

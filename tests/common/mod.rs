@@ -576,7 +576,8 @@ impl Cycle {
 }
 
 /// The standard arguments of a test `send`: `send SRC DEST --json --progress never
-/// --state-dir STATE`.
+/// --state-dir STATE --snapshot none` (test sources live on /tmp, which cannot reflink; a
+/// later `--snapshot KIND` overrides it).
 pub fn send_args(src: &str, dest: &str, state: &Path) -> Vec<String> {
     vec![
         "send".into(),
@@ -587,6 +588,8 @@ pub fn send_args(src: &str, dest: &str, state: &Path) -> Vec<String> {
         "never".into(),
         "--state-dir".into(),
         s(state).into(),
+        "--snapshot".into(),
+        "none".into(),
     ]
 }
 

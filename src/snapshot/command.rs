@@ -1,0 +1,215 @@
+//! Running the external programs the providers need (lvm2 tools, hook commands) through
+//! `duct`: stdin closed, stdout and stderr captured, the exit status described in words, and the
+//! lvm2-specific failures (not installed, not root) told apart from ordinary ones.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+
+use super::SnapshotError;
+
+/// Where lvm2 installs its tools; searched after `PATH`, which often lacks the sbin directories
+/// (cron, non-login shells).
+const SBIN_DIRS: [&str; 4] = ["/usr/sbin", "/sbin", "/usr/local/sbin", "/usr/bin"];
+
+/// What a finished program left.
+#[derive(Debug)]
+pub struct Ran {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Ran {
+    pub fn success(&self) -> bool {
+        self.status.success()
+    }
+
+    /// The last non-empty stderr line, trimmed (or a placeholder).
+    pub fn last_stderr_line(&self) -> String {
+        self.stderr
+            .lines()
+            .map(str::trim)
+            .rfind(|l| !l.is_empty())
+            .unwrap_or("(no output on stderr)")
+            .to_string()
+    }
+
+    /// All non-empty stderr lines, trimmed, joined with "; " (one line for error messages).
+    pub fn stderr_one_line(&self) -> String {
+        let lines: Vec<&str> = self
+            .stderr
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        if lines.is_empty() {
+            "(no output on stderr)".to_string()
+        } else {
+            lines.join("; ")
+        }
+    }
+}
+
+/// "exit 5", "killed by signal 9".
+pub fn describe_status(status: &ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        (None, None) => "unknown status".to_string(),
+    }
+}
+
+/// A program's path: found on `PATH`, else in the usual sbin directories.
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/bin:/bin"));
+    std::env::split_paths(&path)
+        .chain(SBIN_DIRS.iter().map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|candidate| is_executable(candidate))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Runs `program args...` with `env`, stdin closed, output captured; a non-zero exit is not an
+/// error here (the caller decides). Errors only when it cannot be started.
+pub fn run(program: &Path, args: &[String], env: &[(&str, &str)]) -> std::io::Result<Ran> {
+    let mut expression = duct::cmd(program, args)
+        .stdin_null()
+        .stdout_capture()
+        .stderr_capture()
+        .unchecked();
+    for (name, value) in env {
+        expression = expression.env(name, value);
+    }
+    let output = expression.run()?;
+    Ok(Ran {
+        status: output.status,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    })
+}
+
+/// The lvm2 tools blkmirror calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LvmTool {
+    Lvs,
+    Vgs,
+    Lvcreate,
+    Lvchange,
+    Lvremove,
+}
+
+impl LvmTool {
+    pub fn name(self) -> &'static str {
+        match self {
+            LvmTool::Lvs => "lvs",
+            LvmTool::Vgs => "vgs",
+            LvmTool::Lvcreate => "lvcreate",
+            LvmTool::Lvchange => "lvchange",
+            LvmTool::Lvremove => "lvremove",
+        }
+    }
+}
+
+/// Is lvm2 installed (is `tool` found)?
+pub fn lvm_installed(tool: LvmTool) -> bool {
+    find_program(tool.name()).is_some()
+}
+
+/// Runs an lvm2 tool and returns what it printed; a failure names the command and keeps its
+/// stderr, plus `hint` (what to do). `LVM_SUPPRESS_FD_WARNINGS` silences lvm2's complaints
+/// about inherited file descriptors.
+pub fn lvm(tool: LvmTool, args: &[String], hint: &'static str) -> Result<Ran, SnapshotError> {
+    let program = tool.name();
+    let Some(path) = find_program(program) else {
+        return Err(SnapshotError::LvmMissing { program });
+    };
+    let uid = nix::unistd::geteuid();
+    if !uid.is_root() {
+        return Err(SnapshotError::NotRoot {
+            program,
+            detail: format!("this process runs as uid {uid}"),
+        });
+    }
+    let ran = run(&path, args, &[("LVM_SUPPRESS_FD_WARNINGS", "1")]).map_err(|error| {
+        if error.kind() == std::io::ErrorKind::NotFound {
+            SnapshotError::LvmMissing { program }
+        } else {
+            SnapshotError::Spawn {
+                command: command_line(program, args),
+                error,
+            }
+        }
+    })?;
+    if ran.success() {
+        return Ok(ran);
+    }
+    let stderr = ran.stderr_one_line();
+    if stderr.contains("Permission denied") || stderr.contains("non-root") {
+        return Err(SnapshotError::NotRoot {
+            program,
+            detail: stderr,
+        });
+    }
+    Err(SnapshotError::LvmCommand {
+        command: command_line(program, args),
+        status: describe_status(&ran.status),
+        stderr,
+        hint,
+    })
+}
+
+/// `program arg arg...`, quoted where needed, for messages.
+pub fn command_line(program: &str, args: &[String]) -> String {
+    std::iter::once(program.to_string())
+        .chain(
+            args.iter()
+                .map(|a| shlex::try_quote(a).map_or_else(|_| a.clone(), |q| q.into_owned())),
+        )
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_and_captures() {
+        let sh = find_program("sh").expect("sh");
+        let args = [
+            "-c".to_string(),
+            "echo out; echo >&2 one; echo >&2 '  two  '; exit 3".into(),
+        ];
+        let ran = run(&sh, &args, &[]).unwrap();
+        assert!(!ran.success());
+        assert_eq!(describe_status(&ran.status), "exit 3");
+        assert_eq!(ran.stdout, "out\n");
+        assert_eq!(ran.last_stderr_line(), "two");
+        assert_eq!(ran.stderr_one_line(), "one; two");
+    }
+
+    #[test]
+    fn env_is_passed_and_signals_described() {
+        let sh = find_program("sh").expect("sh");
+        let args = ["-c".to_string(), "echo $X_TEST; kill -9 $$".into()];
+        let ran = run(&sh, &args, &[("X_TEST", "seen")]).unwrap();
+        assert_eq!(ran.stdout, "seen\n");
+        assert_eq!(describe_status(&ran.status), "killed by signal 9");
+        assert_eq!(ran.last_stderr_line(), "(no output on stderr)");
+    }
+
+    #[test]
+    fn missing_program() {
+        assert!(find_program("blkmirror-no-such-program").is_none());
+        assert_eq!(
+            command_line("lvcreate", &["-n".into(), "a b".into()]),
+            "lvcreate -n 'a b'"
+        );
+    }
+}

@@ -1,0 +1,350 @@
+//! The LVM providers and what they share: finding the LV behind a source device, asking lvm2
+//! about LVs and VGs (JSON reports), removing a snapshot, and clearing stale snapshots of our
+//! own source. [`classic`] takes COW snapshots (`lvm`), [`thin`] thin snapshots (`lvm-thin`).
+
+pub mod classic;
+pub mod report;
+pub mod thin;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::command::{lvm, lvm_installed, LvmTool};
+use super::naming::is_own;
+use super::SnapshotError;
+use report::{parse_lvs, parse_vgs, Attr, LvRow, VgRow};
+
+pub use classic::ClassicLvm;
+pub use thin::ThinLvm;
+
+/// A logical volume by name: `VG/LV`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LvRef {
+    pub vg: String,
+    pub lv: String,
+}
+
+impl LvRef {
+    pub fn new(vg: &str, lv: &str) -> LvRef {
+        LvRef {
+            vg: vg.to_string(),
+            lv: lv.to_string(),
+        }
+    }
+
+    /// `/dev/VG/LV`, where lvm2 links an active LV.
+    pub fn dev_path(&self) -> PathBuf {
+        Path::new("/dev").join(&self.vg).join(&self.lv)
+    }
+
+    pub fn arg(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl fmt::Display for LvRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.vg, self.lv)
+    }
+}
+
+/// The LV a source device is, as `lvs` reports it.
+#[derive(Clone, Debug)]
+pub struct SourceLv {
+    pub lv: LvRef,
+    pub attr: Attr,
+    pub size: u64,
+    pub row: LvRow,
+}
+
+/// The fields asked of `lvs` to recognise a source.
+const LV_FIELDS: &str =
+    "vg_name,lv_name,lv_attr,lv_size,pool_lv,origin,lv_path,lv_kernel_major,lv_kernel_minor";
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// `lvs --reportformat json --units b --nosuffix -o FIELDS [TARGET]`, parsed.
+pub fn lvs(
+    fields: &str,
+    target: Option<&str>,
+    hint: &'static str,
+) -> Result<Vec<LvRow>, SnapshotError> {
+    let mut a = args(&[
+        "--reportformat",
+        "json",
+        "--units",
+        "b",
+        "--nosuffix",
+        "-o",
+        fields,
+    ]);
+    a.extend(target.map(str::to_string));
+    let ran = lvm(LvmTool::Lvs, &a, hint)?;
+    parse_lvs(&ran.stdout).map_err(|reason| SnapshotError::LvmOutput {
+        command: super::command::command_line("lvs", &a),
+        reason,
+    })
+}
+
+/// `vgs` for one VG, parsed.
+pub fn vg(name: &str) -> Result<VgRow, SnapshotError> {
+    let a = args(&[
+        "--reportformat",
+        "json",
+        "--units",
+        "b",
+        "--nosuffix",
+        "-o",
+        "vg_name,vg_free,vg_extent_size",
+        name,
+    ]);
+    let ran = lvm(LvmTool::Vgs, &a, "check the volume group with `vgs`")?;
+    let command = || super::command::command_line("vgs", &a);
+    parse_vgs(&ran.stdout)
+        .map_err(|reason| SnapshotError::LvmOutput {
+            command: command(),
+            reason,
+        })?
+        .into_iter()
+        .next()
+        .ok_or_else(|| SnapshotError::LvmOutput {
+            command: command(),
+            reason: "no volume group in the report".to_string(),
+        })
+}
+
+/// The LV behind `source`, matched by device number (so `/dev/VG/LV`, `/dev/mapper/VG-LV` and
+/// `/dev/dm-N` all work). `Ok(None)`: lvm2 knows no active LV with that device number.
+pub fn find_source_lv(source: &Path) -> Result<Option<SourceLv>, SnapshotError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let meta = std::fs::metadata(source).map_err(|error| SnapshotError::Io {
+        what: "cannot stat source",
+        path: source.to_owned(),
+        error,
+        hint: "check the path",
+    })?;
+    if !meta.file_type().is_block_device() {
+        return Ok(None);
+    }
+    let (major, minor) = (
+        nix::sys::stat::major(meta.rdev()) as i64,
+        nix::sys::stat::minor(meta.rdev()) as i64,
+    );
+    let rows = lvs(
+        LV_FIELDS,
+        None,
+        "check lvm2 with `lvs`, or use --snapshot none",
+    )?;
+    Ok(match_device(rows, major, minor))
+}
+
+/// The row whose kernel device number is `major:minor`.
+fn match_device(rows: Vec<LvRow>, major: i64, minor: i64) -> Option<SourceLv> {
+    rows.into_iter()
+        .find(|r| r.lv_kernel_major == Some(major) && r.lv_kernel_minor == Some(minor))
+        .and_then(|row| {
+            Some(SourceLv {
+                lv: LvRef::new(&row.vg_name, &row.lv_name),
+                attr: Attr::parse(&row.lv_attr)?,
+                size: row.lv_size.unwrap_or(0),
+                row,
+            })
+        })
+}
+
+/// The LV behind a source given with `--snapshot lvm` / `lvm-thin`, or why there is none.
+pub fn require_source_lv(source: &Path) -> Result<SourceLv, SnapshotError> {
+    use std::os::unix::fs::FileTypeExt;
+    let is_device = std::fs::metadata(source).is_ok_and(|m| m.file_type().is_block_device());
+    if is_device && !lvm_installed(LvmTool::Lvs) {
+        return Err(SnapshotError::LvmMissing { program: "lvs" });
+    }
+    find_source_lv(source)?.ok_or_else(|| not_an_lv(source, is_device))
+}
+
+pub fn not_an_lv(source: &Path, is_device: bool) -> SnapshotError {
+    SnapshotError::NotAnLv {
+        source_path: source.to_owned(),
+        hint: if is_device {
+            "put the data on an LV (then --snapshot auto picks lvm or lvm-thin), or pass --snapshot none to read it live (the target may then mix blocks from different moments)"
+        } else {
+            "for an image file use --snapshot reflink (xfs with reflink, btrfs) or auto, or pass --snapshot none to read it live (the target may then mix blocks from different moments)"
+        },
+    }
+}
+
+/// How long [`remove`] keeps retrying an LV that is still open (a reader being torn down).
+const REMOVE_PATIENCE: Duration = Duration::from_secs(10);
+
+/// `lvremove -f VG/LV`, retried while the LV is still in use; an LV already gone is fine.
+pub fn remove(lv: &LvRef) -> Result<(), SnapshotError> {
+    let deadline = Instant::now() + REMOVE_PATIENCE;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let result = lvm(
+            LvmTool::Lvremove,
+            &args(&["-f", &lv.arg()]),
+            "remove it by hand with `lvremove -f` once it is no longer in use (the next start of the sender also removes it)",
+        );
+        match result {
+            Ok(_) => return Ok(()),
+            Err(SnapshotError::LvmCommand { ref stderr, .. }) if is_gone(stderr) => return Ok(()),
+            Err(SnapshotError::LvmCommand { ref stderr, .. })
+                if is_busy(stderr) && Instant::now() < deadline =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn is_gone(stderr: &str) -> bool {
+    stderr.contains("Failed to find logical volume") || stderr.contains("not found")
+}
+
+fn is_busy(stderr: &str) -> bool {
+    stderr.contains("in use") || stderr.contains("open")
+}
+
+/// Removes the snapshots named after our source key in `vg` (leftovers of a crash). A snapshot
+/// still open (another sender reading it) is left alone with a warning.
+pub fn cleanup_stale(vg: &str, key: &str) -> Result<(), SnapshotError> {
+    let rows = lvs(
+        "vg_name,lv_name,lv_attr",
+        Some(vg),
+        "check the volume group with `lvs`",
+    )?;
+    for lv in stale_snapshots(&rows, key) {
+        let open = rows
+            .iter()
+            .find(|r| r.lv_name == lv.lv && r.vg_name == lv.vg)
+            .and_then(|r| Attr::parse(&r.lv_attr))
+            .is_some_and(|a| a.open);
+        if open {
+            tracing::warn!(snapshot = %lv, "leaving a snapshot of this source in place: it is open (another sender of the same source?)");
+            continue;
+        }
+        remove(&lv)?;
+        tracing::info!(snapshot = %lv, "removed a snapshot left behind by an earlier run");
+    }
+    Ok(())
+}
+
+/// The LVs in `rows` named after our key.
+pub fn stale_snapshots(rows: &[LvRow], key: &str) -> Vec<LvRef> {
+    rows.iter()
+        .filter(|r| is_own(&r.lv_name, key))
+        .map(|r| LvRef::new(&r.vg_name, &r.lv_name))
+        .collect()
+}
+
+/// Waits for `/dev/VG/LV` to appear after creation (udev may link it a moment later).
+pub fn wait_for_device(path: &Path) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !path.exists() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
+/// The one row of `lvs` for a snapshot, or `Vanished` when it is gone.
+pub fn snapshot_row(lv: &LvRef, fields: &str) -> Result<LvRow, SnapshotError> {
+    let rows = match lvs(fields, Some(&lv.arg()), "check the snapshot with `lvs`") {
+        Err(SnapshotError::LvmCommand { ref stderr, .. }) if is_gone(stderr) => {
+            return Err(SnapshotError::Vanished { lv: lv.to_string() })
+        }
+        other => other?,
+    };
+    rows.into_iter()
+        .find(|r| r.lv_name == lv.lv)
+        .ok_or_else(|| SnapshotError::Vanished { lv: lv.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(vg: &str, lv: &str, attr: &str, dev: Option<(i64, i64)>) -> LvRow {
+        LvRow {
+            vg_name: vg.into(),
+            lv_name: lv.into(),
+            lv_attr: attr.into(),
+            lv_size: Some(1 << 30),
+            lv_kernel_major: dev.map(|d| d.0),
+            lv_kernel_minor: dev.map(|d| d.1),
+            ..LvRow::default()
+        }
+    }
+
+    #[test]
+    fn matches_source_by_device_number() {
+        let rows = vec![
+            row("vg", "a", "-wi-ao----", Some((254, 0))),
+            row("vg", "b", "Vwi-a-tz--", Some((254, 1))),
+            row("vg", "c", "Vwi---tz-k", Some((-1, -1))),
+        ];
+        let found = match_device(rows.clone(), 254, 1).unwrap();
+        assert_eq!(found.lv, LvRef::new("vg", "b"));
+        assert!(found.attr.is_thin_volume());
+        assert_eq!(found.size, 1 << 30);
+        assert!(match_device(rows.clone(), 7, 0).is_none());
+        assert!(match_device(rows, -1, -1).is_some_and(|f| f.lv.lv == "c"));
+    }
+
+    #[test]
+    fn stale_filter_keeps_others() {
+        let key = "0123456789abcdef";
+        let rows = vec![
+            row("vg", "data", "owi-aos---", None),
+            row(
+                "vg",
+                &format!("blkmirror-snap-{key}-1700000000"),
+                "swi-a-s---",
+                None,
+            ),
+            row(
+                "vg",
+                "blkmirror-snap-fedcba9876543210-1700000000",
+                "swi-a-s---",
+                None,
+            ),
+            row("vg", "my-snapshot", "swi-a-s---", None),
+            row(
+                "vg",
+                &format!("blkmirror-snap-{key}-1700000001"),
+                "Vwi---tz-k",
+                None,
+            ),
+        ];
+        let stale = stale_snapshots(&rows, key);
+        assert_eq!(
+            stale,
+            vec![
+                LvRef::new("vg", &format!("blkmirror-snap-{key}-1700000000")),
+                LvRef::new("vg", &format!("blkmirror-snap-{key}-1700000001")),
+            ]
+        );
+    }
+
+    #[test]
+    fn lv_paths() {
+        let lv = LvRef::new("vg0", "snap");
+        assert_eq!(lv.to_string(), "vg0/snap");
+        assert_eq!(lv.dev_path(), PathBuf::from("/dev/vg0/snap"));
+    }
+
+    #[test]
+    fn lvremove_messages() {
+        assert!(is_gone("Failed to find logical volume \"vg/x\""));
+        assert!(is_busy("Logical volume vg/x in use."));
+        assert!(!is_gone("Logical volume vg/x in use."));
+    }
+}

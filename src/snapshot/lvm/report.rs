@@ -1,0 +1,311 @@
+//! Parsing the JSON reports of `lvs` and `vgs` (`--reportformat json`, with `--units b
+//! --nosuffix`) and decoding `lv_attr`. Pure functions, tested on real lvm2 output.
+//!
+//! lvm2 up to 2.03.16 prints every value as a string (`"536870912"`, `""` for none); the
+//! `json_std` format of later versions prints numbers and `null`: both are accepted.
+
+use serde::{Deserialize, Deserializer};
+
+/// One `lvs` row (only the fields asked for are present; the others default).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct LvRow {
+    pub vg_name: String,
+    pub lv_name: String,
+    pub lv_attr: String,
+    #[serde(deserialize_with = "number")]
+    pub lv_size: Option<u64>,
+    pub pool_lv: String,
+    pub origin: String,
+    pub lv_path: String,
+    #[serde(deserialize_with = "signed")]
+    pub lv_kernel_major: Option<i64>,
+    #[serde(deserialize_with = "signed")]
+    pub lv_kernel_minor: Option<i64>,
+    #[serde(deserialize_with = "percent")]
+    pub snap_percent: Option<f64>,
+}
+
+/// One `vgs` row.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct VgRow {
+    pub vg_name: String,
+    #[serde(deserialize_with = "number")]
+    pub vg_free: Option<u64>,
+    #[serde(deserialize_with = "number")]
+    pub vg_extent_size: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct Report<T> {
+    report: Vec<Section<T>>,
+}
+
+#[derive(Deserialize)]
+struct Section<T> {
+    #[serde(default = "Vec::new", alias = "vg", alias = "seg")]
+    lv: Vec<T>,
+}
+
+/// The rows of an `lvs --reportformat json` output.
+pub fn parse_lvs(json: &str) -> Result<Vec<LvRow>, String> {
+    parse(json)
+}
+
+/// The rows of a `vgs --reportformat json` output.
+pub fn parse_vgs(json: &str) -> Result<Vec<VgRow>, String> {
+    parse(json)
+}
+
+fn parse<T: serde::de::DeserializeOwned>(json: &str) -> Result<Vec<T>, String> {
+    let report: Report<T> = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    Ok(report.report.into_iter().flat_map(|s| s.lv).collect())
+}
+
+/// A JSON value that is a number, a string holding one (maybe with a `B` unit), `""` or null.
+fn scalar<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let value = serde_json::Value::deserialize(d)?;
+    Ok(match value {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(s) => {
+            let s = s.trim().trim_end_matches(['B', 'b']).trim().to_string();
+            (!s.is_empty()).then_some(s)
+        }
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        other => return Err(serde::de::Error::custom(format!("unexpected {other}"))),
+    })
+}
+
+fn number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    scalar(d)?
+        .map(|s| s.parse::<u64>().map_err(serde::de::Error::custom))
+        .transpose()
+}
+
+fn signed<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    scalar(d)?
+        .map(|s| s.parse::<i64>().map_err(serde::de::Error::custom))
+        .transpose()
+}
+
+fn percent<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    scalar(d)?
+        .map(|s| {
+            s.trim_end_matches('%')
+                .parse::<f64>()
+                .map_err(serde::de::Error::custom)
+        })
+        .transpose()
+}
+
+/// `lv_attr` decoded (see lvs(8), "The lv_attr bits are").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attr {
+    /// Bit 1, the volume type: `-` plain, `o` origin, `s` snapshot, `V` thin volume, `t` thin
+    /// pool, ...
+    pub volume_type: char,
+    /// Bit 5, the state: `a` active, `I` invalid snapshot, `S` invalid suspended snapshot, ...
+    pub state: char,
+    /// Bit 6: `o` when the device is open.
+    pub open: bool,
+}
+
+impl Attr {
+    pub fn parse(attr: &str) -> Option<Attr> {
+        let bits: Vec<char> = attr.chars().collect();
+        if bits.len() < 6 {
+            return None;
+        }
+        Some(Attr {
+            volume_type: bits[0],
+            state: bits[4],
+            open: bits[5] == 'o',
+        })
+    }
+
+    pub fn is_thin_volume(&self) -> bool {
+        self.volume_type == 'V'
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.state == 'a'
+    }
+
+    /// A classic snapshot the kernel gave up on (overflowed, or failed).
+    pub fn is_invalid_snapshot(&self) -> bool {
+        matches!(self.state, 'I' | 'S')
+    }
+
+    /// The state in words, for messages.
+    pub fn state_words(&self) -> &'static str {
+        match self.state {
+            'a' => "active",
+            '-' => "inactive",
+            'h' => "historical",
+            's' => "suspended",
+            'I' => "invalid",
+            'S' => "invalid and suspended",
+            'm' => "merge failed",
+            'M' => "suspended, merge failed",
+            'd' => "mapped without tables",
+            'i' => "mapped with an inactive table",
+            'c' | 'C' => "thin pool needs a check",
+            _ => "in an unknown state",
+        }
+    }
+
+    /// The volume type in words, for messages.
+    pub fn type_words(&self) -> &'static str {
+        match self.volume_type {
+            '-' => "a plain LV",
+            'o' => "an origin of classic snapshots",
+            'O' => "an origin with a merging snapshot",
+            's' => "a classic snapshot",
+            'S' => "a merging classic snapshot",
+            'V' => "a thin LV",
+            't' => "a thin pool",
+            'T' => "thin pool data",
+            'e' => "pool metadata",
+            'r' | 'R' => "a RAID LV",
+            'm' | 'M' => "a mirrored LV",
+            'C' => "a cached LV",
+            'i' | 'I' => "a RAID or mirror image",
+            'l' => "a mirror log",
+            'p' => "a pvmove LV",
+            'v' => "a virtual LV",
+            'c' => "an LV under conversion",
+            'd' | 'D' => "a VDO pool",
+            _ => "an LV of an unknown type",
+        }
+    }
+
+    /// Can a classic (COW) snapshot be taken of it?
+    pub fn classic_snapshot_possible(&self) -> bool {
+        matches!(
+            self.volume_type,
+            '-' | 'o' | 'r' | 'R' | 'm' | 'M' | 'C' | 'V'
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `lvs --reportformat json --units b --nosuffix -o vg_name,lv_name,lv_attr,lv_size,
+    /// pool_lv,origin,lv_path,lv_kernel_major,lv_kernel_minor` on lvm2 2.03.16 (Debian 12): a
+    /// plain LV with a classic snapshot, a thin pool, a thin LV and its (inactive, skipped)
+    /// thin snapshot.
+    const LVS_ALL: &str = r#"  {
+      "report": [
+          {
+              "lv": [
+                  {"vg_name":"vgt", "lv_name":"data", "lv_attr":"owi-aos---", "lv_size":"268435456", "pool_lv":"", "origin":"", "lv_path":"/dev/vgt/data", "lv_kernel_major":"254", "lv_kernel_minor":"0"},
+                  {"vg_name":"vgt", "lv_name":"blkmirror-snap-0123456789abcdef-1700000000", "lv_attr":"swi-a-s---", "lv_size":"67108864", "pool_lv":"", "origin":"data", "lv_path":"/dev/vgt/blkmirror-snap-0123456789abcdef-1700000000", "lv_kernel_major":"254", "lv_kernel_minor":"3"},
+                  {"vg_name":"vgt", "lv_name":"pool", "lv_attr":"twi-aotz--", "lv_size":"536870912", "pool_lv":"", "origin":"", "lv_path":"", "lv_kernel_major":"254", "lv_kernel_minor":"6"},
+                  {"vg_name":"vgt", "lv_name":"thin", "lv_attr":"Vwi-aotz--", "lv_size":"268435456", "pool_lv":"pool", "origin":"", "lv_path":"/dev/vgt/thin", "lv_kernel_major":"254", "lv_kernel_minor":"7"},
+                  {"vg_name":"vgt", "lv_name":"tsnap", "lv_attr":"Vwi---tz-k", "lv_size":"268435456", "pool_lv":"pool", "origin":"thin", "lv_path":"/dev/vgt/tsnap", "lv_kernel_major":"-1", "lv_kernel_minor":"-1"}
+              ]
+          }
+      ]
+  }
+"#;
+
+    #[test]
+    fn parses_lvs_rows() {
+        let rows = parse_lvs(LVS_ALL).unwrap();
+        assert_eq!(rows.len(), 5);
+        assert_eq!(rows[0].vg_name, "vgt");
+        assert_eq!(rows[0].lv_name, "data");
+        assert_eq!(rows[0].lv_size, Some(256 << 20));
+        assert_eq!(
+            (rows[0].lv_kernel_major, rows[0].lv_kernel_minor),
+            (Some(254), Some(0))
+        );
+        assert_eq!(rows[1].origin, "data");
+        assert_eq!(rows[3].pool_lv, "pool");
+        assert_eq!(rows[4].lv_kernel_major, Some(-1));
+        assert_eq!(rows[4].snap_percent, None);
+    }
+
+    #[test]
+    fn parses_snapshot_health() {
+        // `lvs ... -o lv_name,lv_attr,lv_size,snap_percent vgt/snap`: filling, then overflowed.
+        let filling = r#"{"report":[{"lv":[{"lv_name":"snap","lv_attr":"swi-a-s---","lv_size":"67108864","snap_percent":"12.50"}]}]}"#;
+        let full = r#"  {
+      "report": [
+          {
+              "lv": [
+                  {"lv_name":"snap", "lv_attr":"swi-I-s---", "lv_size":"67108864", "snap_percent":"100.00"}
+              ]
+          }
+      ]
+  }"#;
+        let row = &parse_lvs(filling).unwrap()[0];
+        assert_eq!(row.snap_percent, Some(12.5));
+        assert!(!Attr::parse(&row.lv_attr).unwrap().is_invalid_snapshot());
+        let row = &parse_lvs(full).unwrap()[0];
+        assert_eq!(row.snap_percent, Some(100.0));
+        let attr = Attr::parse(&row.lv_attr).unwrap();
+        assert!(attr.is_invalid_snapshot());
+        assert_eq!(attr.state_words(), "invalid");
+    }
+
+    #[test]
+    fn parses_json_std_numbers_and_nulls() {
+        let std = r#"{"report":[{"lv":[{"lv_name":"snap","lv_attr":"swi-a-s---","lv_size":67108864,"snap_percent":3.25,"lv_kernel_major":254,"pool_lv":""}]}],"log":[]}"#;
+        let row = &parse_lvs(std).unwrap()[0];
+        assert_eq!(row.lv_size, Some(64 << 20));
+        assert_eq!(row.snap_percent, Some(3.25));
+        assert_eq!(row.lv_kernel_major, Some(254));
+        let nulls = r#"{"report":[{"lv":[{"lv_name":"x","lv_size":null,"snap_percent":null}]}]}"#;
+        let row = &parse_lvs(nulls).unwrap()[0];
+        assert_eq!((row.lv_size, row.snap_percent), (None, None));
+    }
+
+    #[test]
+    fn parses_sizes_with_unit_suffix() {
+        let json = r#"{"report":[{"vg":[{"vg_name":"vgt","vg_free":"1069547520B","vg_extent_size":"4194304B"}]}]}"#;
+        let vg = &parse_vgs(json).unwrap()[0];
+        assert_eq!(vg.vg_free, Some(1_069_547_520));
+        assert_eq!(vg.vg_extent_size, Some(4 << 20));
+    }
+
+    #[test]
+    fn parses_vgs_and_empty_reports() {
+        let json = r#"  {
+      "report": [
+          {
+              "vg": [
+                  {"vg_name":"vgt", "vg_free":"0", "vg_extent_size":"4194304"}
+              ]
+          }
+      ]
+  }"#;
+        assert_eq!(parse_vgs(json).unwrap()[0].vg_free, Some(0));
+        assert!(parse_lvs(r#"{"report":[{"lv":[]}]}"#).unwrap().is_empty());
+        assert!(parse_lvs("  Volume group \"x\" not found").is_err());
+        assert!(parse_lvs(r#"{"report":[{"lv":[{"lv_size":"12x"}]}]}"#).is_err());
+    }
+
+    #[test]
+    fn decodes_attr() {
+        let plain = Attr::parse("-wi-ao----").unwrap();
+        assert_eq!(
+            (plain.volume_type, plain.state, plain.open),
+            ('-', 'a', true)
+        );
+        assert!(plain.classic_snapshot_possible() && !plain.is_thin_volume());
+        let thin_snap = Attr::parse("Vwi---tz-k").unwrap();
+        assert!(thin_snap.is_thin_volume() && !thin_snap.is_active());
+        assert_eq!(thin_snap.state_words(), "inactive");
+        let pool = Attr::parse("twi-aotz--").unwrap();
+        assert!(!pool.classic_snapshot_possible());
+        assert_eq!(pool.type_words(), "a thin pool");
+        let snap = Attr::parse("swi-a-s---").unwrap();
+        assert!(!snap.classic_snapshot_possible() && !snap.is_invalid_snapshot());
+        assert!(Attr::parse("swi-S-s---").unwrap().is_invalid_snapshot());
+        assert!(Attr::parse("-wi").is_none());
+    }
+}
