@@ -10,21 +10,18 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use tokio::sync::mpsc::{channel, Receiver, Sender};
+use tokio::sync::mpsc::{channel, unbounded_channel, Sender};
 
-use crate::blockdiff::manifest::{
-    block_len, check_block_size, hash_block, zero_block_hash, BlockHash, Manifest,
-};
+use crate::apply::Applier;
+use crate::blockdiff::manifest::{block_len, check_block_size, hash_block, BlockHash, Manifest};
 use crate::blockdiff::scan::{hash_all, ScanOptions};
 use crate::blockdiff::source::{BlockSource, DeviceKind};
 use crate::progress::Progress;
 use crate::state::{Condition, ReceiverPaths, ReceiverState};
 use crate::target::{Target, TargetError};
 use crate::transport::frame::{Message, TargetCondition, MAX_MANIFEST_CHUNK};
-use crate::transport::{BoxStream, Connection, TransportError};
+use crate::transport::{BoxStream, Connection, FrameReader, TransportError};
 
-/// A hash no block can have: marks a block whose content is unknown.
-const UNKNOWN_HASH: BlockHash = [0xff; 32];
 /// Largest device a sender may announce (1 PiB), checked before anything is sized from it.
 pub const MAX_DEVICE_SIZE: u64 = 1 << 50;
 /// Most blocks a manifest may hold (8 GiB of hashes), checked before allocating it.
@@ -346,19 +343,36 @@ impl Session<'_> {
         let target = self.target.take().expect("opened");
         let mut manifest = self.manifest.take().expect("prepared");
         let (tx, rx) = channel::<Message>(16);
+        let (answer_tx, mut answer_rx) = unbounded_channel::<Message>();
         let pool = self.pool.clone();
         let applier = std::thread::spawn(move || {
-            let mut touched = 0;
-            let result = apply_messages(&target, &mut manifest, rx, &pool, &mut touched);
+            let mut applier = Applier::new(&target, &mut manifest, &pool, answer_tx);
+            let result = applier.run(rx);
+            let touched = applier.touched;
             (target, manifest, touched, result)
         });
-        let streamed = stream_to_applier(conn, first, &tx).await;
-        drop(tx);
+        let Connection { reader, writer, .. } = conn;
+        let streaming = async move {
+            let streamed = stream_to_applier(reader, first, &tx).await;
+            drop(tx);
+            streamed
+        };
+        let answering = async {
+            while let Some(answer) = answer_rx.recv().await {
+                writer.send(&answer).await?;
+                if answer_rx.is_empty() {
+                    writer.flush().await?;
+                }
+            }
+            Ok::<(), TransportError>(())
+        };
+        let (streamed, answered) = tokio::join!(streaming, answering);
         let (target, manifest, touched, applied) = applier.join().expect("applier thread panicked");
         self.state.last_cycle_bytes_written = touched;
         self.target = Some(target);
         self.manifest = Some(manifest);
         let end = streamed?;
+        answered?;
         applied?;
         match end {
             (g, root) if g == generation => Ok(root),
@@ -464,7 +478,7 @@ async fn send_manifest(conn: &mut Connection, manifest: &Manifest) -> Result<(),
 /// Forwards data messages to the applier until CycleEnd; returns its generation and root.
 /// Stops at once when the applier stops (its error is reported by the caller).
 async fn stream_to_applier(
-    conn: &mut Connection,
+    reader: &mut FrameReader,
     first: Result<Message, TransportError>,
     tx: &Sender<Message>,
 ) -> Result<(u64, BlockHash), ReceiveError> {
@@ -473,7 +487,10 @@ async fn stream_to_applier(
     loop {
         match next? {
             Message::CycleEnd { generation, root } => return Ok((generation, root)),
-            message @ (Message::Extent { .. } | Message::ZeroRun { .. }) => {
+            message @ (Message::Extent { .. }
+            | Message::ZeroRun { .. }
+            | Message::Refine { .. }
+            | Message::Patch { .. }) => {
                 if tx.send(message).await.is_err() {
                     return Ok(APPLIER_STOPPED);
                 }
@@ -486,104 +503,10 @@ async fn stream_to_applier(
             }
         }
         next = tokio::select! {
-            message = conn.recv() => message,
+            message = reader.recv() => message,
             _ = tx.closed() => return Ok(APPLIER_STOPPED),
         };
     }
-}
-
-/// Applies extents and zero runs to the target, verifying every block; keeps the manifest in
-/// step with what was written. Counts bytes written or zeroed in `touched` (also on error: a
-/// failed write counts, since it may have changed the target).
-fn apply_messages(
-    target: &Target,
-    manifest: &mut Manifest,
-    mut rx: Receiver<Message>,
-    pool: &rayon::ThreadPool,
-    touched: &mut u64,
-) -> Result<(), ReceiveError> {
-    let mut decompressor =
-        zstd::bulk::Decompressor::new().map_err(|e| ReceiveError::Protocol(e.to_string()))?;
-    while let Some(message) = rx.blocking_recv() {
-        match message {
-            Message::Extent {
-                first_block,
-                raw_len,
-                compressed,
-                hashes,
-                payload,
-            } => {
-                let count = hashes.len() as u64;
-                check_range(manifest, first_block, count)?;
-                let expected: u64 = (first_block..first_block + count)
-                    .map(|i| block_len(manifest.device_size, manifest.block_size, i) as u64)
-                    .sum();
-                if expected != raw_len as u64 {
-                    return Err(ReceiveError::Protocol(format!(
-                        "extent at block {first_block} claims {raw_len} bytes, its blocks hold {expected}"
-                    )));
-                }
-                let data = if compressed {
-                    let data = decompressor
-                        .decompress(&payload, raw_len as usize)
-                        .map_err(|e| {
-                            ReceiveError::Protocol(format!(
-                                "extent at block {first_block} does not decompress: {e}"
-                            ))
-                        })?;
-                    if data.len() != raw_len as usize {
-                        return Err(ReceiveError::Protocol(format!(
-                            "extent at block {first_block} decompressed to {} bytes, expected {raw_len}", data.len()
-                        )));
-                    }
-                    data
-                } else {
-                    payload
-                };
-                let block_size = manifest.block_size as usize;
-                verify_blocks(pool, &data, block_size, &hashes, first_block)?;
-                let offset = first_block * block_size as u64;
-                *touched += raw_len as u64;
-                if let Err(e) = target.write_at(&data, offset) {
-                    for i in first_block..first_block + count {
-                        manifest.set_hash(i, UNKNOWN_HASH);
-                    }
-                    return Err(e.into());
-                }
-                for (i, hash) in hashes.into_iter().enumerate() {
-                    manifest.set_hash(first_block + i as u64, hash);
-                }
-            }
-            Message::ZeroRun {
-                first_block,
-                block_count,
-            } => {
-                check_range(manifest, first_block, block_count)?;
-                let block_size = manifest.block_size as u64;
-                let start = first_block * block_size;
-                let end = ((first_block + block_count) * block_size).min(manifest.device_size);
-                *touched += end - start;
-                if let Err(e) = target.write_zeroes(start, end - start) {
-                    for i in first_block..first_block + block_count {
-                        manifest.set_hash(i, UNKNOWN_HASH);
-                    }
-                    return Err(e.into());
-                }
-                let full = zero_block_hash(block_size as usize);
-                for i in first_block..first_block + block_count {
-                    let len = block_len(manifest.device_size, manifest.block_size, i);
-                    let hash = if len == block_size as usize {
-                        full
-                    } else {
-                        zero_block_hash(len)
-                    };
-                    manifest.set_hash(i, hash);
-                }
-            }
-            _ => unreachable!("only data messages reach the applier"),
-        }
-    }
-    Ok(())
 }
 
 /// Bounds the announced geometry before a target or manifest is sized from it.
@@ -596,38 +519,6 @@ fn check_geometry(device_size: u64, block_size: u32) -> Result<(), ReceiveError>
         )));
     }
     Ok(())
-}
-
-/// Checks every block of an extent against its hash, in parallel.
-fn verify_blocks(
-    pool: &rayon::ThreadPool,
-    data: &[u8],
-    block_size: usize,
-    hashes: &[BlockHash],
-    first_block: u64,
-) -> Result<(), ReceiveError> {
-    use rayon::prelude::*;
-    let bad = pool.install(|| {
-        data.par_chunks(block_size)
-            .zip(hashes)
-            .position_first(|(block, hash)| hash_block(block) != *hash)
-    });
-    match bad {
-        Some(i) => Err(ReceiveError::BlockHashMismatch {
-            offset: (first_block + i as u64) * block_size as u64,
-        }),
-        None => Ok(()),
-    }
-}
-
-fn check_range(manifest: &Manifest, first_block: u64, count: u64) -> Result<(), ReceiveError> {
-    match first_block.checked_add(count) {
-        Some(end) if end <= manifest.block_count() => Ok(()),
-        _ => Err(ReceiveError::Protocol(format!(
-            "blocks {first_block}..+{count} lie outside the device ({} blocks)",
-            manifest.block_count()
-        ))),
-    }
 }
 
 /// Checks a receiver's configuration before serving (fail fast with one clear line).

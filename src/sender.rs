@@ -7,22 +7,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rayon::prelude::*;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::blockdiff::diff::{changed_runs, Run};
 use crate::blockdiff::manifest::{block_count, root_of, BlockHash, Manifest};
-use crate::blockdiff::scan::{scan, ScanError, ScanOptions, ScannedChunk};
+use crate::blockdiff::scan::{scan, ScanError, ScanOptions};
 use crate::blockdiff::source::{BlockSource, DeviceKind, ReadMode, SourceError};
+use crate::differ::{ChangeStats, Differ, Stop};
 use crate::progress::Progress;
 use crate::snapshot::{SnapshotError, SnapshotProvider};
 use crate::state::{SenderPaths, SenderStatus};
-use crate::transport::frame::{Message, MAX_EXTENT_BYTES};
-use crate::transport::{Connection, TransportError};
+use crate::transport::frame::{Message, CAP_REFINE};
+use crate::transport::{Connection, FrameReader, FrameWriter, TransportError};
 
-/// Largest plaintext shipped in one extent (parallel compression works per extent).
-const EXTENT_TARGET_BYTES: u64 = 1 << 20;
 /// Extents queued between the scan and the network.
 const SEND_QUEUE: usize = 32;
 
@@ -84,8 +81,12 @@ pub struct CycleReport {
     pub blocks_changed: u64,
     pub blocks_zero: u64,
     pub bytes_read: u64,
-    /// Plaintext bytes of changed data blocks.
+    /// Plaintext bytes shipped: whole changed blocks, or the differing 4 KiB sub-blocks of
+    /// refined blocks.
     pub bytes_changed: u64,
+    /// Changed blocks refined to 4 KiB, and the bytes refinement did not have to ship.
+    pub blocks_refined: u64,
+    pub bytes_saved_by_refinement: u64,
     /// Bytes of extent payloads after compression.
     pub bytes_payload: u64,
     /// Every byte written to the connection during the cycle.
@@ -135,7 +136,7 @@ pub async fn run_cycle(
     progress: Arc<dyn Progress>,
 ) -> Result<CycleReport, SendError> {
     let started = Instant::now();
-    let sent_before = conn.bytes_sent;
+    let sent_before = conn.bytes_sent();
     let identity = source_identity(&config.source)?;
     let view = provider.freeze(&config.source)?;
     let source = BlockSource::open(&view.path)?;
@@ -229,8 +230,10 @@ pub async fn run_cycle(
         blocks_zero: stats.blocks_zero,
         bytes_read: manifest.device_size,
         bytes_changed: stats.bytes_changed,
+        blocks_refined: stats.blocks_refined,
+        bytes_saved_by_refinement: stats.bytes_saved_by_refinement,
         bytes_payload: stats.bytes_payload,
-        bytes_sent: conn.bytes_sent - sent_before,
+        bytes_sent: conn.bytes_sent() - sent_before,
         compression_ratio: if stats.bytes_payload == 0 {
             1.0
         } else {
@@ -392,16 +395,9 @@ async fn fetch_manifest(
     }
 }
 
-#[derive(Default)]
-struct ChangeStats {
-    blocks_changed: u64,
-    blocks_zero: u64,
-    bytes_changed: u64,
-    bytes_payload: u64,
-}
-
-/// Scans on a blocking thread, sending changed extents through a bounded queue that this
-/// task drains onto the connection. Returns every block's new hash.
+/// Scans on a blocking thread; this task writes the differ's messages to the connection and,
+/// concurrently, reads the receiver's refinement answers back to the differ. Returns every
+/// block's new hash.
 async fn stream_changes(
     conn: &mut Connection,
     config: &CycleConfig,
@@ -412,29 +408,32 @@ async fn stream_changes(
     progress: Arc<dyn Progress>,
 ) -> Result<(Vec<BlockHash>, ChangeStats), SendError> {
     let (tx, mut rx) = mpsc::channel::<Message>(SEND_QUEUE);
+    let refining = conn.peer_capabilities & CAP_REFINE != 0;
+    let (answer_tx, answer_rx) = mpsc::unbounded_channel();
     let options = ScanOptions {
         read_mode: config.read_mode,
         ..ScanOptions::new(config.block_size)
     };
     let level = config.compress_level;
     let scanner = tokio::task::spawn_blocking(move || {
-        let mut differ = Differ::new(base, options.block_size, level, tx);
+        let mut differ = Differ::new(base, level, tx, refining.then_some(answer_rx));
         let result = scan(&source, &options, &pool, &cancel, &*progress, |chunk| {
             differ.chunk(&pool, chunk, &*progress)
         });
-        let flushed = differ.flush_zero_run().map_err(ScanError::Sink);
-        (result.and(flushed), differ.new_hashes, differ.stats)
+        let result = result.and_then(|()| differ.finish().map_err(ScanError::Sink));
+        (result, differ.new_hashes, differ.stats)
     });
-    let mut send_error = None;
-    while let Some(message) = rx.recv().await {
-        if let Err(e) = conn.send(&message).await {
-            send_error = Some(e);
-            break;
-        }
-    }
-    drop(rx);
+    let Connection { reader, writer, .. } = conn;
+    let writing = async {
+        let result = write_all(writer, &mut rx).await;
+        drop(rx);
+        result
+    };
+    let reading = read_answers(reader, answer_tx);
+    let (written, read) = tokio::join!(writing, reading);
     let (result, hashes, stats) = scanner.await.expect("scan task panicked");
-    if let Some(e) = send_error {
+    read?;
+    if let Err(e) = written {
         return Err(refusal_or(conn, e).await);
     }
     match result {
@@ -447,7 +446,56 @@ async fn stream_changes(
         }) => Err(SendError::Read(format!(
             "read error at byte {offset} of {path}: {source}"
         ))),
-        Err(ScanError::Sink(())) => Err(SendError::Transport(TransportError::Closed)),
+        Err(ScanError::Sink(Stop::BadAnswer(what))) => Err(SendError::Protocol(what)),
+        Err(ScanError::Sink(Stop::Disconnected)) => {
+            Err(SendError::Transport(TransportError::Closed))
+        }
+    }
+}
+
+/// Writes queued messages, flushing whenever the queue runs dry (the receiver may be waiting
+/// for a Refine to answer).
+async fn write_all(
+    writer: &mut FrameWriter,
+    rx: &mut mpsc::Receiver<Message>,
+) -> Result<(), TransportError> {
+    loop {
+        let message = match rx.try_recv() {
+            Ok(message) => message,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                writer.flush().await?;
+                match rx.recv().await {
+                    Some(message) => message,
+                    None => return Ok(()),
+                }
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => return Ok(()),
+        };
+        writer.send(&message).await?;
+    }
+}
+
+/// Forwards refinement answers to the differ until it stops listening. Only then is a pending
+/// read abandoned: no answer can be in flight once the differ has all it asked for.
+async fn read_answers(
+    reader: &mut FrameReader,
+    answers: mpsc::UnboundedSender<(u64, Vec<u8>)>,
+) -> Result<(), SendError> {
+    loop {
+        let message = tokio::select! {
+            message = reader.recv() => message,
+            _ = answers.closed() => return Ok(()),
+        };
+        match message {
+            Ok(Message::RefineAnswer {
+                first_block,
+                bitmap,
+            }) => {
+                let _ = answers.send((first_block, bitmap));
+            }
+            Ok(other) => return Err(unexpected(&other, "RefineAnswer")),
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 
@@ -456,132 +504,5 @@ async fn refusal_or(conn: &mut Connection, error: TransportError) -> SendError {
     match tokio::time::timeout(Duration::from_secs(5), conn.recv()).await {
         Ok(Err(refused @ TransportError::Refused(_))) => refused.into(),
         _ => error.into(),
-    }
-}
-
-/// Turns hashed chunks into messages: diff against the base, coalesce zero runs across
-/// chunks, compress data extents in parallel.
-struct Differ {
-    base: Manifest,
-    block_size: u32,
-    level: i32,
-    max_blocks: u64,
-    tx: mpsc::Sender<Message>,
-    pending_zero: Option<(u64, u64)>,
-    new_hashes: Vec<BlockHash>,
-    stats: ChangeStats,
-}
-
-impl Differ {
-    fn new(base: Manifest, block_size: u32, level: i32, tx: mpsc::Sender<Message>) -> Self {
-        let max_blocks = (EXTENT_TARGET_BYTES / block_size as u64).max(1);
-        debug_assert!(max_blocks * block_size as u64 <= MAX_EXTENT_BYTES as u64);
-        Differ {
-            base,
-            block_size,
-            level,
-            max_blocks,
-            tx,
-            pending_zero: None,
-            new_hashes: Vec::new(),
-            stats: ChangeStats::default(),
-        }
-    }
-
-    fn send(&self, message: Message) -> Result<(), ()> {
-        self.tx.blocking_send(message).map_err(|_| ())
-    }
-
-    fn flush_zero_run(&mut self) -> Result<(), ()> {
-        match self.pending_zero.take() {
-            Some((first_block, block_count)) => self.send(Message::ZeroRun {
-                first_block,
-                block_count,
-            }),
-            None => Ok(()),
-        }
-    }
-
-    fn chunk(
-        &mut self,
-        pool: &rayon::ThreadPool,
-        chunk: ScannedChunk<'_>,
-        progress: &dyn Progress,
-    ) -> Result<(), ()> {
-        self.new_hashes.extend_from_slice(chunk.hashes);
-        let runs = changed_runs(
-            self.base.hashes(),
-            chunk.first_block,
-            chunk.hashes,
-            chunk.zero,
-            self.max_blocks,
-        );
-        let block_size = self.block_size as usize;
-        let mut data_runs = Vec::new();
-        for run in runs {
-            self.stats.blocks_changed += run.count();
-            match run {
-                Run::Zero { first_block, count } => {
-                    self.stats.blocks_zero += count;
-                    self.pending_zero = match self.pending_zero {
-                        Some((start, n)) if start + n == first_block => Some((start, n + count)),
-                        Some(_) => {
-                            self.flush_zero_run()?;
-                            Some((first_block, count))
-                        }
-                        None => Some((first_block, count)),
-                    };
-                }
-                Run::Data { first_block, count } => {
-                    let start = (first_block - chunk.first_block) as usize * block_size;
-                    let end = (start + count as usize * block_size).min(chunk.data.len());
-                    let hashes = chunk.hashes[(first_block - chunk.first_block) as usize..]
-                        [..count as usize]
-                        .to_vec();
-                    data_runs.push((first_block, &chunk.data[start..end], hashes));
-                }
-            }
-        }
-        if data_runs.is_empty() {
-            return Ok(());
-        }
-        self.flush_zero_run()?;
-        let level = self.level;
-        let messages: Vec<Message> = pool.install(|| {
-            data_runs
-                .into_par_iter()
-                .map(|(first_block, data, hashes)| extent(first_block, data, hashes, level))
-                .collect()
-        });
-        for message in messages {
-            if let Message::Extent {
-                raw_len, payload, ..
-            } = &message
-            {
-                self.stats.bytes_changed += *raw_len as u64;
-                self.stats.bytes_payload += payload.len() as u64;
-                progress.advance(crate::progress::Stage::Scan, 0, payload.len() as u64);
-            }
-            self.send(message)?;
-        }
-        Ok(())
-    }
-}
-
-/// Builds an extent, compressed when that makes it smaller.
-fn extent(first_block: u64, data: &[u8], hashes: Vec<BlockHash>, level: i32) -> Message {
-    let compressed = if level > 0 {
-        zstd::bulk::compress(data, level)
-            .ok()
-            .filter(|c| c.len() < data.len())
-    } else {
-        None
-    };
-    Message::Extent {
-        first_block,
-        raw_len: data.len() as u32,
-        compressed: compressed.is_some(),
-        hashes,
-        payload: compressed.unwrap_or_else(|| data.to_vec()),
     }
 }

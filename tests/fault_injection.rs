@@ -127,7 +127,14 @@ fn setup() -> Setup {
 
 fn send_once(source: &Path, target: &Path, state: &Path) {
     let out = Command::new(bin())
-        .args(["send", "--once", "--progress", "never", "--snapshot", "none"])
+        .args([
+            "send",
+            "--once",
+            "--progress",
+            "never",
+            "--snapshot",
+            "none",
+        ])
         .arg("--state-dir")
         .arg(state)
         .arg(source)
@@ -373,4 +380,69 @@ fn absurd_geometry_is_refused_before_sizing_anything() {
     );
     peer.finish();
     assert!(!target.exists(), "no target was created");
+}
+
+#[test]
+fn patch_whose_block_hash_does_not_match_is_refused_and_nothing_is_written() {
+    let s = setup();
+    let before = std::fs::read(&s.target).unwrap();
+    let mut peer = RawSender::start(&s.target, &s.state);
+    peer.start_cycle();
+    let mut new_block = before[..BS].to_vec();
+    new_block[5000] ^= 0xFF;
+    peer.send(&Message::Refine {
+        first_block: 0,
+        block_count: 1,
+        sub_hashes: new_block.chunks(4096).map(hash_block).collect(),
+    });
+    let Some(Message::RefineAnswer {
+        first_block: 0,
+        bitmap,
+    }) = peer.recv()
+    else {
+        panic!("expected a RefineAnswer");
+    };
+    assert_eq!(bitmap, vec![0b10, 0], "only sub-block 1 differs");
+    peer.send(&Message::Patch {
+        first_block: 0,
+        hashes: vec![[9; 32]],
+        bitmap: bitmap.clone(),
+        raw_len: 4096,
+        compressed: false,
+        payload: new_block[4096..8192].to_vec(),
+    });
+    let reply = peer.recv();
+    assert!(
+        matches!(&reply, Some(Message::Refused { reason }) if reason.contains("block hash mismatch at byte 0")),
+        "{reply:?}"
+    );
+    assert_eq!(peer.finish().0, 1);
+    assert_eq!(
+        std::fs::read(&s.target).unwrap(),
+        before,
+        "target untouched"
+    );
+}
+
+#[test]
+fn patch_inconsistent_with_its_bitmap_is_refused() {
+    let s = setup();
+    let before = std::fs::read(&s.target).unwrap();
+    let mut peer = RawSender::start(&s.target, &s.state);
+    peer.start_cycle();
+    peer.send(&Message::Patch {
+        first_block: 2,
+        hashes: vec![[9; 32]],
+        bitmap: vec![0b1, 0],
+        raw_len: 8192,
+        compressed: false,
+        payload: vec![1; 8192],
+    });
+    let reply = peer.recv();
+    assert!(
+        matches!(&reply, Some(Message::Refused { reason }) if reason.contains("does not match its run")),
+        "{reply:?}"
+    );
+    peer.finish();
+    assert_eq!(std::fs::read(&s.target).unwrap(), before);
 }

@@ -113,7 +113,7 @@ done < /modules.order
 
 P9="trans=virtio,version=9p2000.L,msize=512000"
 mount -t 9p -o "$P9,ro,cache=${ROOTCACHE:-loose}" root /newroot || fail "cannot mount the host root over 9p"
-mount -t 9p -o "$P9,rw,cache=${REPOCACHE:-loose}" repo "/newroot$REPO" || fail "cannot mount the repository over 9p"
+mount -t 9p -o "$P9,rw,cache=${REPOCACHE:-mmap}" repo "/newroot$REPO" || fail "cannot mount the repository over 9p"
 mkdir -p "/newroot$CTL" 2>/dev/null
 mount -t 9p -o "$P9,rw,cache=none" ctl "/newroot$CTL" || fail "cannot mount the control folder over 9p"
 mount -t proc proc /newroot/proc

@@ -111,7 +111,8 @@ struct SendArgs {
     /// Shell command run just before each snapshot (e.g. "fsfreeze -f /srv").
     #[arg(long)]
     pre_snapshot: Option<String>,
-    /// Shell command run just after each snapshot, even if it failed (e.g. "fsfreeze -u /srv").
+    /// Shell command run just after each snapshot, even if the snapshot or the pre hook failed
+    /// (e.g. "fsfreeze -u /srv").
     #[arg(long)]
     post_snapshot: Option<String>,
     /// zstd level 1-22; 0 sends raw. Level 1 is the measured default (docs/benchmarks.md).

@@ -32,7 +32,8 @@ pub enum SnapshotKind {
     LvmThin,
     /// FICLONE of an image file on xfs (reflink=1) or btrfs.
     Reflink,
-    /// Read the source as it is, live. The source should be quiescent.
+    /// Read the source live: nothing may write to it during a cycle, or the target may mix
+    /// blocks from different moments.
     None,
 }
 

@@ -10,12 +10,16 @@ use crate::blockdiff::manifest::BlockHash;
 pub const MAGIC: [u8; 8] = *b"BKMRWIRE";
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
-/// Capability bits (none defined yet; reserved for extensions negotiated at handshake).
-pub const CAPABILITIES: u64 = 0;
+/// Capability bit: the peer understands Refine / RefineAnswer / Patch (4 KiB refinement).
+pub const CAP_REFINE: u64 = 1;
+/// Capabilities this build offers.
+pub const CAPABILITIES: u64 = CAP_REFINE;
 /// Largest plaintext an extent may carry.
 pub const MAX_EXTENT_BYTES: u32 = 16 << 20;
 /// Most blocks in one extent (16 MiB of 4 KiB blocks).
 pub const MAX_EXTENT_BLOCKS: u32 = MAX_EXTENT_BYTES / 4096;
+/// Most 4 KiB sub-blocks in one refined run.
+pub const MAX_SUB_BLOCKS: u32 = MAX_EXTENT_BYTES / 4096;
 /// Most hashes in one manifest chunk.
 pub const MAX_MANIFEST_CHUNK: u32 = 65536;
 /// Largest frame accepted, checked before allocating.
@@ -127,6 +131,23 @@ pub enum Message {
     },
     /// Blocks that are now all zeros.
     ZeroRun { first_block: u64, block_count: u64 },
+    /// Sender: these blocks changed; here are the 4 KiB sub-block hashes of their new content.
+    Refine {
+        first_block: u64,
+        block_count: u32,
+        sub_hashes: Vec<BlockHash>,
+    },
+    /// Receiver: bit i set when sub-block i of the run differs on the target.
+    RefineAnswer { first_block: u64, bitmap: Vec<u8> },
+    /// Sender: the differing sub-blocks of a refined run, with the run's block hashes.
+    Patch {
+        first_block: u64,
+        hashes: Vec<BlockHash>,
+        bitmap: Vec<u8>,
+        raw_len: u32,
+        compressed: bool,
+        payload: Vec<u8>,
+    },
     /// Sender has sent all changes; the new root the target must reach.
     CycleEnd { generation: u64, root: BlockHash },
     /// Receiver made generation N durable.
@@ -144,6 +165,9 @@ mod kind {
     pub const ZERO_RUN: u8 = 8;
     pub const CYCLE_END: u8 = 9;
     pub const COMMITTED: u8 = 10;
+    pub const REFINE: u8 = 11;
+    pub const REFINE_ANSWER: u8 = 12;
+    pub const PATCH: u8 = 13;
 }
 
 impl Message {
@@ -160,6 +184,9 @@ impl Message {
             Message::ZeroRun { .. } => "ZeroRun",
             Message::CycleEnd { .. } => "CycleEnd",
             Message::Committed { .. } => "Committed",
+            Message::Refine { .. } => "Refine",
+            Message::RefineAnswer { .. } => "RefineAnswer",
+            Message::Patch { .. } => "Patch",
         }
     }
 
@@ -244,6 +271,45 @@ impl Message {
                 put_u64(out, *generation);
                 out.extend_from_slice(root);
             }
+            Message::Refine {
+                first_block,
+                block_count,
+                sub_hashes,
+            } => {
+                out.push(kind::REFINE);
+                put_u64(out, *first_block);
+                put_u32(out, *block_count);
+                put_u32(out, sub_hashes.len() as u32);
+                out.extend_from_slice(sub_hashes.as_flattened());
+            }
+            Message::RefineAnswer {
+                first_block,
+                bitmap,
+            } => {
+                out.push(kind::REFINE_ANSWER);
+                put_u64(out, *first_block);
+                put_u32(out, bitmap.len() as u32);
+                out.extend_from_slice(bitmap);
+            }
+            Message::Patch {
+                first_block,
+                hashes,
+                bitmap,
+                raw_len,
+                compressed,
+                payload,
+            } => {
+                out.push(kind::PATCH);
+                put_u64(out, *first_block);
+                put_u32(out, hashes.len() as u32);
+                out.extend_from_slice(hashes.as_flattened());
+                put_u32(out, bitmap.len() as u32);
+                out.extend_from_slice(bitmap);
+                put_u32(out, *raw_len);
+                out.push(u8::from(*compressed));
+                put_u32(out, payload.len() as u32);
+                out.extend_from_slice(payload);
+            }
         }
         let len = (out.len() - start - 4) as u32;
         out[start..start + 4].copy_from_slice(&len.to_le_bytes());
@@ -306,11 +372,7 @@ impl Message {
                 if raw_len == 0 || raw_len > MAX_EXTENT_BYTES {
                     return Err(FrameError::Invalid(format!("extent of {raw_len} bytes")));
                 }
-                let compressed = match r.u8()? {
-                    0 => false,
-                    1 => true,
-                    other => return Err(FrameError::Invalid(format!("compression flag {other}"))),
-                };
+                let compressed = r.flag()?;
                 let count = r.u32()?;
                 if count == 0 || count > MAX_EXTENT_BLOCKS {
                     return Err(FrameError::Invalid(format!("extent of {count} blocks")));
@@ -349,6 +411,60 @@ impl Message {
                 generation: r.u64()?,
                 root: r.hash()?,
             },
+            kind::REFINE => {
+                let first_block = r.u64()?;
+                let block_count = r.u32()?;
+                if block_count == 0 || block_count > MAX_EXTENT_BLOCKS {
+                    return Err(FrameError::Invalid(format!(
+                        "refine of {block_count} blocks"
+                    )));
+                }
+                let count = r.u32()?;
+                if count == 0 || count > MAX_SUB_BLOCKS {
+                    return Err(FrameError::Invalid(format!("refine of {count} sub-blocks")));
+                }
+                Message::Refine {
+                    first_block,
+                    block_count,
+                    sub_hashes: r.hashes(count)?,
+                }
+            }
+            kind::REFINE_ANSWER => {
+                let first_block = r.u64()?;
+                let bitmap = r.bitmap()?;
+                Message::RefineAnswer {
+                    first_block,
+                    bitmap,
+                }
+            }
+            kind::PATCH => {
+                let first_block = r.u64()?;
+                let count = r.u32()?;
+                if count == 0 || count > MAX_EXTENT_BLOCKS {
+                    return Err(FrameError::Invalid(format!("patch of {count} blocks")));
+                }
+                let hashes = r.hashes(count)?;
+                let bitmap = r.bitmap()?;
+                let raw_len = r.u32()?;
+                if raw_len > MAX_EXTENT_BYTES {
+                    return Err(FrameError::Invalid(format!("patch of {raw_len} bytes")));
+                }
+                let compressed = r.flag()?;
+                let payload_len = r.u32()?;
+                if !compressed && payload_len != raw_len {
+                    return Err(FrameError::Invalid(format!(
+                        "raw patch payload of {payload_len} bytes, header says {raw_len}"
+                    )));
+                }
+                Message::Patch {
+                    first_block,
+                    hashes,
+                    bitmap,
+                    raw_len,
+                    compressed,
+                    payload: r.bytes(payload_len as usize)?.to_vec(),
+                }
+            }
             other => return Err(FrameError::UnknownType(other)),
         };
         if !r.buf.is_empty() {
@@ -412,6 +528,20 @@ impl<'a> Reader<'a> {
     }
     fn hash(&mut self) -> Result<BlockHash, FrameError> {
         Ok(self.bytes(32)?.try_into().unwrap())
+    }
+    fn flag(&mut self) -> Result<bool, FrameError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            other => Err(FrameError::Invalid(format!("flag byte {other}"))),
+        }
+    }
+    fn bitmap(&mut self) -> Result<Vec<u8>, FrameError> {
+        let len = self.u32()?;
+        if len > MAX_SUB_BLOCKS.div_ceil(8) {
+            return Err(FrameError::Invalid(format!("bitmap of {len} bytes")));
+        }
+        Ok(self.bytes(len as usize)?.to_vec())
     }
     fn opt_hash(&mut self) -> Result<Option<BlockHash>, FrameError> {
         match self.u8()? {

@@ -143,7 +143,9 @@ impl SnapshotProvider for ClassicLvm {
         let warned = AtomicBool::new(false);
         let health = Arc::new(move || {
             let row = snapshot_row(&snap, "lv_name,lv_attr,lv_size,snap_percent")?;
-            if row.snap_percent.is_some_and(|p| p >= FILL_WARNING)
+            if row
+                .snap_percent
+                .is_some_and(|p| (FILL_WARNING..100.0).contains(&p))
                 && !warned.swap(true, Ordering::Relaxed)
             {
                 tracing::warn!(snapshot = %snap, percent = row.snap_percent, "the snapshot's COW space is filling up; raise --snapshot-size if it overflows");

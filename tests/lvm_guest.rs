@@ -1,0 +1,843 @@
+//! Real LVM snapshots, proven inside a QEMU guest (the host kernel has no device-mapper).
+//!
+//! Two kinds of tests live here:
+//! - `lvm_acceptance_in_guest`, a normal host test: it boots the guest with
+//!   `ci/guest/run-in-guest.sh`, runs THIS test binary inside with `--ignored --test-threads=1`,
+//!   and asserts that every ignored test listed on the host passed in the guest. Without the
+//!   guest tooling it fails, saying how to install it.
+//! - the `#[ignore]` tests: the acceptance tests proper. They need root, device-mapper and
+//!   lvm2, so they only run in the guest (they refuse to run elsewhere). Each one makes its own
+//!   volume group on the guest's scratch disk `/dev/vda` (one test at a time holds it), runs
+//!   the real binary, and removes the volume group when done, whatever happens.
+//!
+//! Developer command (the whole suite, ~3-5 minutes): `cargo nextest run --test lvm_guest`
+//! (or `cargo test --test lvm_guest -- --nocapture` to see the guest's output as it runs).
+//!
+//! Waiting is always polling a condition with a deadline; every process a test starts is
+//! stopped by PID (the `Proc` guard), every LV by name.
+
+mod common;
+
+use std::fs::{self, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use common::*;
+
+/// Prefix of every snapshot LV blkmirror makes.
+const SNAP_PREFIX: &str = "blkmirror-snap-";
+/// The guest's scratch disk (a fresh sparse file on the host for every boot).
+const GUEST_DISK: &str = "/dev/vda";
+/// Set by `ci/guest/run-in-guest.sh` in the guest.
+const IN_GUEST_ENV: &str = "BLKMIRROR_IN_GUEST";
+/// The host test's deadline for the whole guest run (boot, every test, power-off).
+const GUEST_TIMEOUT: Duration = Duration::from_secs(1500);
+
+// =============================================================================================
+// The host side: boot the guest and run the ignored tests there
+// =============================================================================================
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The names of this binary's ignored tests, listed on the host.
+fn ignored_tests(exe: &Path) -> Vec<String> {
+    let out = run_program(
+        s(exe),
+        &["--list", "--ignored", "--format", "terse"],
+        Duration::from_secs(60),
+    );
+    out.assert_success();
+    out.stdout
+        .iter()
+        .filter_map(|l| l.strip_suffix(": test"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Fails (does not skip) when the tooling the guest needs is not installed.
+fn require_guest_tooling() {
+    let hint = "the LVM acceptance tests boot a QEMU guest: install its tooling with the \
+                'system packages' step of .ci/run (apt-get install qemu-system-x86 \
+                linux-image-amd64 busybox-static lvm2 thin-provisioning-tools)";
+    let on_path = |tool: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+    };
+    assert!(
+        on_path("qemu-system-x86_64"),
+        "qemu-system-x86_64 not found: {hint}"
+    );
+    let kernel = fs::read_dir("/boot").ok().is_some_and(|d| {
+        d.filter_map(Result::ok)
+            .any(|e| e.file_name().to_string_lossy().starts_with("vmlinuz-"))
+    });
+    assert!(kernel, "no kernel image /boot/vmlinuz-*: {hint}");
+    assert!(
+        Path::new("/bin/busybox").is_file() || on_path("busybox"),
+        "busybox not found: {hint}"
+    );
+    assert!(
+        Path::new("/sbin/lvm").is_file() || Path::new("/usr/sbin/lvm").is_file(),
+        "lvm2 not found: {hint}"
+    );
+}
+
+/// Boots the guest once and runs every `#[ignore]` test of this binary inside it.
+#[test]
+fn lvm_acceptance_in_guest() {
+    if std::env::var_os(IN_GUEST_ENV).is_some() {
+        // Inside the guest already (someone ran without --ignored): nothing to boot.
+        return;
+    }
+    require_guest_tooling();
+    let exe = std::env::current_exe().expect("current_exe");
+    let expected = ignored_tests(&exe);
+    assert!(!expected.is_empty(), "no ignored (in-guest) tests listed");
+
+    let script = repo().join("ci/guest/run-in-guest.sh");
+    let started = Instant::now();
+    let mut guest = Proc::spawn_in(
+        "guest",
+        s(&script),
+        &[s(&exe), "--ignored", "--test-threads=1"],
+        Some(&repo()),
+    );
+    let status = guest.wait_exit(GUEST_TIMEOUT);
+    let out = guest.finish(Duration::from_secs(10));
+    // Shown by the test runner on failure (and with --nocapture).
+    println!("guest run took {:.0?}\n{out:?}", started.elapsed());
+
+    let text = out.stdout_text();
+    let result = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("test result:"))
+        .unwrap_or_else(|| panic!("the guest printed no test summary (status {status:?})"));
+    for name in &expected {
+        assert!(
+            text.lines().any(|l| l == format!("test {name} ... ok")),
+            "in-guest test {name} did not pass: {result}"
+        );
+    }
+    assert!(
+        result.contains(&format!("{} passed; 0 failed", expected.len())),
+        "expected all {} in-guest tests to pass: {result}",
+        expected.len()
+    );
+    assert_eq!(out.code(), Some(0), "guest run failed: {result}");
+}
+
+// =============================================================================================
+// The guest side: fixtures
+// =============================================================================================
+
+/// Only one test at a time owns the scratch disk.
+static DISK: Mutex<()> = Mutex::new(());
+
+/// Refuses to run outside the guest: these tests make volume groups and need device-mapper.
+fn require_guest() {
+    assert!(
+        std::env::var_os(IN_GUEST_ENV).is_some(),
+        "this test runs inside the QEMU guest; run `cargo nextest run --test lvm_guest` \
+         (the host test lvm_acceptance_in_guest boots the guest and runs it there)"
+    );
+    assert!(
+        Path::new("/dev/mapper/control").exists(),
+        "no device-mapper in this kernel"
+    );
+}
+
+/// Runs an LVM (or other system) command, asserting success; returns its stdout.
+#[track_caller]
+fn lvm(program: &str, args: &[&str]) -> String {
+    sh(program, args)
+}
+
+/// A volume group on the scratch disk, removed (with every LV in it) on drop.
+struct Vg {
+    name: String,
+    _disk: MutexGuard<'static, ()>,
+}
+
+impl Vg {
+    fn new(test: &str) -> Vg {
+        require_guest();
+        let disk = DISK.lock().unwrap_or_else(|e| e.into_inner());
+        // Leftovers of a test that could not clean up: remove them first.
+        let out = run_program(
+            "vgs",
+            &["--noheadings", "-o", "vg_name"],
+            Duration::from_secs(60),
+        );
+        for vg in out.stdout_text().split_whitespace() {
+            let _ = run_program("vgremove", &["-f", "-y", vg], Duration::from_secs(120));
+        }
+        lvm("pvcreate", &["-ff", "-y", "-q", GUEST_DISK]);
+        let name = format!("bm{}", test.replace('-', ""));
+        lvm("vgcreate", &["-q", &name, GUEST_DISK]);
+        Vg { name, _disk: disk }
+    }
+
+    /// A linear LV of `mib` MiB filled with random bytes; returns its device path.
+    fn linear(&self, lv: &str, mib: u64) -> PathBuf {
+        lvm(
+            "lvcreate",
+            &["-q", "-y", "-L", &format!("{mib}M"), "-n", lv, &self.name],
+        );
+        let dev = self.dev(lv);
+        fill_random(&dev, mib);
+        dev
+    }
+
+    /// A thin pool of `pool_mib` MiB and a thin LV of `mib` MiB in it, filled with random
+    /// bytes; returns the thin LV's device path.
+    fn thin(&self, lv: &str, mib: u64, pool_mib: u64) -> PathBuf {
+        lvm(
+            "lvcreate",
+            &[
+                "-q",
+                "-y",
+                "-L",
+                &format!("{pool_mib}M"),
+                "-T",
+                &format!("{}/pool", self.name),
+            ],
+        );
+        lvm(
+            "lvcreate",
+            &[
+                "-q",
+                "-y",
+                "-V",
+                &format!("{mib}M"),
+                "-T",
+                &format!("{}/pool", self.name),
+                "-n",
+                lv,
+            ],
+        );
+        let dev = self.dev(lv);
+        fill_random(&dev, mib);
+        dev
+    }
+
+    fn dev(&self, lv: &str) -> PathBuf {
+        let dev = PathBuf::from(format!("/dev/{}/{lv}", self.name));
+        wait_for(Duration::from_secs(30), "the LV's device node", || {
+            dev.exists().then_some(())
+        });
+        dev
+    }
+
+    /// The names of the LVs in this VG (hidden ones excluded).
+    fn lvs(&self) -> Vec<String> {
+        let out = lvm(
+            "lvs",
+            &["--reportformat", "json", "-o", "lv_name", &self.name],
+        );
+        let v: Value = serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("lvs --reportformat json is not JSON ({e}): {out}"));
+        v["report"][0]["lv"]
+            .as_array()
+            .unwrap_or_else(|| panic!("unexpected lvs report: {out}"))
+            .iter()
+            .filter_map(|lv| lv["lv_name"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    /// The snapshot LVs blkmirror left in this VG.
+    fn snapshots(&self) -> Vec<String> {
+        self.lvs()
+            .into_iter()
+            .filter(|n| n.starts_with(SNAP_PREFIX))
+            .collect()
+    }
+
+    #[track_caller]
+    fn assert_no_snapshot(&self, when: &str) {
+        let snaps = self.snapshots();
+        assert!(
+            snaps.is_empty(),
+            "{when}: snapshot LVs left behind: {snaps:?}"
+        );
+    }
+}
+
+impl Drop for Vg {
+    fn drop(&mut self) {
+        let out = run_program(
+            "vgremove",
+            &["-f", "-y", &self.name],
+            Duration::from_secs(120),
+        );
+        if out.code() != Some(0) {
+            eprintln!("warning: could not remove VG {}\n{out:?}", self.name);
+        }
+        let _ = run_program(
+            "pvremove",
+            &["-y", "-q", GUEST_DISK],
+            Duration::from_secs(60),
+        );
+    }
+}
+
+/// Fills the first `mib` MiB of `dev` with random bytes (the kernel's generator: fast even
+/// under emulation), bypassing the page cache.
+fn fill_random(dev: &Path, mib: u64) {
+    sh(
+        "dd",
+        &[
+            "if=/dev/urandom",
+            &format!("of={}", s(dev)),
+            "bs=1M",
+            &format!("count={mib}"),
+            "oflag=direct",
+            "conv=notrunc",
+            "status=none",
+        ],
+    );
+}
+
+/// Which kind of LV a test mirrors.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Classic,
+    Thin,
+}
+
+impl Kind {
+    fn provider(self) -> &'static str {
+        match self {
+            Kind::Classic => "lvm",
+            Kind::Thin => "lvm-thin",
+        }
+    }
+
+    /// An LV of this kind, `mib` MiB of random bytes.
+    fn make(self, vg: &Vg, lv: &str, mib: u64) -> PathBuf {
+        match self {
+            Kind::Classic => vg.linear(lv, mib),
+            Kind::Thin => vg.thin(lv, mib, 2 * mib + 64),
+        }
+    }
+}
+
+/// One test's LV, target, state dir and scratch space.
+struct Setup {
+    t: Scratch,
+    kind: Kind,
+    origin: PathBuf,
+    target: PathBuf,
+    state: PathBuf,
+    // Declared last: dropped after the scratch dir and any process holding the LV.
+    vg: Vg,
+}
+
+impl Setup {
+    fn new(test: &str, kind: Kind, mib: u64) -> Setup {
+        let vg = Vg::new(test);
+        let t = Scratch::new(test);
+        let origin = kind.make(&vg, "origin", mib);
+        Setup {
+            target: t.path("target.img"),
+            state: t.dir("state"),
+            origin,
+            kind,
+            vg,
+            t,
+        }
+    }
+
+    /// `send ORIGIN TARGET --json --progress never --state-dir STATE --once --snapshot P
+    /// --compress-level 0 EXTRA...`.
+    fn send_args(&self, snapshot: &str, extra: &[&str]) -> Vec<String> {
+        let mut args = send_args(s(&self.origin), s(&self.target), &self.state);
+        args.extend(["--once", "--snapshot", snapshot, "--compress-level", "0"].map(String::from));
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
+    }
+
+    /// One committed cycle with this kind's provider; returns its report.
+    #[track_caller]
+    fn cycle(&self, extra: &[&str]) -> Cycle {
+        self.cycle_with(self.kind.provider(), extra)
+    }
+
+    #[track_caller]
+    fn cycle_with(&self, snapshot: &str, extra: &[&str]) -> Cycle {
+        let out = run(&self.send_args(snapshot, extra));
+        out.assert_success();
+        let lines = out.json_lines();
+        assert_eq!(lines.len(), 1, "--once --json prints one report\n{out:?}");
+        Cycle::from_json(&lines[0])
+    }
+
+    fn sender(&self, extra: &[&str]) -> Proc {
+        Proc::blkmirror("sender", &self.send_args(self.kind.provider(), extra))
+    }
+
+    /// `blkmirror verify ORIGIN TARGET` exits 0.
+    #[track_caller]
+    fn assert_verify(&self) {
+        run(&["verify", s(&self.origin), s(&self.target)]).assert_success();
+    }
+
+    /// Target identical to the (quiescent) origin, `verify` agrees, the receiver is consistent
+    /// at `generation` and no snapshot is left.
+    #[track_caller]
+    fn assert_converged(&self, generation: u64) {
+        assert_identical(&self.origin, &self.target);
+        self.assert_verify();
+        assert_receiver_consistent(&status_entry(&self.state, "receiver"), generation);
+        self.vg.assert_no_snapshot("after a committed cycle");
+    }
+}
+
+/// Runs the binary with extra environment variables, to completion with a deadline.
+fn run_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(bin());
+    cmd.args(args)
+        .envs(env.iter().copied())
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let cmdline = format!("{env:?} {} {}", bin(), args.join(" "));
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot spawn `{cmdline}`: {e}"));
+    let read = |mut r: Box<dyn Read + Send>| {
+        thread::spawn(move || {
+            let mut text = String::new();
+            let _ = r.read_to_string(&mut text);
+            text.lines().map(str::to_string).collect::<Vec<_>>()
+        })
+    };
+    let out_reader = read(Box::new(child.stdout.take().unwrap()));
+    let err_reader = read(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            break st;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`{cmdline}` still running after {RUN_TIMEOUT:?}");
+        }
+        thread::sleep(POLL);
+    };
+    Output {
+        cmdline,
+        status,
+        stdout: out_reader.join().unwrap(),
+        stderr: err_reader.join().unwrap(),
+    }
+}
+
+// =============================================================================================
+// A writer that keeps writing to the origin, and hooks that pause it around the snapshot
+// =============================================================================================
+
+/// Writes small random extents (O_DSYNC, so each write is on the device when it returns) at
+/// random offsets of a device, until stopped. While the file `CTL/pause` exists it writes
+/// nothing and says so by creating `CTL/paused`; the `--pre-snapshot` hook made by
+/// [`Writer::hooks`] uses that to copy the origin exactly as the snapshot will see it.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    writes: Arc<AtomicU64>,
+    /// The write count when the writer last paused.
+    at_pause: Arc<AtomicU64>,
+    thread: Option<thread::JoinHandle<()>>,
+    ctl: PathBuf,
+}
+
+impl Writer {
+    fn start(dev: &Path, ctl: &Path, seed: u64) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let writes = Arc::new(AtomicU64::new(0));
+        let at_pause = Arc::new(AtomicU64::new(0));
+        let (dev, ctl_dir) = (dev.to_path_buf(), ctl.to_path_buf());
+        let (stop2, writes2, at_pause2) = (stop.clone(), writes.clone(), at_pause.clone());
+        let thread = thread::spawn(move || {
+            let size = size_of(&dev);
+            let f = OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_DSYNC)
+                .open(&dev)
+                .unwrap_or_else(|e| panic!("writer: open {}: {e}", dev.display()));
+            let mut rng = Rng::new(seed);
+            let pool = rng.bytes(MIB as usize);
+            let (pause, paused) = (ctl_dir.join("pause"), ctl_dir.join("paused"));
+            let mut n = 0u64;
+            while !stop2.load(Ordering::SeqCst) {
+                if pause.exists() {
+                    if !paused.exists() {
+                        at_pause2.store(n, Ordering::SeqCst);
+                        fs::write(&paused, n.to_string()).expect("writer: create paused");
+                    }
+                    thread::sleep(POLL);
+                    continue;
+                }
+                if paused.exists() {
+                    fs::remove_file(&paused).expect("writer: remove paused");
+                }
+                let len = rng.range(1, 4) * 4 * KIB;
+                let offset = rng.below((size - len) / (4 * KIB)) * 4 * KIB;
+                let from = rng.below(pool.len() as u64 - len) as usize;
+                let mut buf = pool[from..from + len as usize].to_vec();
+                buf[..8].copy_from_slice(&n.to_le_bytes());
+                f.write_all_at(&buf, offset).expect("writer: write");
+                n += 1;
+                writes2.store(n, Ordering::SeqCst);
+                // A steady trickle (a few MiB/s at most), so a classic snapshot's COW space of
+                // a test outlasts a cycle.
+                thread::sleep(Duration::from_millis(5));
+            }
+        });
+        Writer {
+            stop,
+            writes,
+            at_pause,
+            thread: Some(thread),
+            ctl: ctl.to_path_buf(),
+        }
+    }
+
+    fn writes(&self) -> u64 {
+        self.writes.load(Ordering::SeqCst)
+    }
+
+    /// `--pre-snapshot` / `--post-snapshot` arguments: the pre hook pauses the writer (with a
+    /// deadline) and copies the origin to `expected`; the post hook lets the writer go on.
+    fn hooks(&self, origin: &Path, expected: &Path) -> Vec<String> {
+        let ctl = s(&self.ctl);
+        let pre = format!(
+            "touch '{ctl}/pause' && i=0 && while [ ! -e '{ctl}/paused' ]; do \
+               i=$((i+1)); if [ $i -gt 3000 ]; then echo 'writer did not pause' >&2; exit 1; fi; \
+               sleep 0.02; done && cp '{}' '{}'",
+            s(origin),
+            s(expected)
+        );
+        let post = format!("rm -f '{ctl}/pause'");
+        vec!["--pre-snapshot".into(), pre, "--post-snapshot".into(), post]
+    }
+
+    /// Stops and joins the writer (re-raising its panic); returns the number of writes.
+    fn stop(mut self) -> u64 {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            if let Err(e) = t.join() {
+                std::panic::resume_unwind(e);
+            }
+        }
+        self.writes()
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+// =============================================================================================
+// The guest side: acceptance tests
+// =============================================================================================
+
+/// A writer keeps writing to the origin during the cycle; the target must equal the origin as
+/// it was when the snapshot was taken (copied by the pre-snapshot hook while the writer was
+/// paused), not its later state.
+fn writer_during_cycle(test: &str, kind: Kind) {
+    let x = Setup::new(test, kind, 128);
+    let ctl = x.t.dir("writer");
+    let expected = x.t.path("expected.img");
+    let writer = Writer::start(&x.origin, &ctl, 11);
+    wait_for(RUN_TIMEOUT, "the writer's first writes", || {
+        (writer.writes() >= 10).then_some(())
+    });
+
+    let hooks = writer.hooks(&x.origin, &expected);
+    let mut extra: Vec<&str> = hooks.iter().map(String::as_str).collect();
+    if let Kind::Classic = kind {
+        // Room for the writer's trickle for the whole cycle, whatever the default size is.
+        extra.extend(["--snapshot-size", "64M"]);
+    }
+    let c = x.cycle(&extra);
+    let written_during = writer.writes() - writer.at_pause.load(Ordering::SeqCst);
+    let total = writer.stop();
+    assert_eq!(c.generation, 1);
+
+    assert!(expected.exists(), "the pre-snapshot hook did not run");
+    assert!(
+        written_during > 0,
+        "the writer wrote nothing while the cycle ran ({total} writes in all)"
+    );
+    // The target is the snapshot's content...
+    assert_identical(&expected, &x.target);
+    // ...and the origin has moved on since.
+    assert!(
+        first_difference(&x.origin, &expected).is_some(),
+        "the origin did not change during the cycle ({written_during} writes during it)"
+    );
+    assert_receiver_consistent(&status_entry(&x.state, "receiver"), 1);
+    x.vg.assert_no_snapshot("after the cycle");
+
+    // With the origin quiet, the next cycle converges on its current state.
+    let c2 = x.cycle(if let Kind::Classic = kind {
+        &["--snapshot-size", "64M"]
+    } else {
+        &[]
+    });
+    x.assert_converged(c2.generation);
+}
+
+#[test]
+#[ignore = "runs in the QEMU guest (see lvm_acceptance_in_guest)"]
+fn classic_writer_during_cycle_target_equals_snapshot() {
+    writer_during_cycle("classic-writer", Kind::Classic);
+}
+
+#[test]
+#[ignore = "runs in the QEMU guest (see lvm_acceptance_in_guest)"]
+fn thin_writer_during_cycle_target_equals_snapshot() {
+    writer_during_cycle("thin-writer", Kind::Thin);
+}
+
+/// Ten cycles with writes between them, each with `--snapshot auto` (which must recognise the
+/// LV kind) and the default snapshot size: each converges and `verify` passes.
+fn ten_cycles(test: &str, kind: Kind) {
+    let x = Setup::new(test, kind, 64);
+    let mut rng = Rng::new(21);
+    for generation in 1..=10u64 {
+        if generation > 1 {
+            random_writes(&x.origin, &mut rng, 8, 1, 256 * KIB);
+        }
+        let c = x.cycle_with("auto", &[]);
+        assert_eq!(c.generation, generation, "{:?}", c.raw);
+        if generation > 1 {
+            assert!(c.blocks_changed > 0, "writes went unseen: {:?}", c.raw);
+        }
+        x.assert_converged(generation);
+    }
+}
+
+#[test]
+#[ignore = "runs in the QEMU guest (see lvm_acceptance_in_guest)"]
+fn classic_ten_cycles_converge_and_verify() {
+    ten_cycles("classic-ten", Kind::Classic);
+}
+
+#[test]
+#[ignore = "runs in the QEMU guest (see lvm_acceptance_in_guest)"]
+fn thin_ten_cycles_converge_and_verify() {
+    ten_cycles("thin-ten", Kind::Thin);
+}
+
+/// SIGKILL mid-cycle leaves the snapshot behind; the next start removes it and converges.
+fn sigkill_mid_cycle(test: &str, kind: Kind) {
+    let x = Setup::new(test, kind, 128);
+    let mut sender = x.sender(&[]);
+    freeze_mid_cycle(&x.state, &mut sender, || true);
+    sender.kill9();
+    assert!(
+        sender.stdout_lines().is_empty(),
+        "a killed cycle reported a commit"
+    );
+    let left = x.vg.snapshots();
+    assert_eq!(
+        left.len(),
+        1,
+        "a SIGKILLed sender leaves exactly its snapshot: {:?}",
+        x.vg.lvs()
+    );
+
+    // The origin changes meanwhile; the next start removes the stale snapshot and converges.
+    random_writes(&x.origin, &mut Rng::new(31), 8, 1, 256 * KIB);
+    let c = x.cycle(&[]);
+    assert!(
+        !x.vg.lvs().contains(&left[0]),
+        "stale snapshot {} not removed",
+        left[0]
+    );
+    x.assert_converged(c.generation);
+}
+
+#[test]
+#[ignore = "runs in the QEMU guest (see lvm_acceptance_in_guest)"]
+fn classic_sigkill_mid_cycle_next_start_removes_snapshot_and_converges() {
+    sigkill_mid_cycle("classic-kill", Kind::Classic);
+}
+
+#[test]
+#[ignore = "runs in the QEMU guest (see lvm_acceptance_in_guest)"]
+fn thin_sigkill_mid_cycle_next_start_removes_snapshot_and_converges() {
+    sigkill_mid_cycle("thin-kill", Kind::Thin);
+}
+
+/// SIGTERM mid-cycle: the sender releases its snapshot itself and exits non-zero; the receiver
+/// keeps generation 1 committed; the next cycle converges.
+fn sigterm_mid_cycle(test: &str, kind: Kind) {
+    let x = Setup::new(test, kind, 128);
+    let c1 = x.cycle(&[]);
+    assert_eq!(c1.generation, 1);
+    x.assert_converged(1);
+
+    // Change everything, so the next cycle is long, and stop it in the middle.
+    fill_random(&x.origin, 128);
+    let mut sender = x.sender(&[]);
+    freeze_mid_cycle(&x.state, &mut sender, || true);
+    sender.signal(libc::SIGTERM);
+    sender.signal(libc::SIGCONT);
+    let out = sender.finish(RUN_TIMEOUT);
+    assert!(
+        out.code().is_some_and(|c| c != 0),
+        "SIGTERM mid-cycle must exit non-zero\n{out:?}"
+    );
+    assert!(
+        out.json_lines().is_empty(),
+        "an interrupted cycle reported a commit\n{out:?}"
+    );
+    assert!(
+        out.error_lines().len() <= 1,
+        "at most one error line\n{out:?}"
+    );
+    x.vg.assert_no_snapshot("after SIGTERM mid-cycle");
+    let r = status_entry(&x.state, "receiver");
+    assert_eq!(committed_generation(&r), 1, "{r}");
+
+    let c = x.cycle(&[]);
+    assert!(c.generation >= 2, "{:?}", c.raw);
+    x.assert_converged(c.generation);
+}
+
+#[test]
+#[ignore = "runs in the QEMU guest (see lvm_acceptance_in_guest)"]
+fn classic_sigterm_mid_cycle_releases_snapshot() {
+    sigterm_mid_cycle("classic-term", Kind::Classic);
+}
+
+#[test]
+#[ignore = "runs in the QEMU guest (see lvm_acceptance_in_guest)"]
+fn thin_sigterm_mid_cycle_releases_snapshot() {
+    sigterm_mid_cycle("thin-term", Kind::Thin);
+}
+
+/// A classic snapshot that overflows in the middle of a cycle: the cycle aborts with one line
+/// naming the overflow and --snapshot-size, the receiver keeps generation 1, no snapshot is
+/// left, and a cycle with enough COW space converges.
+#[test]
+#[ignore = "runs in the QEMU guest (see lvm_acceptance_in_guest)"]
+fn classic_snapshot_overflow_aborts_cleanly() {
+    let x = Setup::new("classic-overflow", Kind::Classic, 128);
+    let c1 = x.cycle(&["--snapshot-size", "4M"]);
+    assert_eq!(c1.generation, 1);
+    x.assert_converged(1);
+
+    // Change everything (a long cycle), then, with the cycle frozen in the middle, write four
+    // times the snapshot's COW space to the origin.
+    fill_random(&x.origin, 128);
+    let mut sender = x.sender(&["--snapshot-size", "4M"]);
+    freeze_mid_cycle(&x.state, &mut sender, || true);
+    fill_random(&x.origin, 16);
+    sender.signal(libc::SIGCONT);
+    let out = sender.finish(RUN_TIMEOUT);
+    out.assert_error(1, &["overflow", "--snapshot-size"]);
+    assert!(out.json_lines().is_empty(), "{out:?}");
+    x.vg.assert_no_snapshot("after the overflow");
+    let r = status_entry(&x.state, "receiver");
+    assert_eq!(committed_generation(&r), 1, "{r}");
+
+    let c = x.cycle(&["--snapshot-size", "64M"]);
+    assert!(c.generation >= 2, "{:?}", c.raw);
+    x.assert_converged(c.generation);
+}
+
+/// Sources that cannot be snapshotted the way asked: one clear line each, nothing left.
+#[test]
+#[ignore = "runs in the QEMU guest (see lvm_acceptance_in_guest)"]
+fn source_not_an_lv_is_one_clear_line() {
+    let vg = Vg::new("not-lv");
+    let t = Scratch::new("not-lv");
+    let state = t.dir("state");
+    let target = t.path("target.img");
+
+    // A loop device (a block device, but not an LV).
+    let backing = t.path("backing.img");
+    write_random_file(&backing, 4 * MIB, 41);
+    let dev = LoopDevice::attach(&backing);
+    for snapshot in ["lvm", "lvm-thin"] {
+        let args = send_args(dev.as_str(), s(&target), &state);
+        let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+        args.extend(["--once", "--snapshot", snapshot]);
+        let out = run(&args);
+        out.assert_error(1, &[dev.as_str(), "logical volume"]);
+    }
+    // A regular file.
+    let args = send_args(s(&backing), s(&target), &state);
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.extend(["--once", "--snapshot", "lvm"]);
+    run(&args).assert_error(1, &[s(&backing), "logical volume"]);
+
+    // A linear LV with --snapshot lvm-thin: not a thin LV.
+    let lv = vg.linear("linear", 8);
+    let args = send_args(s(&lv), s(&target), &state);
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.extend(["--once", "--snapshot", "lvm-thin"]);
+    run(&args).assert_error(1, &["thin"]);
+
+    assert!(!target.exists(), "a refused cycle created the target");
+    vg.assert_no_snapshot("after refusals");
+}
+
+#[test]
+#[ignore = "runs in the QEMU guest (see lvm_acceptance_in_guest)"]
+fn vg_without_free_space_is_one_clear_line() {
+    let vg = Vg::new("full");
+    let t = Scratch::new("full");
+    lvm(
+        "lvcreate",
+        &["-q", "-y", "-l", "100%FREE", "-n", "full", &vg.name],
+    );
+    let lv = vg.dev("full");
+    let target = t.path("target.img");
+    let args = send_args(s(&lv), s(&target), &t.dir("state"));
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.extend(["--once", "--snapshot", "lvm"]);
+    run(&args).assert_error(1, &[&vg.name, "free"]);
+    assert!(!target.exists(), "a refused cycle created the target");
+    vg.assert_no_snapshot("after the refusal");
+}
+
+/// lvm2 "not installed": PATH without the lvm tools, an absolute source path.
+#[test]
+#[ignore = "runs in the QEMU guest (see lvm_acceptance_in_guest)"]
+fn lvm2_missing_is_one_clear_line() {
+    let vg = Vg::new("no-lvm2");
+    let t = Scratch::new("no-lvm2");
+    let lv = vg.linear("origin", 8);
+    let target = t.path("target.img");
+    let state = t.dir("state");
+    for snapshot in ["lvm", "lvm-thin", "auto"] {
+        let args = send_args(s(&lv), s(&target), &state);
+        let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+        args.extend(["--once", "--snapshot", snapshot]);
+        let out = run_env(&args, &[("PATH", "/nonexistent")]);
+        out.assert_error(1, &["lvm2"]);
+    }
+    assert!(!target.exists(), "a refused cycle created the target");
+    vg.assert_no_snapshot("after the refusals");
+}
