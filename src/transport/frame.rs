@@ -378,18 +378,12 @@ impl Message {
                     return Err(FrameError::Invalid(format!("extent of {count} blocks")));
                 }
                 let hashes = r.hashes(count)?;
-                let payload_len = r.u32()?;
-                if !compressed && payload_len != raw_len {
-                    return Err(FrameError::Invalid(format!(
-                        "raw extent payload of {payload_len} bytes, header says {raw_len}"
-                    )));
-                }
                 Message::Extent {
                     first_block,
                     raw_len,
                     compressed,
                     hashes,
-                    payload: r.bytes(payload_len as usize)?.to_vec(),
+                    payload: r.payload(compressed, raw_len)?,
                 }
             }
             kind::ZERO_RUN => {
@@ -450,19 +444,13 @@ impl Message {
                     return Err(FrameError::Invalid(format!("patch of {raw_len} bytes")));
                 }
                 let compressed = r.flag()?;
-                let payload_len = r.u32()?;
-                if !compressed && payload_len != raw_len {
-                    return Err(FrameError::Invalid(format!(
-                        "raw patch payload of {payload_len} bytes, header says {raw_len}"
-                    )));
-                }
                 Message::Patch {
                     first_block,
                     hashes,
                     bitmap,
                     raw_len,
                     compressed,
-                    payload: r.bytes(payload_len as usize)?.to_vec(),
+                    payload: r.payload(compressed, raw_len)?,
                 }
             }
             other => return Err(FrameError::UnknownType(other)),
@@ -535,6 +523,16 @@ impl<'a> Reader<'a> {
             1 => Ok(true),
             other => Err(FrameError::Invalid(format!("flag byte {other}"))),
         }
+    }
+    /// A length-prefixed payload; an uncompressed one must be exactly `raw_len` bytes.
+    fn payload(&mut self, compressed: bool, raw_len: u32) -> Result<Vec<u8>, FrameError> {
+        let len = self.u32()?;
+        if !compressed && len != raw_len {
+            return Err(FrameError::Invalid(format!(
+                "raw payload of {len} bytes, header says {raw_len}"
+            )));
+        }
+        Ok(self.bytes(len as usize)?.to_vec())
     }
     fn bitmap(&mut self) -> Result<Vec<u8>, FrameError> {
         let len = self.u32()?;
