@@ -547,20 +547,25 @@ fn describe(entry: &serde_json::Value) -> String {
             .unwrap_or_else(|| "never".into())
     };
     if entry["role"] == "sender" {
+        let last = &entry["last_cycle"];
         return format!(
-            "sender   {} -> {}: generation {} committed {}",
+            "sender   {} -> {}: generation {} committed {}; last cycle {} of {} blocks changed, {} sent",
             entry["source"].as_str().unwrap_or("?"),
             entry["dest"].as_str().unwrap_or("?"),
             entry["generation"],
-            time("committed_at")
+            time("committed_at"),
+            last["blocks_changed"],
+            last["blocks_scanned"],
+            human_bytes(last["bytes_sent"].as_u64().unwrap_or(0))
         );
     }
     let target = entry["target"].as_str().unwrap_or("?");
     let committed = &entry["committed_generation"];
     if entry["condition"] == "consistent" {
         format!(
-            "receiver {target}: consistent at generation {committed} (committed {})",
-            time("committed_at")
+            "receiver {target}: consistent at generation {committed} (committed {}; {} written by the last cycle)",
+            time("committed_at"),
+            human_bytes(entry["last_cycle_bytes_written"].as_u64().unwrap_or(0))
         )
     } else {
         format!(
