@@ -10,7 +10,7 @@ use super::SnapshotError;
 
 /// Where lvm2 installs its tools; searched after `PATH`, which often lacks the sbin directories
 /// (cron, non-login shells).
-const SBIN_DIRS: [&str; 4] = ["/usr/sbin", "/sbin", "/usr/local/sbin", "/usr/bin"];
+const SBIN_DIRS: [&str; 3] = ["/usr/sbin", "/sbin", "/usr/local/sbin"];
 
 /// What a finished program left.
 #[derive(Debug)]
