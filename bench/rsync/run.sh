@@ -2,11 +2,13 @@
 # blkmirror vs rsync on an aged ext4 image of N small files: one mirror cycle after a seeded
 # 1% of the files was rewritten, and a cycle with no file changes, side by side.
 #
-#   bench/rsync/run.sh [N=50000] [--warm] [--count K] [--seed S] [--csv FILE]
+#   bench/rsync/run.sh [N=50000] [--warm] [--count K] [--repeat R] [--seed S] [--csv FILE]
 #
 #   N         files in the fixture (build-image.sh builds and caches the base image)
 #   --warm    warm page cache before each timed run (default: cold, caches dropped)
 #   --count K rewrite K files instead of 1% of N (scale.sh keeps K fixed across sizes)
+#   --repeat R  run every timed row R times (each from the same starting state); the table
+#             shows the median, the CSV every run (default 1)
 #   --seed S  fixture seed (default 1); the mutation seed is derived from it
 #   --csv F   where to write the CSV (default $BENCH_CACHE/results/n<N>-<cache>-<time>.csv)
 #
@@ -33,16 +35,19 @@ repo=$(cd "$here/../.." && pwd)
 # ---------------------------------------------------------------------------------------------
 # Arguments and environment
 # ---------------------------------------------------------------------------------------------
+args=("$@")
 n=50000
 cache_mode=cold
 count=""
 seed=1
 csv=""
+repeat=1
 positional=0
 while [ $# -gt 0 ]; do
     case $1 in
         --warm) cache_mode=warm ;;
         --count) count=${2:?--count needs a value}; shift ;;
+        --repeat) repeat=${2:?--repeat needs a value}; shift ;;
         --seed) seed=${2:?--seed needs a value}; shift ;;
         --csv) csv=${2:?--csv needs a value}; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -55,6 +60,7 @@ done
 [[ $seed =~ ^[0-9]+$ ]] || die "--seed must be a non-negative integer"
 if [ -z "$count" ]; then count=$(( n / 100 )); fi
 [[ $count =~ ^[0-9]+$ ]] && [ "$count" -ge 1 ] || die "--count must be a positive integer"
+[[ $repeat =~ ^[0-9]+$ ]] && [ "$repeat" -ge 1 ] || die "--repeat must be a positive integer"
 
 check_only=${BENCH_CHECK_ONLY:-0}
 [ "$check_only" = 1 ] && cache_mode=asis
@@ -85,7 +91,53 @@ require_tool losetup mount
 require_tool /usr/bin/time time
 require_tool python3 python3
 require_tool cmp diffutils
+require_tool unshare util-linux
 clk_tck=$(getconf CLK_TCK)
+
+# The whole run happens in a private network namespace (same PID: unshare execs), whose
+# loopback carries only this benchmark's traffic: other processes on 127.0.0.1 (a test suite,
+# say) would otherwise be counted as bytes on the wire. Its lo starts down: bring it up.
+if [ "${BENCH_NETNS:-}" != private ]; then
+    BENCH_NETNS=private exec unshare --net -- bash "$0" "${args[@]}"
+fi
+python3 -c '
+import fcntl, socket, struct
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+flags = struct.unpack("16sH", fcntl.ioctl(s, 0x8913, struct.pack("16sH", b"lo", 0))[:18])[1]
+fcntl.ioctl(s, 0x8914, struct.pack("16sH", b"lo", flags | 1))  # SIOCSIFFLAGS |= IFF_UP
+' || die "could not bring up lo in the private network namespace"
+
+# CPU time of both ends: the system-wide busy time from /proc/stat counts every other job on
+# the machine too, so the run also moves itself into a cgroup of its own in the cgroup v2
+# hierarchy (under its root, with no controller enabled: accounting only) and reads
+# cpu.stat's usage_usec: every process the benchmark starts (both tools' ends, ssh, the sshd
+# serving the session) inherits it. Kernel threads working for it (loop device I/O,
+# writeback) are not counted there. BENCH_CGROUP=0 turns it off (the column stays empty).
+CG=""
+CG_ORIG=""
+setup_cgroup() {
+    local root rel
+    [ "${BENCH_CGROUP:-1}" = 1 ] || return 0
+    root=$(awk '$3 == "cgroup2" {print $2; exit}' /proc/mounts)
+    rel=$(awk -F: '$1 == "0" {print $3; exit}' /proc/self/cgroup)
+    [ -n "$root" ] && [ -n "$rel" ] && [ -w "$root/cgroup.procs" ] || return 0
+    CG_ORIG=$root${rel%/}
+    CG=$root/blkmirror-bench-$$
+    if mkdir "$CG" 2> /dev/null && echo $$ > "$CG/cgroup.procs" 2> /dev/null && [ -r "$CG/cpu.stat" ]; then
+        log "CPU accounting in cgroup $CG"
+    else
+        rmdir "$CG" 2> /dev/null || true
+        CG=""
+        log "no cgroup v2 CPU accounting here: the cgroup CPU column stays empty"
+    fi
+}
+release_cgroup() {
+    [ -n "$CG" ] || return 0
+    echo $$ > "$CG_ORIG/cgroup.procs" 2> /dev/null || true
+    rmdir "$CG" 2> /dev/null || log "warning: could not remove cgroup $CG"
+    CG=""
+}
+cg_usec() { if [ -n "$CG" ]; then awk '$1 == "usage_usec" {print $2}' "$CG/cpu.stat"; fi; }
 
 # ---------------------------------------------------------------------------------------------
 # Clean-up: everything this script starts or attaches is released here, by PID or by path.
@@ -108,6 +160,7 @@ cleanup() {
     stop_pid "$RECV_PID"
     stop_pid "$SSHD_PID"
     release_mounts
+    release_cgroup
     if [ "${BENCH_KEEP_WORK:-0}" != 1 ] && [ -n "${work:-}" ] && [ -d "$work" ]; then
         rm -rf "$work"
     fi
@@ -116,11 +169,12 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+setup_cgroup
 
 # ---------------------------------------------------------------------------------------------
 # Fixture and scratch images
 # ---------------------------------------------------------------------------------------------
-base=$("$here/build-image.sh" "$n" "$seed" | tail -1)
+base=$(bash "$here/build-image.sh" "$n" "$seed" | tail -1)
 [ -f "$base" ] || die "build-image.sh did not produce an image"
 rm -rf "$work"
 mkdir -p "$work/state" "$work/logs" "$work/bin"
@@ -290,7 +344,9 @@ fi
 # Measurement
 # ---------------------------------------------------------------------------------------------
 busy_jiffies() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8; exit}' /proc/stat; }
-lo_tx() { cat /sys/class/net/lo/statistics/tx_bytes; }
+# Loopback tx bytes of this network namespace (/proc/net/dev is per namespace; /sys/class/net
+# shows the namespace that mounted /sys). Each byte sent on lo is counted once.
+lo_tx() { awk '/^ *lo:/ {sub(/^ *lo:/, ""); print $9}' /proc/net/dev; }
 
 # prepare_cache PATH...: cold: flush and drop every cache; warm: read PATHs (files, or every
 # file under a directory) into the page cache; asis: nothing.
@@ -301,7 +357,7 @@ prepare_cache() {
             local p
             for p in "$@"; do
                 if [ -d "$p" ]; then
-                    find "$p" -type f -print0 | xargs -0 -r cat > /dev/null
+                    find "$p" -type f -print0 | xargs -0 -r -P 8 -n 256 cat > /dev/null
                 else
                     cat "$p" > /dev/null
                 fi
@@ -311,33 +367,36 @@ prepare_cache() {
 
 # measure LABEL COMMAND...: runs COMMAND once (stdout to $work/logs/LABEL.out, stderr to .err)
 # and sets RC, WALL (s), BUSY (system-wide busy CPU s from /proc/stat: both ends, ssh, sshd,
-# kernel), SCPU (CPU s of the command and its waited-for children), SRSS (peak RSS KiB of the
-# command or its largest child), LO (loopback tx bytes).
+# kernel, and any other job on the machine), CGCPU (CPU s of the benchmark's cgroup: both
+# ends, ssh, sshd), SCPU (CPU s of the command and its waited-for children), SRSS (peak RSS
+# KiB of the command or its largest child), LO (loopback tx bytes).
 measure() {
     local label=$1; shift
-    local b0 b1 x0 x1 t0 t1 u s m
+    local b0 b1 x0 x1 t0 t1 c0 c1 u s m
     OUT=$work/logs/$label.out
     ERR=$work/logs/$label.err
-    b0=$(busy_jiffies); x0=$(lo_tx); t0=$(date +%s.%N)
+    b0=$(busy_jiffies); x0=$(lo_tx); t0=$(date +%s.%N); c0=$(cg_usec)
     set +e
     /usr/bin/time -f '%U %S %M' -o "$work/time.out" "$@" > "$OUT" 2> "$ERR"
     RC=$?
     set -e
-    t1=$(date +%s.%N); x1=$(lo_tx); b1=$(busy_jiffies)
+    c1=$(cg_usec); t1=$(date +%s.%N); x1=$(lo_tx); b1=$(busy_jiffies)
     WALL=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}')
     BUSY=$(awk -v a="$b0" -v b="$b1" -v hz="$clk_tck" 'BEGIN {printf "%.2f", (b - a) / hz}')
+    CGCPU=""
+    [ -n "$c0" ] && [ -n "$c1" ] && CGCPU=$(awk -v a="$c0" -v b="$c1" 'BEGIN {printf "%.2f", (b - a) / 1e6}')
     read -r u s m < <(tail -1 "$work/time.out")
     SCPU=$(awk -v u="$u" -v s="$s" 'BEGIN {printf "%.2f", u + s}')
     SRSS=$m
     LO=$(( x1 - x0 ))
 }
 
-echo "n_files,files_rewritten,cache,variant,tool,transport,wall_s,busy_cpu_s,sender_cpu_s,sender_rss_kib,receiver_rss_kib,bytes,bytes_counted_as,tool_bytes,exit,correct,detail" > "$csv"
+echo "n_files,files_rewritten,cache,run,variant,tool,transport,wall_s,busy_cpu_s,cgroup_cpu_s,sender_cpu_s,sender_rss_kib,receiver_rss_kib,bytes,bytes_counted_as,tool_bytes,exit,correct,detail" > "$csv"
 # emit VARIANT TOOL TRANSPORT RECEIVER_RSS BYTES BYTES_AS TOOL_BYTES CORRECT DETAIL
 emit() {
     local detail=${9//,/;}
-    echo "$n,$count,$cache_mode,$1,$2,$3,$WALL,$BUSY,$SCPU,$SRSS,$4,$5,$6,$7,$RC,$8,$detail" >> "$csv"
-    log "  $2 $3 $1: wall ${WALL}s, busy CPU ${BUSY}s, bytes $5 ($6), correct: $8"
+    echo "$n,$count,$cache_mode,$rep,$1,$2,$3,$WALL,$BUSY,$CGCPU,$SCPU,$SRSS,$4,$5,$6,$7,$RC,$8,$detail" >> "$csv"
+    log "  $2 $3 $1: wall ${WALL}s, CPU ${CGCPU:-?}s (machine busy ${BUSY}s), bytes $5 ($6), correct: $8"
 }
 
 # treecmp_images A.img B.img: mounts both read-only (buffered loop devices) and compares
@@ -360,7 +419,7 @@ print(json.loads(lines[-1]).get(sys.argv[2], "") if lines else "")' "$1" "$2" 2>
 
 row_dd() {
     prepare_cache
-    measure dd dd if="$work/src-change.img" of=/dev/null bs=4M iflag=direct
+    measure "dd-$rep" dd if="$work/src-change.img" of=/dev/null bs=4M iflag=direct
     local copied correct=false
     copied=$(grep -o '^[0-9]* bytes' "$ERR" | cut -d' ' -f1 || true)
     [ "$RC" = 0 ] && [ "$copied" = "$img_bytes" ] && correct=true
@@ -368,7 +427,7 @@ row_dd() {
 }
 
 row_rsync() {
-    local transport=$1 variant=$2 label=rsync-$1-$2 rrss="" bytes as sent correct=false detail
+    local transport=$1 variant=$2 label=rsync-$1-$2-$rep rrss="" bytes as sent correct=false detail
     reset "$work/rdst.img"
     mount_image "$work/src-$variant.img" "$work/mnt-src" ro,noatime
     mount_image "$work/rdst.img" "$work/mnt-dst" rw,noatime
@@ -401,7 +460,7 @@ row_rsync() {
 }
 
 row_blkmirror() {
-    local transport=$1 variant=$2 label=blkmirror-$1-$2 state=$work/state/$1-$2
+    local transport=$1 variant=$2 label=blkmirror-$1-$2-$rep state=$work/state/$1-$2
     local rrss="" bytes as sent correct=false detail changed based
     reset "$work/dst.img"
     rm -rf "$state"
@@ -437,14 +496,16 @@ row_blkmirror() {
     emit "$variant" blkmirror "$transport" "$rrss" "$bytes" "$as" "$sent" "$correct" "$detail"
 }
 
-log "timed runs ($cache_mode cache), $n files, $count rewritten"
-want dd && want_variant change && row_dd
-for variant in $variants; do
-    for transport in local ssh; do
-        want "rsync-$transport" && row_rsync "$transport" "$variant"
-    done
-    for transport in local tls ssh; do
-        want "blkmirror-$transport" && row_blkmirror "$transport" "$variant"
+log "timed runs ($cache_mode cache), $n files, $count rewritten, $repeat run(s) of each"
+for rep in $(seq "$repeat"); do
+    want dd && want_variant change && row_dd
+    for variant in $variants; do
+        for transport in local ssh; do
+            want "rsync-$transport" && row_rsync "$transport" "$variant"
+        done
+        for transport in local tls ssh; do
+            want "blkmirror-$transport" && row_blkmirror "$transport" "$variant"
+        done
     done
 done
 
