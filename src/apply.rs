@@ -23,6 +23,8 @@ pub struct Applier<'a> {
     pool: &'a rayon::ThreadPool,
     answers: UnboundedSender<Message>,
     decompressor: Option<zstd::bulk::Decompressor<'static>>,
+    /// The cycle's sub-block hash key (from `RefineKey`).
+    refine_key: Option<[u8; 32]>,
     /// Bytes written or zeroed so far (a failed write counts: it may have changed the target).
     pub touched: u64,
 }
@@ -40,6 +42,7 @@ impl<'a> Applier<'a> {
             pool,
             answers,
             decompressor: None,
+            refine_key: None,
             touched: 0,
         }
     }
@@ -59,6 +62,7 @@ impl<'a> Applier<'a> {
                     first_block,
                     block_count,
                 } => self.zero_run(first_block, block_count)?,
+                Message::RefineKey { key } => self.refine_key = Some(key),
                 Message::Refine {
                     first_block,
                     block_count,
@@ -210,8 +214,11 @@ impl<'a> Applier<'a> {
         &mut self,
         first_block: u64,
         count: u64,
-        theirs: &[BlockHash],
+        theirs: &[refine::SubHash],
     ) -> Result<(), ReceiveError> {
+        let key = self
+            .refine_key
+            .ok_or_else(|| ReceiveError::Protocol("Refine before RefineKey".into()))?;
         let len = self.run_len(first_block, count)?;
         if theirs.len() != refine::sub_count(len) {
             return Err(ReceiveError::Protocol(format!(
@@ -220,10 +227,10 @@ impl<'a> Applier<'a> {
             )));
         }
         let current = self.read_run(first_block, len)?;
-        let ours: Vec<BlockHash> = self.pool.install(|| {
+        let ours: Vec<refine::SubHash> = self.pool.install(|| {
             current
                 .par_chunks(refine::SUB_BLOCK)
-                .map(hash_block)
+                .map(|sub| refine::sub_hash(&key, sub))
                 .collect()
         });
         let bitmap = refine::differing(&ours, theirs);

@@ -63,6 +63,8 @@ pub struct Differ {
     pending: VecDeque<Pending>,
     pending_bytes: usize,
     pending_zero: Option<(u64, u64)>,
+    /// This cycle's sub-block hash key, once sent.
+    refine_key: Option<[u8; 32]>,
     pub new_hashes: Vec<BlockHash>,
     pub stats: ChangeStats,
 }
@@ -87,6 +89,7 @@ impl Differ {
             pending: VecDeque::new(),
             pending_bytes: 0,
             pending_zero: None,
+            refine_key: None,
             new_hashes: Vec::new(),
             stats: ChangeStats::default(),
         }
@@ -217,10 +220,19 @@ impl Differ {
         while self.pending_bytes + data.len() > REFINE_WINDOW && !self.pending.is_empty() {
             self.patch_next()?;
         }
+        let key = match self.refine_key {
+            Some(key) => key,
+            None => {
+                let key = refine::new_key()
+                    .map_err(|e| Stop::BadAnswer(format!("no randomness: {e}")))?;
+                self.send(Message::RefineKey { key })?;
+                *self.refine_key.insert(key)
+            }
+        };
         self.send(Message::Refine {
             first_block,
             block_count: hashes.len() as u32,
-            sub_hashes: refine::sub_hashes(data),
+            sub_hashes: refine::sub_hashes(&key, data),
         })?;
         self.stats.blocks_refined += hashes.len() as u64;
         self.pending_bytes += data.len();

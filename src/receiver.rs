@@ -489,6 +489,7 @@ async fn stream_to_applier(
             Message::CycleEnd { generation, root } => return Ok((generation, root)),
             message @ (Message::Extent { .. }
             | Message::ZeroRun { .. }
+            | Message::RefineKey { .. }
             | Message::Refine { .. }
             | Message::Patch { .. }) => {
                 if tx.send(message).await.is_err() {

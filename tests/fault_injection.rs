@@ -390,10 +390,12 @@ fn patch_whose_block_hash_does_not_match_is_refused_and_nothing_is_written() {
     peer.start_cycle();
     let mut new_block = before[..BS].to_vec();
     new_block[5000] ^= 0xFF;
+    let key = [5u8; 32];
+    peer.send(&Message::RefineKey { key });
     peer.send(&Message::Refine {
         first_block: 0,
         block_count: 1,
-        sub_hashes: new_block.chunks(4096).map(hash_block).collect(),
+        sub_hashes: blkmirror::blockdiff::refine::sub_hashes(&key, &new_block),
     });
     let Some(Message::RefineAnswer {
         first_block: 0,

@@ -1,26 +1,47 @@
 //! Refinement: shipping only the 4 KiB sub-blocks that differ inside a changed run of coarse
-//! manifest blocks. The sender sends the sub-block hashes of the new content; the receiver
-//! hashes the same sub-blocks of its target and answers with a bitmap of those that differ;
-//! the sender ships just those pieces, and the receiver overlays them on what it holds and
-//! checks every coarse block's hash before writing. Pure functions, property-tested.
-
-use super::manifest::{hash_block, BlockHash};
+//! manifest blocks. The sender sends short keyed hashes of the new content's sub-blocks; the
+//! receiver hashes the same sub-blocks of its target and answers with a bitmap of those that
+//! differ; the sender ships just those pieces, and the receiver overlays them on what it holds
+//! and checks every coarse block's full hash before writing. Pure functions, property-tested.
+//!
+//! Sub-block hashes are 8 bytes of BLAKE3 keyed with a random per-cycle key: they only choose
+//! what to ship, the full 256-bit block hash still decides what is written, and the key makes
+//! collisions impossible to craft. A chance collision refuses the cycle (never a wrong block);
+//! the next cycle draws a new key.
 
 /// Granularity of refinement.
 pub const SUB_BLOCK: usize = 4096;
+
+/// A short keyed hash of one sub-block.
+pub type SubHash = [u8; 8];
+
+/// A fresh random key for one cycle's sub-block hashes.
+pub fn new_key() -> std::io::Result<[u8; 32]> {
+    use std::io::Read;
+    let mut key = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut key)?;
+    Ok(key)
+}
+
+/// The keyed short hash of one sub-block.
+pub fn sub_hash(key: &[u8; 32], data: &[u8]) -> SubHash {
+    blake3::keyed_hash(key, data).as_bytes()[..8]
+        .try_into()
+        .expect("8 bytes")
+}
 
 /// Number of sub-blocks covering `len` bytes.
 pub fn sub_count(len: usize) -> usize {
     len.div_ceil(SUB_BLOCK)
 }
 
-/// Hashes of the sub-blocks of `data`.
-pub fn sub_hashes(data: &[u8]) -> Vec<BlockHash> {
-    data.chunks(SUB_BLOCK).map(hash_block).collect()
+/// Keyed short hashes of the sub-blocks of `data`.
+pub fn sub_hashes(key: &[u8; 32], data: &[u8]) -> Vec<SubHash> {
+    data.chunks(SUB_BLOCK).map(|c| sub_hash(key, c)).collect()
 }
 
 /// A bitmap with bit i set when sub-block i differs (`ours` vs `theirs`, same length).
-pub fn differing(ours: &[BlockHash], theirs: &[BlockHash]) -> Vec<u8> {
+pub fn differing(ours: &[SubHash], theirs: &[SubHash]) -> Vec<u8> {
     let mut bitmap = vec![0u8; ours.len().div_ceil(8)];
     for (i, (a, b)) in ours.iter().zip(theirs).enumerate() {
         if a != b {
@@ -114,7 +135,8 @@ mod tests {
     proptest! {
         #[test]
         fn refinement_ships_exactly_the_changed_sub_blocks((old, new) in pair()) {
-            let bitmap = differing(&sub_hashes(&new), &sub_hashes(&old));
+            let key = [7u8; 32];
+            let bitmap = differing(&sub_hashes(&key, &new), &sub_hashes(&key, &old));
             for (i, (a, b)) in old.chunks(SUB_BLOCK).zip(new.chunks(SUB_BLOCK)).enumerate() {
                 // never misses a changed sub-block, never ships an unchanged one
                 prop_assert_eq!(is_set(&bitmap, i), a != b);
@@ -132,7 +154,8 @@ mod tests {
 
         #[test]
         fn overlay_rejects_wrong_lengths((old, new) in pair(), extra in 1usize..10) {
-            let bitmap = differing(&sub_hashes(&new), &sub_hashes(&old));
+            let key = [9u8; 32];
+            let bitmap = differing(&sub_hashes(&key, &new), &sub_hashes(&key, &old));
             let mut shipped = pieces(&new, &bitmap);
             shipped.extend(std::iter::repeat_n(0u8, extra));
             let mut rebuilt = old.clone();

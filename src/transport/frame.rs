@@ -5,6 +5,7 @@
 //! `u32 length (LE, counts the type byte and the body) | u8 type | body`.
 
 use crate::blockdiff::manifest::BlockHash;
+use crate::blockdiff::refine::SubHash;
 
 /// Bytes that open every blkmirror stream.
 pub const MAGIC: [u8; 8] = *b"BKMRWIRE";
@@ -131,11 +132,14 @@ pub enum Message {
     },
     /// Blocks that are now all zeros.
     ZeroRun { first_block: u64, block_count: u64 },
-    /// Sender: these blocks changed; here are the 4 KiB sub-block hashes of their new content.
+    /// Sender: the key of this cycle's sub-block hashes (before the first `Refine`).
+    RefineKey { key: [u8; 32] },
+    /// Sender: these blocks changed; here are the keyed 4 KiB sub-block hashes of their new
+    /// content.
     Refine {
         first_block: u64,
         block_count: u32,
-        sub_hashes: Vec<BlockHash>,
+        sub_hashes: Vec<SubHash>,
     },
     /// Receiver: bit i set when sub-block i of the run differs on the target.
     RefineAnswer { first_block: u64, bitmap: Vec<u8> },
@@ -168,6 +172,7 @@ mod kind {
     pub const REFINE: u8 = 11;
     pub const REFINE_ANSWER: u8 = 12;
     pub const PATCH: u8 = 13;
+    pub const REFINE_KEY: u8 = 14;
 }
 
 impl Message {
@@ -184,6 +189,7 @@ impl Message {
             Message::ZeroRun { .. } => "ZeroRun",
             Message::CycleEnd { .. } => "CycleEnd",
             Message::Committed { .. } => "Committed",
+            Message::RefineKey { .. } => "RefineKey",
             Message::Refine { .. } => "Refine",
             Message::RefineAnswer { .. } => "RefineAnswer",
             Message::Patch { .. } => "Patch",
@@ -270,6 +276,10 @@ impl Message {
                 out.push(kind::COMMITTED);
                 put_u64(out, *generation);
                 out.extend_from_slice(root);
+            }
+            Message::RefineKey { key } => {
+                out.push(kind::REFINE_KEY);
+                out.extend_from_slice(key);
             }
             Message::Refine {
                 first_block,
@@ -417,12 +427,17 @@ impl Message {
                 if count == 0 || count > MAX_SUB_BLOCKS {
                     return Err(FrameError::Invalid(format!("refine of {count} sub-blocks")));
                 }
+                let bytes = r.bytes(count as usize * 8)?;
                 Message::Refine {
                     first_block,
                     block_count,
-                    sub_hashes: r.hashes(count)?,
+                    sub_hashes: bytes
+                        .chunks_exact(8)
+                        .map(|c| c.try_into().unwrap())
+                        .collect(),
                 }
             }
+            kind::REFINE_KEY => Message::RefineKey { key: r.hash()? },
             kind::REFINE_ANSWER => {
                 let first_block = r.u64()?;
                 let bitmap = r.bitmap()?;
