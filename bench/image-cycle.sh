@@ -18,11 +18,11 @@ warm() { cat "$src" > /dev/null; }
 row() {
     local label=$1 cache=$2; shift 2
     if [ "$cache" = cold ]; then cold; else warm; fi
-    local t0 t1 usage
+    local t0 t1 usage=$dir/time.out
     t0=$(date +%s.%N)
-    usage=$( { /usr/bin/time -f "%U %S %M" "$@" > /dev/null 2>/dev/null; } 2>&1 | tail -1)
+    /usr/bin/time -o "$usage" -f "%U %S %M" "$@" > /dev/null 2> "$dir/stderr.log"
     t1=$(date +%s.%N)
-    read -r user sys rss <<< "$usage"
+    read -r user sys rss < "$usage"
     printf '| %s | %s | %.2f | %.2f | %d |\n' "$label" "$cache" "$(echo "$t1 - $t0" | bc)" "$(echo "$user + $sys" | bc)" $((rss / 1024))
 }
 

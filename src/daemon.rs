@@ -38,8 +38,8 @@ pub enum DaemonError {
     Send(#[from] SendError),
     #[error(transparent)]
     Snapshot(#[from] crate::snapshot::SnapshotError),
-    #[error("interrupted by a signal during generation {0}: the cycle was aborted; the receiver keeps its last committed generation and marks the target mid-cycle until the next cycle completes")]
-    Interrupted(u64),
+    #[error("interrupted by a signal: the cycle in progress was aborted; the receiver keeps its last committed generation and marks the target mid-cycle until the next cycle completes")]
+    Interrupted,
     #[error("cannot start worker threads: {0}")]
     Threads(String),
 }
@@ -63,7 +63,6 @@ pub async fn run(
     provider.cleanup_stale(&config.cycle.source)?;
     let mut link: Option<Link> = None;
     let mut failures = 0u32;
-    let mut generation_hint = 0;
     loop {
         let cancel = Arc::new(AtomicBool::new(false));
         let attempt = async {
@@ -96,13 +95,12 @@ pub async fn run(
                 if let Some(link) = link.take() {
                     link.abandon().await;
                 }
-                return Err(DaemonError::Interrupted(generation_hint + 1));
+                return Err(DaemonError::Interrupted);
             }
         };
         let wait = match outcome {
             Ok(report) => {
                 failures = 0;
-                generation_hint = report.generation;
                 tracing::info!(
                     generation = report.generation,
                     blocks_changed = report.blocks_changed,

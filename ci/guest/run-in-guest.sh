@@ -12,20 +12,21 @@
 # tests). CMD's stdout and stderr are streamed to ours, and this script exits with CMD's exit
 # status (125 if the guest ended without reporting one, e.g. a kernel panic or the timeout).
 #
-# The LVM acceptance tests in one command (the host test `lvm_acceptance_in_guest` does this):
-#   cargo nextest run --test lvm_guest
-# or, to see the guest's output directly:
-#   cargo test --test lvm_guest --no-run   # builds target/debug/deps/lvm_guest-HASH
-#   ci/guest/run-in-guest.sh target/debug/deps/lvm_guest-HASH --ignored --test-threads=1
+# The LVM acceptance tests in one command (see ci/guest/README.md):
+#   cargo nextest run --test lvm_guest      (or: cargo test --test lvm_guest -- --nocapture)
+# Its host test `lvm_acceptance_in_guest` runs, in one boot:
+#   ci/guest/run-in-guest.sh target/debug/deps/lvm_guest-HASH --ignored --test-threads=1 --nocapture
 #
 # Needs (Debian): qemu-system-x86 linux-image-amd64 busybox-static lvm2 thin-provisioning-tools
 # (installed by .ci/run). Environment knobs:
-#   GUEST_TIMEOUT  seconds before QEMU is killed (default 900)
+#   GUEST_TIMEOUT  seconds before QEMU is killed (default 1200)
 #   GUEST_MEM      guest RAM (default 3G)
 #   GUEST_CPUS     vCPUs (default 2)
 #   GUEST_DISK     size of the sparse /dev/vda (default 4G)
 #   GUEST_KERNEL   kernel image (default: the newest /boot/vmlinuz-*)
 #   GUEST_VERBOSE  1: show the guest's console (kernel messages) as it boots
+#   GUEST_KEEP     1: keep the run folder target/guest/runs/run.* (console log, output files)
+#   GUEST_QUIET    kernel log options (default "quiet loglevel=3"); GUEST_APPEND: more options
 set -euo pipefail
 
 die() {
@@ -39,7 +40,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
 REPO="$(cd "$HERE/../.." && pwd -P)"
 CWD="$(pwd -P)"
 GUEST_DIR="$REPO/target/guest"
-TIMEOUT="${GUEST_TIMEOUT:-900}"
+TIMEOUT="${GUEST_TIMEOUT:-1200}"
 MEM="${GUEST_MEM:-3G}"
 CPUS="${GUEST_CPUS:-2}"
 DISK_SIZE="${GUEST_DISK:-4G}"
@@ -112,10 +113,8 @@ while read -r mod; do
 done < /modules.order
 
 P9="trans=virtio,version=9p2000.L,msize=512000"
+# The host's root, read-only and cached (it does not change under a test run).
 mount -t 9p -o "$P9,ro,cache=${ROOTCACHE:-loose}" root /newroot || fail "cannot mount the host root over 9p"
-mount -t 9p -o "$P9,rw,cache=${REPOCACHE:-mmap}" repo "/newroot$REPO" || fail "cannot mount the repository over 9p"
-mkdir -p "/newroot$CTL" 2>/dev/null
-mount -t 9p -o "$P9,rw,cache=none" ctl "/newroot$CTL" || fail "cannot mount the control folder over 9p"
 mount -t proc proc /newroot/proc
 mount -t sysfs sysfs /newroot/sys
 mount -t devtmpfs devtmpfs /newroot/dev
@@ -139,6 +138,13 @@ done
 # /var/tmp, /var/lock, /run/lock: writable scratch like on a booted system.
 mkdir -p /newroot/run/lock /newroot/run/lvm
 chmod 1777 /newroot/var/tmp 2>/dev/null
+# The repository (read-write, page cache for mmap only, so executables load fast and writes
+# reach the host at once) and the control folder (no cache), mounted last so that a
+# repository under /tmp, /home, /root... is not hidden by the mounts above.
+mkdir -p "/newroot$REPO" 2>/dev/null
+mount -t 9p -o "$P9,rw,cache=${REPOCACHE:-mmap}" repo "/newroot$REPO" || fail "cannot mount the repository over 9p"
+mkdir -p "/newroot$CTL" 2>/dev/null
+mount -t 9p -o "$P9,rw,cache=none" ctl "/newroot$CTL" || fail "cannot mount the control folder over 9p"
 
 exec chroot /newroot /bin/sh "$CTL/guest-run.sh"
 EOF
@@ -154,6 +160,9 @@ build_initrd() {
     : > "$tmp/modules.order"
     local seen=" " mod line ko n=0
     for mod in "${BOOT_MODULES[@]}"; do
+        local deps
+        deps="$(modprobe -S "$KVER" --show-depends "$mod" 2>&1)" \
+            || die "modprobe cannot resolve module $mod for kernel $KVER: $deps"
         while read -r line; do
             case "$line" in
                 insmod\ *) ko="${line#insmod }"; ko="${ko%% *}" ;;
@@ -172,8 +181,7 @@ build_initrd() {
                 *) die "unexpected module file $ko" ;;
             esac
             echo "$dst" >> "$tmp/modules.order"
-        done < <(modprobe -S "$KVER" --show-depends "$mod" 2>/dev/null \
-                    || die "modprobe cannot resolve $mod for $KVER")
+        done <<< "$deps"
     done
     (cd "$tmp" && find . | LC_ALL=C sort | cpio -o -H newc --quiet) | gzip -1 > "$INITRD.tmp"
     mv "$INITRD.tmp" "$INITRD"
@@ -189,7 +197,26 @@ fi
 # One run: control directory (inside the repo share), fresh sparse disk, QEMU.
 # ------------------------------------------------------------------------------------------
 mkdir -p "$GUEST_DIR/runs"
+# Run folders of earlier runs whose script is gone (killed without its clean-up).
+for old in "$GUEST_DIR"/runs/run.*; do
+    [ -d "$old" ] || continue
+    owner="$(cat "$old/owner" 2>/dev/null || true)"
+    if [ -z "$owner" ] || ! kill -0 "$owner" 2>/dev/null; then
+        rm -rf "$old"
+    fi
+done
 CTL="$(mktemp -d "$GUEST_DIR/runs/run.XXXXXX")"
+echo $$ > "$CTL/owner"
+case "$REPO$CTL$CWD" in
+    *[[:space:]]*) die "paths with white space are not supported: $REPO, $CWD" ;;
+esac
+# The guest has its own /tmp and /run: the host's are not visible there.
+for p in "$CWD" "$1"; do
+    case "$p" in
+        /tmp|/tmp/*|/run|/run/*) case "$p" in "$REPO"|"$REPO"/*) ;; *)
+            die "$p is under /tmp or /run, which the guest does not share: use a path in the repository (e.g. CARGO_TARGET_DIR inside it)" ;; esac ;;
+    esac
+done
 DISK="$CTL/disk.img"
 QEMU_PID=""
 TAIL_PIDS=()
@@ -234,7 +261,9 @@ EOF
 rc=$?
 echo "$rc" > "$CTL/status.tmp" && mv "$CTL/status.tmp" "$CTL/status"
 sync
+# Power off (asynchronous): wait for it here, as init must not exit.
 echo o > /proc/sysrq-trigger
+exec sleep 600
 EOF
 } > "$CTL/guest-run.sh"
 
@@ -251,7 +280,8 @@ QEMU_ARGS=(
 )
 START=$(date +%s)
 if [ "${GUEST_VERBOSE:-0}" = 1 ]; then
-    timeout --kill-after=10 "$TIMEOUT" "$QEMU" "${QEMU_ARGS[@]}" </dev/null 2>&1 | tee "$CONSOLE" >&2 &
+    timeout --kill-after=10 "$TIMEOUT" "$QEMU" "${QEMU_ARGS[@]}" </dev/null \
+        > >(tee "$CONSOLE" >&2) 2>&1 &
 else
     timeout --kill-after=10 "$TIMEOUT" "$QEMU" "${QEMU_ARGS[@]}" </dev/null >"$CONSOLE" 2>&1 &
 fi
