@@ -6,6 +6,9 @@
 //!
 //! Run: `cargo bench --bench compress` (or `-- --quick`).
 
+#[path = "common/mod.rs"]
+mod common;
+use common::Rng;
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -14,25 +17,6 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 /// The sender's extent size (`EXTENT_TARGET_BYTES`).
 const EXTENT: usize = 1 << 20;
 const LEVELS: [i32; 3] = [1, 3, 9];
-
-/// A small deterministic generator (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            let word = self.next().to_le_bytes();
-            chunk.copy_from_slice(&word[..chunk.len()]);
-        }
-    }
-}
 
 /// Incompressible bytes.
 fn random() -> Vec<u8> {

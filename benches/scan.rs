@@ -7,6 +7,9 @@
 //! which must be a disk-backed or tmpfs file system with room for it; it is read once before
 //! measuring so every measured scan reads from the page cache.
 
+#[path = "common/mod.rs"]
+mod common;
+use common::Rng;
 use std::hint::black_box;
 use std::io::{Read, Write};
 use std::sync::atomic::AtomicBool;
@@ -24,25 +27,6 @@ const BLOCK_SIZES: [(u32, &str); 3] = [(4 << 10, "4K"), (64 << 10, "64K"), (1 <<
 const THREADS: usize = 2;
 /// Size of the in-memory buffer for the pure hashing bench (one default scan chunk).
 const HASH_BUFFER: usize = DEFAULT_CHUNK_BYTES;
-
-/// A small deterministic generator (xorshift64*), so every run hashes the same bytes.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            let word = self.next().to_le_bytes();
-            chunk.copy_from_slice(&word[..chunk.len()]);
-        }
-    }
-}
 
 /// Fills `buf` with mixed content in 64 KiB pieces: about 40% random, 30% repetitive text,
 /// 30% zeros. Zero pieces are 64 KiB, so 4K and 64K blocks see all-zero blocks; 1 MiB blocks

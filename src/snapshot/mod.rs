@@ -289,12 +289,7 @@ fn auto(
     options: &SnapshotOptions,
 ) -> Result<Box<dyn SnapshotProvider>, SnapshotError> {
     use std::os::unix::fs::FileTypeExt;
-    let meta = std::fs::metadata(source).map_err(|error| SnapshotError::Io {
-        what: "cannot stat source",
-        path: source.to_owned(),
-        error,
-        hint: "check the path",
-    })?;
+    let meta = stat_source(source)?;
     if meta.is_file() {
         return Ok(Box::new(reflink::Reflink::new(source, options)?));
     }
@@ -314,6 +309,16 @@ fn auto(
     } else {
         Ok(Box::new(lvm::ClassicLvm::for_lv(lv, source, options)?))
     }
+}
+
+/// The source's metadata, or the error a user should see.
+pub(crate) fn stat_source(source: &Path) -> Result<std::fs::Metadata, SnapshotError> {
+    std::fs::metadata(source).map_err(|error| SnapshotError::Io {
+        what: "cannot stat source",
+        path: source.to_owned(),
+        error,
+        hint: "check the path",
+    })
 }
 
 #[cfg(test)]

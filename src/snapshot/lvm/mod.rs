@@ -66,12 +66,8 @@ fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
 
-/// `lvs --reportformat json --units b --nosuffix -o FIELDS [TARGET]`, parsed.
-pub fn lvs(
-    fields: &str,
-    target: Option<&str>,
-    hint: &'static str,
-) -> Result<Vec<LvRow>, SnapshotError> {
+/// Arguments of a JSON report (`lvs`, `vgs`) of `fields` in bytes, for `target` if given.
+fn report_args(fields: &str, target: Option<&str>) -> Vec<String> {
     let mut a = args(&[
         "--reportformat",
         "json",
@@ -82,6 +78,16 @@ pub fn lvs(
         fields,
     ]);
     a.extend(target.map(str::to_string));
+    a
+}
+
+/// `lvs --reportformat json --units b --nosuffix -o FIELDS [TARGET]`, parsed.
+pub fn lvs(
+    fields: &str,
+    target: Option<&str>,
+    hint: &'static str,
+) -> Result<Vec<LvRow>, SnapshotError> {
+    let a = report_args(fields, target);
     let ran = lvm(LvmTool::Lvs, &a, hint)?;
     parse_lvs(&ran.stdout).map_err(|reason| SnapshotError::LvmOutput {
         command: super::command::command_line("lvs", &a),
@@ -91,16 +97,7 @@ pub fn lvs(
 
 /// `vgs` for one VG, parsed.
 pub fn vg(name: &str) -> Result<VgRow, SnapshotError> {
-    let a = args(&[
-        "--reportformat",
-        "json",
-        "--units",
-        "b",
-        "--nosuffix",
-        "-o",
-        "vg_name,vg_free,vg_extent_size",
-        name,
-    ]);
+    let a = report_args("vg_name,vg_free,vg_extent_size", Some(name));
     let ran = lvm(LvmTool::Vgs, &a, "check the volume group with `vgs`")?;
     let command = || super::command::command_line("vgs", &a);
     parse_vgs(&ran.stdout)
@@ -120,12 +117,7 @@ pub fn vg(name: &str) -> Result<VgRow, SnapshotError> {
 /// `/dev/dm-N` all work). `Ok(None)`: lvm2 knows no active LV with that device number.
 pub fn find_source_lv(source: &Path) -> Result<Option<SourceLv>, SnapshotError> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let meta = std::fs::metadata(source).map_err(|error| SnapshotError::Io {
-        what: "cannot stat source",
-        path: source.to_owned(),
-        error,
-        hint: "check the path",
-    })?;
+    let meta = super::stat_source(source)?;
     if !meta.file_type().is_block_device() {
         return Ok(None);
     }
