@@ -107,7 +107,7 @@ async fn serve_cycles(
         path: paths.dir.clone(),
         source,
     };
-    let Some(_lock) = paths.lock().map_err(state_error)? else {
+    let Some(_lock) = wait_for_lock(&paths).await.map_err(state_error)? else {
         return Err(ReceiveError::Busy(config.target.clone()));
     };
     let state = crate::state::read_json::<ReceiverState>(&paths.state)
@@ -507,6 +507,26 @@ async fn stream_to_applier(
             message = reader.recv() => message,
             _ = tx.closed() => return Ok(APPLIER_STOPPED),
         };
+    }
+}
+
+/// How long a new session waits for the target's lock: a session whose sender just vanished
+/// may still be recording its aborted cycle. A sender still connected is refused after it.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Takes the per-target lock, waiting up to [`LOCK_WAIT`] for an ending session to let go.
+async fn wait_for_lock(
+    paths: &ReceiverPaths,
+) -> std::io::Result<Option<nix::fcntl::Flock<std::fs::File>>> {
+    let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+    loop {
+        if let Some(lock) = paths.lock()? {
+            return Ok(Some(lock));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
 

@@ -104,8 +104,14 @@ fn sender_killed_mid_first_cycle_then_next_cycle_converges() {
         "a killed cycle reported a commit"
     );
 
-    // Nothing committed; the receiver (still running) says so.
+    // Nothing committed; the receiver (still running) says so, and once it has noticed the
+    // dead connection it records the cycle as interrupted with an exact manifest.
     assert_mid_cycle(&status_entry(&x.rstate, "receiver"), 0);
+    wait_for(
+        std::time::Duration::from_secs(60),
+        "the receiver to record the interrupted cycle",
+        || (status_entry(&x.rstate, "receiver")["detail"] == "interrupted").then_some(()),
+    );
 
     // The same receiver accepts the next sender: the dead one no longer holds the target.
     let c = x.cycle(&receiver);
