@@ -8,15 +8,13 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
+mod common;
+
 use blkmirror::blockdiff::manifest::hash_block;
 use blkmirror::transport::frame::{Message, Preamble, PREAMBLE_LEN};
 
 const BS: usize = 65536;
 const SIZE: usize = 16 * BS;
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_blkmirror")
-}
 
 /// A `receive --stdio` process and the raw pipes to it.
 struct RawSender {
@@ -27,7 +25,7 @@ struct RawSender {
 
 impl RawSender {
     fn start(target: &Path, state: &Path) -> Self {
-        let mut child = Command::new(bin())
+        let mut child = Command::new(common::bin())
             .args(["receive", "--stdio", "--create", "--state-dir"])
             .arg(state)
             .arg(target)
@@ -125,44 +123,14 @@ fn setup() -> Setup {
     }
 }
 
+/// One real cycle, after which the target equals the (quiescent) source.
 fn send_once(source: &Path, target: &Path, state: &Path) {
-    let out = Command::new(bin())
-        .args([
-            "send",
-            "--once",
-            "--progress",
-            "never",
-            "--snapshot",
-            "none",
-        ])
-        .arg("--state-dir")
-        .arg(state)
-        .arg(source)
-        .arg(target)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "send failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        std::fs::read(source).unwrap(),
-        std::fs::read(target).unwrap()
-    );
+    common::send_once(common::s(source), common::s(target), state, &[]);
+    common::assert_identical(source, target);
 }
 
 fn receiver_status(state: &Path) -> serde_json::Value {
-    let out = Command::new(bin())
-        .args(["status", "--json", "--state-dir"])
-        .arg(state)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let all: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-    all.into_iter()
-        .find(|e| e["role"] == "receiver")
-        .expect("receiver entry")
+    common::status_entry(state, "receiver")
 }
 
 fn error_lines(stderr: &str) -> Vec<&str> {

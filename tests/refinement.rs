@@ -1,40 +1,20 @@
 //! Shipping granularity: a coarse manifest (64 KiB blocks) with changed blocks refined to the
 //! 4 KiB sub-blocks that really differ, checked end to end with the real binary.
 
+mod common;
+
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::Command;
+
+use common::{assert_identical, s, send_once};
 
 const MIB: usize = 1 << 20;
 
+/// One real cycle; checks the target equals the source and returns the JSON report.
 fn send(source: &Path, target: &Path, state: &Path, extra: &[&str]) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_blkmirror"))
-        .args([
-            "send",
-            "--once",
-            "--snapshot",
-            "none",
-            "--progress",
-            "never",
-            "--json",
-        ])
-        .arg("--state-dir")
-        .arg(state)
-        .args(extra)
-        .arg(source)
-        .arg(target)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        std::fs::read(source).unwrap(),
-        std::fs::read(target).unwrap()
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let cycle = send_once(s(source), s(target), state, extra);
+    assert_identical(source, target);
+    cycle.raw
 }
 
 fn pattern(len: usize, seed: u64) -> Vec<u8> {

@@ -3,6 +3,7 @@
 mod common;
 
 use std::fs;
+use std::path::Path;
 
 use serde_json::Value;
 
@@ -73,22 +74,7 @@ fn status_reports_sender_generation_and_consistent_receiver() {
         assert_eq!(c.generation, generation);
     }
 
-    let sender = status_entry(&sstate, "sender");
-    assert_eq!(
-        sender.get("generation").and_then(Value::as_u64),
-        Some(3),
-        "{sender}"
-    );
-    assert_eq!(
-        sender.get("source").and_then(Value::as_str),
-        Some(s(&src)),
-        "{sender}"
-    );
-    let dest = sender
-        .get("dest")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    assert!(dest.contains(&receiver.addr.port().to_string()), "{sender}");
+    assert_sender_entry(&sstate, 3, &src, &receiver.addr.port().to_string());
 
     let entry = status_entry(&rstate, "receiver");
     assert_receiver_consistent(&entry, 3);
@@ -117,22 +103,29 @@ fn status_of_a_local_mirror() {
     let state = t.dir("state");
     send_once(s(&src), s(&tgt), &state, &[]);
     send_once(s(&src), s(&tgt), &state, &[]);
-    let sender = status_entry(&state, "sender");
+    assert_sender_entry(&state, 2, &src, "target.img");
+}
+
+/// The sender's `status` entry: its generation, its source as given, a destination naming
+/// `dest_part`.
+#[track_caller]
+fn assert_sender_entry(state: &Path, generation: u64, src: &Path, dest_part: &str) {
+    let sender = status_entry(state, "sender");
     assert_eq!(
         sender.get("generation").and_then(Value::as_u64),
-        Some(2),
+        Some(generation),
         "{sender}"
     );
     assert_eq!(
         sender.get("source").and_then(Value::as_str),
-        Some(s(&src)),
+        Some(s(src)),
         "{sender}"
     );
     let dest = sender
         .get("dest")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    assert!(dest.contains("target.img"), "{sender}");
+    assert!(dest.contains(dest_part), "{sender}");
 }
 
 #[test]
