@@ -39,7 +39,7 @@ for cache in cold warm; do
     row "blkmirror initial sync, file to file" $cache "$bin" send --once --snapshot none --progress never --state-dir "$dir/state" "$src" "$dir/dst.img"
     row "blkmirror no-change cycle" $cache "$bin" send --once --snapshot none --progress never --state-dir "$dir/state" "$src" "$dir/dst.img"
 done
-for mode in pread mmap; do
+for mode in direct cached mmap; do
     for cache in cold warm; do
         row "blkmirror no-change cycle, --read-mode $mode" $cache "$bin" send --once --snapshot none --progress never --read-mode $mode --state-dir "$dir/state" "$src" "$dir/dst.img"
     done

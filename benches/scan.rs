@@ -97,7 +97,11 @@ fn scan_throughput(c: &mut Criterion) {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(5))
         .throughput(Throughput::Bytes(size as u64));
-    for (mode, mode_name) in [(ReadMode::Pread, "pread"), (ReadMode::Mmap, "mmap")] {
+    for (mode, mode_name) in [
+        (ReadMode::Direct, "direct"),
+        (ReadMode::Cached, "cached"),
+        (ReadMode::Mmap, "mmap"),
+    ] {
         for (block_size, label) in BLOCK_SIZES {
             let options = ScanOptions {
                 read_mode: mode,

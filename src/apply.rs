@@ -4,6 +4,8 @@
 //! on what the target holds, then checking each whole block's hash). Keeps the receiver's
 //! manifest in step with the target: a block whose write failed is marked unknown.
 
+use std::collections::VecDeque;
+
 use rayon::prelude::*;
 use tokio::sync::mpsc::{Receiver, UnboundedSender};
 
@@ -15,6 +17,13 @@ use crate::transport::frame::Message;
 
 /// A hash no block can have: marks a block whose content is unknown.
 pub const UNKNOWN_HASH: BlockHash = [0xff; 32];
+
+/// Messages taken ahead of the one being applied, so that the target reads they will need
+/// (refinement answers, patches) are started early and many at once: a changed run's blocks
+/// lie scattered over the target, and one cold read at a time would leave the disk idle.
+const LOOKAHEAD_MESSAGES: usize = 1024;
+/// Payload bytes the look-ahead may hold.
+const LOOKAHEAD_BYTES: usize = 64 << 20;
 
 /// Applies messages to one target.
 pub struct Applier<'a> {
@@ -49,35 +58,79 @@ impl<'a> Applier<'a> {
 
     /// Applies messages until the channel closes or one is bad.
     pub fn run(&mut self, mut rx: Receiver<Message>) -> Result<(), ReceiveError> {
-        while let Some(message) = rx.blocking_recv() {
-            match message {
-                Message::Extent {
-                    first_block,
-                    raw_len,
-                    compressed,
-                    hashes,
-                    payload,
-                } => self.extent(first_block, raw_len, compressed, &hashes, payload)?,
-                Message::ZeroRun {
-                    first_block,
-                    block_count,
-                } => self.zero_run(first_block, block_count)?,
-                Message::RefineKey { key } => self.refine_key = Some(key),
-                Message::Refine {
-                    first_block,
-                    block_count,
-                    sub_hashes,
-                } => self.answer_refine(first_block, block_count as u64, &sub_hashes)?,
-                Message::Patch {
-                    first_block,
-                    hashes,
-                    bitmap,
-                    raw_len,
-                    compressed,
-                    payload,
-                } => self.patch(first_block, &hashes, &bitmap, raw_len, compressed, payload)?,
-                other => unreachable!("only data messages reach the applier, not {}", other.name()),
+        let mut ahead: VecDeque<Message> = VecDeque::new();
+        let mut ahead_bytes = 0;
+        loop {
+            // Take what has already arrived, hinting the target reads it will need.
+            while ahead.len() < LOOKAHEAD_MESSAGES && ahead_bytes < LOOKAHEAD_BYTES {
+                let Ok(message) = rx.try_recv() else { break };
+                self.prefetch(&message);
+                ahead_bytes += payload_len(&message);
+                ahead.push_back(message);
             }
+            let message = match ahead.pop_front() {
+                Some(message) => {
+                    ahead_bytes -= payload_len(&message);
+                    message
+                }
+                None => match rx.blocking_recv() {
+                    Some(message) => message,
+                    None => break,
+                },
+            };
+            self.apply(message)?;
+        }
+        Ok(())
+    }
+
+    /// Starts reading what `message` will read of the target.
+    fn prefetch(&self, message: &Message) {
+        let (first_block, count) = match message {
+            Message::Refine {
+                first_block,
+                block_count,
+                ..
+            } => (*first_block, *block_count as u64),
+            Message::Patch {
+                first_block,
+                hashes,
+                ..
+            } => (*first_block, hashes.len() as u64),
+            _ => return,
+        };
+        if let Ok(len) = self.run_len(first_block, count) {
+            self.target.prefetch(self.offset(first_block), len as u64);
+        }
+    }
+
+    fn apply(&mut self, message: Message) -> Result<(), ReceiveError> {
+        match message {
+            Message::Extent {
+                first_block,
+                raw_len,
+                compressed,
+                hashes,
+                payload,
+            } => self.extent(first_block, raw_len, compressed, &hashes, payload)?,
+            Message::ZeroRun {
+                first_block,
+                block_count,
+            } => self.zero_run(first_block, block_count)?,
+            Message::RefineKey { key } => self.refine_key = Some(key),
+            Message::Refine {
+                first_block,
+                block_count,
+                sub_hashes,
+            } => self.answer_refine(first_block, block_count as u64, &sub_hashes)?,
+            Message::Patch {
+                first_block,
+                hashes,
+                bitmap,
+                raw_len,
+                compressed,
+                payload,
+            } => self.patch(first_block, &hashes, &bitmap, raw_len, compressed, payload)?,
+            other => unreachable!("only data messages reach the applier, not {}", other.name()),
         }
         Ok(())
     }
@@ -291,5 +344,13 @@ impl<'a> Applier<'a> {
             }),
             None => Ok(()),
         }
+    }
+}
+
+/// Bytes a message holds in memory (what the look-ahead counts).
+fn payload_len(message: &Message) -> usize {
+    match message {
+        Message::Extent { payload, .. } | Message::Patch { payload, .. } => payload.len(),
+        _ => 0,
     }
 }

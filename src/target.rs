@@ -178,6 +178,18 @@ impl Target {
             .map_err(|e| self.io_error(e))
     }
 
+    /// Asks the kernel to start reading `len` bytes at `offset` into the page cache, without
+    /// waiting: a later `read_at` of the range then finds it there. Only a hint; errors are
+    /// ignored.
+    pub fn prefetch(&self, offset: u64, len: u64) {
+        let _ = nix::fcntl::posix_fadvise(
+            std::os::fd::AsRawFd::as_raw_fd(&self.file),
+            offset as i64,
+            len as i64,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
+        );
+    }
+
     /// Makes `len` bytes at `offset` read as zeros: punches a hole in a file, asks a device to
     /// zero the range, and falls back to writing zeros.
     pub fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), TargetError> {

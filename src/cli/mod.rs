@@ -74,7 +74,8 @@ enum ProgressMode {
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum ReadModeArg {
     Auto,
-    Pread,
+    Direct,
+    Cached,
     Mmap,
 }
 
@@ -142,7 +143,7 @@ struct SendArgs {
     /// The remote receiver's --state-dir, for ssh:// destinations.
     #[arg(long)]
     remote_state_dir: Option<String>,
-    /// How the scan reads the source: auto maps files and preads devices (see docs/benchmarks.md).
+    /// How the scan reads the source: auto reads directly (O_DIRECT) where it can (see docs/benchmarks.md).
     #[arg(long, value_enum, default_value = "auto", hide = true)]
     read_mode: ReadModeArg,
 }
@@ -374,7 +375,8 @@ fn send(args: SendArgs) -> Result<i32, CliError> {
             compress_level: args.compress_level,
             read_mode: match args.read_mode {
                 ReadModeArg::Auto => ReadMode::Auto,
-                ReadModeArg::Pread => ReadMode::Pread,
+                ReadModeArg::Direct => ReadMode::Direct,
+                ReadModeArg::Cached => ReadMode::Cached,
                 ReadModeArg::Mmap => ReadMode::Mmap,
             },
         },
