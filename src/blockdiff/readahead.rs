@@ -6,7 +6,8 @@
 //!
 //! Reads bypass the page cache (`O_DIRECT`) when the source allows it: a scan reads the
 //! whole device every cycle and would otherwise evict everyone's cached data, and the
-//! kernel's copy into the cache costs more CPU than the hashing. Regular files are asked for
+//! kernel's copy into the cache costs more CPU than the hashing. A range already wholly in
+//! the page cache (`mincore`) is copied from there instead: a warm image is not read again. Regular files are asked for
 //! their holes (`SEEK_DATA`/`SEEK_HOLE`): a hole is zeros without reading it, and the chunk
 //! says which of its bytes came from data, so the hasher need not look at the rest.
 //!
@@ -101,10 +102,9 @@ pub fn for_each_chunk<T: Default + Send, E>(
     } else {
         None
     };
-    let file = direct.as_ref().unwrap_or(source.file());
     let plan = Plan {
-        file,
-        direct: direct.is_some(),
+        cached: source.file(),
+        direct: direct.as_ref(),
         holes: source.kind() == DeviceKind::File,
         size,
         chunk_len,
@@ -150,8 +150,10 @@ pub fn for_each_chunk<T: Default + Send, E>(
 
 /// What every reader thread needs.
 struct Plan<'a> {
-    file: &'a File,
-    direct: bool,
+    /// The source as opened (reads through the page cache).
+    cached: &'a File,
+    /// The same opened with `O_DIRECT`, when that works.
+    direct: Option<&'a File>,
     holes: bool,
     size: u64,
     chunk_len: usize,
@@ -194,7 +196,7 @@ impl Plan<'_> {
         chunk.len = len;
         chunk.data_ranges.clear();
         if self.holes {
-            data_ranges(self.file, offset, len, &mut chunk.data_ranges)?;
+            data_ranges(self.cached, offset, len, &mut chunk.data_ranges)?;
         } else {
             chunk.data_ranges.push(0..len);
         }
@@ -208,43 +210,88 @@ impl Plan<'_> {
         Ok(())
     }
 
-    /// Reads `range` of the chunk at `offset` into the same range of `buf`. Direct reads are
-    /// widened to the alignment (the buffer has room: its capacity is aligned).
+    /// Reads `range` of the chunk at `offset` into the same range of `buf`: directly unless
+    /// the range is all in the page cache. Direct reads are widened to the alignment (the
+    /// buffer has room: its capacity is aligned).
     fn read_range(&self, buf: &mut [u8], offset: u64, range: Range<usize>) -> io::Result<()> {
-        let (start, end) = if self.direct {
-            (
-                range.start / DIRECT_ALIGN * DIRECT_ALIGN,
-                range.end.next_multiple_of(DIRECT_ALIGN).min(buf.len()),
-            )
-        } else {
-            (range.start, range.end)
-        };
-        let want = range.end - start;
-        let mut done = 0;
-        while done < end - start {
-            let n = match self
-                .file
-                .read_at(&mut buf[start + done..end], offset + (start + done) as u64)
-            {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            if n == 0 {
-                break;
+        let at = offset + range.start as u64;
+        match self.direct {
+            Some(direct) if !in_page_cache(self.cached, at, range.len()) => {
+                let start = range.start / DIRECT_ALIGN * DIRECT_ALIGN;
+                let end = range.end.next_multiple_of(DIRECT_ALIGN).min(buf.len());
+                read_fully(
+                    direct,
+                    &mut buf[start..end],
+                    offset + start as u64,
+                    range.end - start,
+                )
             }
-            done += n;
+            _ => read_fully(self.cached, &mut buf[range.clone()], at, range.len()),
         }
-        if done < want {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!(
-                    "the source ended at byte {} (it shrank during the cycle?)",
-                    offset + (start + done) as u64
-                ),
-            ));
+    }
+}
+
+/// Reads into `buf` at `offset` until it is full or the file ends; fewer than `want` bytes is
+/// an error.
+fn read_fully(file: &File, buf: &mut [u8], offset: u64, want: usize) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
-        Ok(())
+    }
+    if done < want {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!(
+                "the source ended at byte {} (it shrank during the cycle?)",
+                offset + done as u64
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether every page of `len` bytes at `offset` is in the page cache (`mincore` on a mapping
+/// that is never touched, so asking reads nothing). False when it cannot tell.
+fn in_page_cache(file: &File, offset: u64, len: usize) -> bool {
+    let page = page_size();
+    let start = offset / page as u64 * page as u64;
+    let span = (offset + len as u64 - start) as usize;
+    // SAFETY: a read-only shared mapping that is never dereferenced: only its residency is
+    // asked, so a concurrent truncation cannot fault here.
+    let map = match unsafe {
+        memmap2::MmapOptions::new()
+            .offset(start)
+            .len(span)
+            .map(file)
+    } {
+        Ok(map) => map,
+        Err(_) => return false,
+    };
+    let mut resident = vec![0u8; span.div_ceil(page)];
+    // SAFETY: `map` covers `span` bytes from a page-aligned address, and `resident` has one
+    // byte per page of it.
+    let status = unsafe {
+        libc::mincore(
+            map.as_ptr() as *mut libc::c_void,
+            span,
+            resident.as_mut_ptr(),
+        )
+    };
+    status == 0 && resident.iter().all(|&page| page & 1 == 1)
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if size > 0 {
+        size as usize
+    } else {
+        4096
     }
 }
 
