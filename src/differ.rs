@@ -5,6 +5,7 @@
 //! those go out, in a `Patch`. Up to [`REFINE_WINDOW`] bytes of runs await answers at once,
 //! so refinement costs no round trip per run. Runs on the scan's blocking thread.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 
 use rayon::prelude::*;
@@ -276,13 +277,22 @@ impl Differ {
     }
 }
 
-/// Compresses when that makes the data smaller; returns (compressed?, bytes).
+/// Compresses when that makes the data smaller; returns (compressed?, bytes). Each thread
+/// keeps its zstd context (creating one costs more than compressing a small patch).
 fn compress(data: &[u8], level: i32) -> (bool, Vec<u8>) {
+    thread_local! {
+        static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+            const { RefCell::new(None) };
+    }
     if level > 0 && !data.is_empty() {
-        if let Ok(packed) = zstd::bulk::compress(data, level) {
-            if packed.len() < data.len() {
-                return (true, packed);
+        let packed = COMPRESSOR.with_borrow_mut(|slot| {
+            if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+                *slot = Some((level, zstd::bulk::Compressor::new(level).ok()?));
             }
+            slot.as_mut()?.1.compress(data).ok()
+        });
+        if let Some(packed) = packed.filter(|p| p.len() < data.len()) {
+            return (true, packed);
         }
     }
     (false, data.to_vec())
