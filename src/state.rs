@@ -12,18 +12,68 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+/// Prefix of the temp files `atomic_write` renames into place.
+const TEMP_PREFIX: &str = ".tmp-";
+/// A temp file older than this was left by a crash (a write takes seconds at most).
+const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Writes `path` atomically: a temp file in the same directory, fsync, rename, fsync the dir.
+/// Temp files a crash left in the directory are removed.
 pub fn atomic_write(
     path: &Path,
     write: impl FnOnce(&mut File) -> io::Result<()>,
 ) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir)?;
-    let mut temp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
+    create_dir_durable(dir)?;
+    let mut temp = tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .tempfile_in(dir)?;
     write(temp.as_file_mut())?;
     temp.as_file().sync_all()?;
     temp.persist(path).map_err(|e| e.error)?;
-    File::open(dir)?.sync_all()
+    File::open(dir)?.sync_all()?;
+    remove_stale_temps(dir);
+    Ok(())
+}
+
+/// Creates `dir` and its missing ancestors, each fsynced into its parent, so that a state
+/// file written into it survives a crash.
+pub fn create_dir_durable(dir: &Path) -> io::Result<()> {
+    if dir.as_os_str().is_empty() || dir.is_dir() {
+        return Ok(());
+    }
+    let parent = dir.parent().unwrap_or(Path::new(""));
+    create_dir_durable(parent)?;
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    File::open(parent)?.sync_all()
+}
+
+/// Removes `atomic_write` temp files older than [`STALE_TEMP_AGE`] from `dir` (best effort).
+fn remove_stale_temps(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let stale = entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX)
+            && entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > STALE_TEMP_AGE);
+        if stale {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Writes a JSON document atomically.
@@ -135,7 +185,7 @@ impl ReceiverPaths {
 
     /// Takes the per-target lock; `Ok(None)` when another session holds it.
     pub fn lock(&self) -> io::Result<Option<nix::fcntl::Flock<File>>> {
-        fs::create_dir_all(&self.dir)?;
+        create_dir_durable(&self.dir)?;
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -264,6 +314,25 @@ mod tests {
         let v: serde_json::Value = read_json(&path).unwrap().unwrap();
         assert_eq!(v["x"], 2);
         assert_eq!(fs::read_dir(dir.path().join("a")).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn atomic_write_removes_stale_temps_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join(".tmp-crashed");
+        let young = dir.path().join(".tmp-writing");
+        fs::write(&old, b"x").unwrap();
+        fs::write(&young, b"y").unwrap();
+        let long_ago = SystemTime::now() - STALE_TEMP_AGE * 2;
+        File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        write_json(&dir.path().join("s.json"), &serde_json::json!({})).unwrap();
+        assert!(!old.exists(), "a crash's temp file is removed");
+        assert!(young.exists(), "a temp file being written is left alone");
     }
 
     #[test]
