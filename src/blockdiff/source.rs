@@ -163,7 +163,7 @@ impl BlockSource {
     /// mapped (a frozen view never does).
     pub fn map(&self) -> io::Result<memmap2::Mmap> {
         // SAFETY: the mapping is read-only and the scan reads a frozen view; a concurrent
-        // truncation would raise SIGBUS, which is why pread is the default mode.
+        // truncation would raise SIGBUS, one reason the default reads instead of mapping.
         let map = unsafe {
             memmap2::MmapOptions::new()
                 .len(self.size as usize)
