@@ -318,6 +318,10 @@ mod tests {
         }
         let zeroed = Manifest::zeroed(4096, 65536);
         assert_eq!(&expected[..16], zeroed.hashes());
-        assert_eq!(&expected[48..64], zeroed.hashes(), "the hole hashes as zeros");
+        assert_eq!(
+            &expected[48..64],
+            zeroed.hashes(),
+            "the hole hashes as zeros"
+        );
     }
 }
