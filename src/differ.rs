@@ -286,7 +286,7 @@ fn compress(data: &[u8], level: i32) -> (bool, Vec<u8>) {
     }
     if level > 0 && !data.is_empty() {
         let packed = COMPRESSOR.with_borrow_mut(|slot| {
-            if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            if !matches!(slot, Some((l, _)) if *l == level) {
                 *slot = Some((level, zstd::bulk::Compressor::new(level).ok()?));
             }
             slot.as_mut()?.1.compress(data).ok()

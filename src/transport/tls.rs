@@ -41,6 +41,18 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The byte the server sends after accepting a client's certificate.
 pub const ACCEPTED: u8 = 0x01;
 
+/// A peer that goes silent (host down, link cut, a NAT that forgot the flow) must not hold
+/// a connection, and with it the target's lock, for the kernel's default two hours: TCP
+/// keepalive probes after this idle time...
+const KEEPALIVE_IDLE_SECS: u32 = 30;
+/// ...every this often...
+const KEEPALIVE_INTERVAL_SECS: u32 = 10;
+/// ...this many unanswered before the connection is dropped...
+const KEEPALIVE_PROBES: u32 = 3;
+/// ...and data the peer has not acknowledged for this long drops it too. A peer that is slow
+/// but alive still acknowledges (its kernel does, even while its process is busy).
+const USER_TIMEOUT_MS: u32 = 60_000;
+
 const KEY_FILE: &str = "key.pem";
 const CERT_FILE: &str = "cert.pem";
 
@@ -568,7 +580,7 @@ pub async fn connect(
             })
     })
     .await?;
-    let _ = tcp.set_nodelay(true);
+    configure_socket(&tcp);
     let stream = with_timeout(&addr, client_handshake(&addr, config, tcp, peer)).await?;
     tracing::debug!("TLS connection to {addr} established");
     Ok(stream)
@@ -646,11 +658,12 @@ impl TlsServer {
         self.inner.local_addr
     }
 
-    /// Accepts the next TCP connection (TCP_NODELAY set). Run [`TlsServer::handshake`] on it,
-    /// typically in a spawned task so one slow client does not block others.
+    /// Accepts the next TCP connection (see [`configure_socket`]). Run
+    /// [`TlsServer::handshake`] on it, typically in a spawned task so one slow client does
+    /// not block others.
     pub async fn accept_tcp(&self) -> io::Result<(TcpStream, SocketAddr)> {
         let (tcp, addr) = self.inner.listener.accept().await?;
-        let _ = tcp.set_nodelay(true);
+        configure_socket(&tcp);
         Ok((tcp, addr))
     }
 
@@ -698,10 +711,61 @@ fn listen_error(addr: SocketAddr, e: io::Error) -> TlsError {
     }
 }
 
+/// TCP_NODELAY (messages go out when written), and liveness: keepalive and a user timeout,
+/// so a dead peer ends the session within about a minute. Best effort: a socket that refuses
+/// an option still works, with the kernel's defaults.
+fn configure_socket(tcp: &TcpStream) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let _ = tcp.set_nodelay(true);
+    let result = setsockopt(tcp, sockopt::KeepAlive, &true)
+        .and_then(|()| setsockopt(tcp, sockopt::TcpKeepIdle, &KEEPALIVE_IDLE_SECS))
+        .and_then(|()| setsockopt(tcp, sockopt::TcpKeepInterval, &KEEPALIVE_INTERVAL_SECS))
+        .and_then(|()| setsockopt(tcp, sockopt::TcpKeepCount, &KEEPALIVE_PROBES))
+        .and_then(|()| setsockopt(tcp, sockopt::TcpUserTimeout, &USER_TIMEOUT_MS));
+    if let Err(e) = result {
+        tracing::debug!("TCP keepalive options not set: {e}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use tempfile::TempDir;
+
+    #[tokio::test]
+    async fn both_ends_of_a_connection_detect_a_dead_peer() {
+        use nix::sys::socket::{getsockopt, sockopt};
+        let (_dir, identity, _) = new_identity();
+        let (server, port) = server_for(&identity, vec![]).await;
+        let client = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        assert!(
+            !getsockopt(&client, sockopt::KeepAlive).unwrap(),
+            "off by default"
+        );
+        configure_socket(&client);
+        // The server's side, as the receiver accepts it.
+        let (accepted, _) = server.accept_tcp().await.unwrap();
+        for tcp in [&client, &accepted] {
+            assert!(tcp.nodelay().unwrap());
+            assert!(getsockopt(tcp, sockopt::KeepAlive).unwrap());
+            assert_eq!(
+                getsockopt(tcp, sockopt::TcpKeepIdle).unwrap(),
+                KEEPALIVE_IDLE_SECS
+            );
+            assert_eq!(
+                getsockopt(tcp, sockopt::TcpKeepInterval).unwrap(),
+                KEEPALIVE_INTERVAL_SECS
+            );
+            assert_eq!(
+                getsockopt(tcp, sockopt::TcpKeepCount).unwrap(),
+                KEEPALIVE_PROBES
+            );
+            assert_eq!(
+                getsockopt(tcp, sockopt::TcpUserTimeout).unwrap(),
+                USER_TIMEOUT_MS
+            );
+        }
+    }
 
     fn new_identity() -> (TempDir, Identity, [u8; 32]) {
         let dir = tempfile::tempdir().unwrap();
