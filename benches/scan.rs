@@ -98,7 +98,7 @@ fn scan_throughput(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(5))
         .throughput(Throughput::Bytes(size as u64));
     for (mode, mode_name) in [
-        (ReadMode::Direct, "direct"),
+        (ReadMode::Auto, "direct"),
         (ReadMode::Cached, "cached"),
         (ReadMode::Mmap, "mmap"),
     ] {

@@ -83,23 +83,18 @@ impl<'a> Applier<'a> {
         Ok(())
     }
 
-    /// Starts reading what `message` will read of the target.
+    /// Starts reading what `message` will read of the target. Only a `Refine` needs it: the
+    /// `Patch` that follows it reads the same run, which answering the `Refine` just read.
     fn prefetch(&self, message: &Message) {
-        let (first_block, count) = match message {
-            Message::Refine {
-                first_block,
-                block_count,
-                ..
-            } => (*first_block, *block_count as u64),
-            Message::Patch {
-                first_block,
-                hashes,
-                ..
-            } => (*first_block, hashes.len() as u64),
-            _ => return,
-        };
-        if let Ok(len) = self.run_len(first_block, count) {
-            self.target.prefetch(self.offset(first_block), len as u64);
+        if let Message::Refine {
+            first_block,
+            block_count,
+            ..
+        } = message
+        {
+            if let Ok(len) = self.run_len(*first_block, *block_count as u64) {
+                self.target.prefetch(self.offset(*first_block), len as u64);
+            }
         }
     }
 

@@ -38,7 +38,7 @@ pub fn atomic_write(
 
 /// Creates `dir` and its missing ancestors, each fsynced into its parent, so that a state
 /// file written into it survives a crash.
-pub fn create_dir_durable(dir: &Path) -> io::Result<()> {
+fn create_dir_durable(dir: &Path) -> io::Result<()> {
     if dir.as_os_str().is_empty() || dir.is_dir() {
         return Ok(());
     }

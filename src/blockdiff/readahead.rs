@@ -7,9 +7,10 @@
 //! Reads bypass the page cache (`O_DIRECT`) when the source allows it: a scan reads the
 //! whole device every cycle and would otherwise evict everyone's cached data, and the
 //! kernel's copy into the cache costs more CPU than the hashing. A range already wholly in
-//! the page cache (`mincore`) is copied from there instead: a warm image is not read again. Regular files are asked for
-//! their holes (`SEEK_DATA`/`SEEK_HOLE`): a hole is zeros without reading it, and the chunk
-//! says which of its bytes came from data, so the hasher need not look at the rest.
+//! the page cache (`mincore`) is copied from there instead: a warm image is not read again.
+//! Regular files are asked for their holes (`SEEK_DATA`/`SEEK_HOLE`): a hole is zeros without
+//! reading it, and the chunk says which of its bytes came from data, so the hasher need not
+//! look at the rest.
 //!
 //! Memory is bounded: readers × [`BUFFERS_PER_READER`] buffers of one chunk each.
 
@@ -17,9 +18,12 @@ use std::fs::File;
 use std::io;
 use std::ops::Range;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
+
+use nix::errno::Errno;
+use nix::unistd::Whence;
 
 use super::source::{BlockSource, DeviceKind};
 
@@ -286,12 +290,9 @@ fn in_page_cache(file: &File, offset: u64, len: usize) -> bool {
 }
 
 fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if size > 0 {
-        size as usize
-    } else {
-        4096
+    match nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE) {
+        Ok(Some(size)) if size > 0 => size as usize,
+        _ => 4096,
     }
 }
 
@@ -307,7 +308,6 @@ fn open_direct(source: &BlockSource) -> Option<File> {
     file.read_at(&mut probe, 0).ok()?;
     // The same object? (A path swapped since the source was opened would not be.)
     let (a, b) = (file.metadata().ok()?, source.file().metadata().ok()?);
-    use std::os::unix::fs::MetadataExt;
     (a.dev() == b.dev() && a.ino() == b.ino() && a.rdev() == b.rdev()).then_some(file)
 }
 
@@ -321,21 +321,18 @@ fn data_ranges(
 ) -> io::Result<()> {
     let end = offset + len as u64;
     let fd = file.as_raw_fd();
-    let seek = |from: u64, whence: libc::c_int| -> io::Result<Option<u64>> {
-        // SAFETY: lseek on a descriptor we own; it moves only the shared file position,
-        // which nothing here uses (all reads are positional).
-        let at = unsafe { libc::lseek(fd, from as libc::off_t, whence) };
-        if at >= 0 {
-            return Ok(Some(at as u64));
-        }
-        match io::Error::last_os_error() {
-            e if e.raw_os_error() == Some(libc::ENXIO) => Ok(None),
-            e => Err(e),
+    // lseek moves only the shared file position, which nothing here uses (all reads are
+    // positional). ENXIO: no data at or after `from`.
+    let seek = |from: u64, whence: Whence| -> io::Result<Option<u64>> {
+        match nix::unistd::lseek(fd, from as libc::off_t, whence) {
+            Ok(at) => Ok(Some(at as u64)),
+            Err(Errno::ENXIO) => Ok(None),
+            Err(e) => Err(e.into()),
         }
     };
     let mut at = offset;
     while at < end {
-        let data = match seek(at, libc::SEEK_DATA) {
+        let data = match seek(at, Whence::SeekData) {
             Ok(Some(data)) => data,
             Ok(None) => break,
             Err(_) => {
@@ -348,7 +345,7 @@ fn data_ranges(
         if data >= end {
             break;
         }
-        let hole = seek(data, libc::SEEK_HOLE)?.unwrap_or(end).min(end);
+        let hole = seek(data, Whence::SeekHole)?.unwrap_or(end).min(end);
         out.push((data - offset) as usize..(hole - offset) as usize);
         at = hole;
     }

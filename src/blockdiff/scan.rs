@@ -1,8 +1,8 @@
-//! The parallel scan: reads a source in large chunks (several reader threads reading ahead,
-//! see [`super::readahead`], or a memory map), hashes each chunk's blocks with BLAKE3 on a
-//! rayon pool, recognises all-zero blocks (holes of sparse files without looking at them),
-//! and hands each hashed chunk to a sink in order. Memory stays bounded whatever the device
-//! size.
+//! The parallel scan: reads a source in large chunks (several reader threads reading ahead
+//! and hashing on their own threads, see [`super::readahead`]; or a memory map hashed on a
+//! rayon pool), hashes each chunk's blocks with BLAKE3, recognises all-zero blocks (holes of
+//! sparse files without looking at them), and hands each hashed chunk to a sink in order.
+//! Memory stays bounded whatever the device size.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -77,7 +77,7 @@ pub fn scan<E>(
     let hasher = ChunkHasher::new(options.block_size);
     progress.start(Stage::Scan, source.size());
     let result = match options.read_mode.resolve(source.kind()) {
-        mode @ (ReadMode::Auto | ReadMode::Direct | ReadMode::Cached) => scan_ahead(
+        mode @ (ReadMode::Auto | ReadMode::Cached) => scan_ahead(
             source,
             options,
             mode != ReadMode::Cached,
@@ -172,7 +172,6 @@ fn check_cancel<E>(cancel: &AtomicBool) -> Result<(), ScanError<E>> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn scan_ahead<E>(
     source: &BlockSource,
     options: &ScanOptions,
@@ -307,7 +306,7 @@ mod tests {
             .unwrap();
         let cancel = AtomicBool::new(false);
         let expected: Vec<BlockHash> = data.chunks(4096).map(hash_block).collect();
-        for mode in [ReadMode::Direct, ReadMode::Cached, ReadMode::Mmap] {
+        for mode in [ReadMode::Auto, ReadMode::Cached, ReadMode::Mmap] {
             let options = ScanOptions {
                 block_size: 4096,
                 read_mode: mode,

@@ -14,8 +14,6 @@ pub enum ReadMode {
     /// Direct reads ahead, cached reads where the file system refuses `O_DIRECT` (default).
     #[default]
     Auto,
-    /// Direct reads ahead (the same as `Auto`: a refusal still falls back to cached reads).
-    Direct,
     /// `pread` through the page cache, several reads ahead.
     Cached,
     /// A read-only memory map with `madvise(SEQUENTIAL)`, pages dropped behind the scan

@@ -73,8 +73,9 @@ enum ProgressMode {
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum ReadModeArg {
+    /// Direct reads ahead ("direct" names the same).
+    #[value(alias = "direct")]
     Auto,
-    Direct,
     Cached,
     Mmap,
 }
@@ -375,7 +376,6 @@ fn send(args: SendArgs) -> Result<i32, CliError> {
             compress_level: args.compress_level,
             read_mode: match args.read_mode {
                 ReadModeArg::Auto => ReadMode::Auto,
-                ReadModeArg::Direct => ReadMode::Direct,
                 ReadModeArg::Cached => ReadMode::Cached,
                 ReadModeArg::Mmap => ReadMode::Mmap,
             },
