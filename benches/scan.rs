@@ -16,8 +16,8 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use blkmirror::blockdiff::scan::{hash_all, ChunkHasher, ScanOptions, DEFAULT_CHUNK_BYTES};
-use blkmirror::blockdiff::source::{BlockSource, ReadMode};
 use blkmirror::progress::NoProgress;
+use blkmirror::source::{BlockSource, ReadMode};
 use criterion::{
     criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
 };

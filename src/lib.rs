@@ -20,20 +20,16 @@
 //! One cycle is one generation: the sender commits its manifest for generation N only after the
 //! receiver acknowledged that N is durable. Until then the receiver's state says "applying N".
 
-pub mod apply;
 pub mod blockdiff;
 pub mod cli;
 pub mod daemon;
-pub mod demo;
-pub mod differ;
-pub mod link;
+pub mod device;
 pub mod progress;
 pub mod receiver;
 pub mod sender;
-pub mod server;
 pub mod snapshot;
+pub mod source;
 pub mod state;
 pub mod target;
 pub mod transport;
 pub mod units;
-pub mod verify;

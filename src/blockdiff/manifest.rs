@@ -1,10 +1,8 @@
 //! The manifest: one 256-bit BLAKE3 hash per block of a device, plus a header saying what it
-//! describes. Owns the in-memory type, the root hash, and the on-disk format (see
-//! `docs/format.md`). It does no device I/O; saving is atomic (temp file, fsync, rename, fsync dir).
+//! describes. Owns the in-memory type, the root hash, and the byte format (see
+//! `docs/format.md`). No file I/O: [`crate::state::manifest_file`] saves and loads it.
 
-use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Read, Write};
-use std::path::Path;
+use std::io::{self, Read, Write};
 
 /// A block's BLAKE3 hash.
 pub type BlockHash = [u8; 32];
@@ -257,27 +255,6 @@ impl Manifest {
             return Err(ManifestError::BadChecksum);
         }
         Ok(manifest)
-    }
-
-    /// Saves atomically: temp file in the same directory, fsync, rename, fsync the directory.
-    pub fn save(&self, path: &Path) -> io::Result<()> {
-        crate::state::atomic_write(path, |file| {
-            let mut writer = BufWriter::with_capacity(1 << 20, file);
-            self.encode(&mut writer)?;
-            writer.flush()
-        })
-    }
-
-    /// Loads a manifest saved by [`Manifest::save`]. `Ok(None)` when the file does not exist.
-    pub fn load(path: &Path) -> Result<Option<Manifest>, ManifestError> {
-        let file = match File::open(path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        let len = file.metadata()?.len();
-        let mut reader = BufReader::with_capacity(1 << 20, file);
-        Manifest::decode(&mut reader, len).map(Some)
     }
 }
 

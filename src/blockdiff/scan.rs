@@ -1,5 +1,5 @@
 //! The parallel scan: reads a source in large chunks (several reader threads reading ahead
-//! and hashing on their own threads, see [`super::readahead`]; or a memory map hashed on a
+//! and hashing on their own threads, see [`crate::source::readahead`]; or a memory map hashed on a
 //! rayon pool), hashes each chunk's blocks with BLAKE3, recognises all-zero blocks (holes of
 //! sparse files without looking at them), and hands each hashed chunk to a sink in order.
 //! Memory stays bounded whatever the device size.
@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use rayon::prelude::*;
 
 use super::manifest::{block_count, hash_block, is_zero, zero_block_hash, BlockHash};
-use super::readahead::{self, Chunk, ReadAheadError, ReadAheadOptions};
-use super::source::{BlockSource, ReadMode};
 use crate::progress::{Progress, Stage};
+use crate::source::readahead::{self, Chunk, ReadAheadError, ReadAheadOptions};
+use crate::source::{BlockSource, ReadMode};
 
 /// Default bytes read per chunk.
 pub const DEFAULT_CHUNK_BYTES: usize = 8 << 20;

@@ -2,6 +2,7 @@
 //! Every failure ends as one line `blkmirror: error: ...` on stderr and an exit code:
 //! 0 success, 1 runtime error, 2 usage error.
 
+pub mod demo;
 pub mod progress;
 
 use std::io::{IsTerminal, Write};
@@ -12,13 +13,13 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::blockdiff::manifest::check_block_size;
-use crate::blockdiff::source::{BlockSource, ReadMode};
+use crate::daemon::link::LinkConfig;
 use crate::daemon::{DaemonConfig, Mode};
-use crate::link::LinkConfig;
 use crate::progress::{NoProgress, Progress};
 use crate::receiver::{self, ReceiverConfig};
 use crate::sender::{source_identity, CycleConfig, CycleReport};
 use crate::snapshot::{self, SnapshotKind};
+use crate::source::{BlockSource, ReadMode};
 use crate::transport::dest::{parse_destination, Destination};
 use crate::transport::ssh::SshOptions;
 use crate::transport::tls;
@@ -312,7 +313,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Demo { dir, size } => {
             let size = parse_size(&size).map_err(usage)?;
             let progress = make_progress(ProgressMode::Auto);
-            block_on(crate::demo::run(dir, size, progress))??;
+            block_on(crate::cli::demo::run(dir, size, progress))??;
             Ok(0)
         }
     }
@@ -484,7 +485,7 @@ fn receive(args: ReceiveArgs) -> Result<i32, CliError> {
         println!("listening on {}", server.local_addr());
         let _ = std::io::stdout().flush();
         tracing::info!(addr = %server.local_addr(), target = %config.target.display(), "receiver ready");
-        crate::server::serve_tls(server, Arc::new(config), crate::daemon::shutdown_signal()).await
+        crate::receiver::listen::serve_tls(server, Arc::new(config), crate::daemon::shutdown_signal()).await
     })?
     .map_err(|e| CliError::Runtime(e.into()))?;
     Ok(0)
@@ -493,7 +494,7 @@ fn receive(args: ReceiveArgs) -> Result<i32, CliError> {
 fn verify(source: PathBuf, target: PathBuf) -> Result<i32, CliError> {
     let progress = make_progress(ProgressMode::Auto);
     // `verify` promises exit 2 for errors (1 means "different").
-    let report = crate::verify::verify(&source, &target, &*progress)
+    let report = crate::source::compare::verify(&source, &target, &*progress)
         .map_err(|e| CliError::Usage(e.to_string()))?;
     if report.identical() {
         println!("identical: {} bytes", report.source_size);

@@ -1,169 +1,38 @@
-//! The receiving side of a session: handshake, per-target lock, the target's own manifest, and
-//! for each cycle: answer with the committed generation and root, stream the manifest when
-//! asked, then decompress (bounded), verify every block hash, write, and at the end fsync,
-//! compare roots with the sender and commit generation N atomically before acknowledging.
-//!
-//! The state record says "applying N" from before the first write until the commit, so a
-//! crash leaves a visibly mid-cycle target (its manifest is then rebuilt by hashing). A cycle
-//! aborted cleanly (lost connection, bad stream) saves a manifest that describes the target
-//! exactly and marks it "interrupted": the next cycle ships only what differs.
+//! One sender's session with one target: for each cycle, prepare the target and its manifest,
+//! answer with the committed generation and root, stream the manifest when asked, hand the
+//! data to the applier, and at the end fsync, compare roots and commit (or abort cleanly).
 
-use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use tokio::sync::mpsc::{channel, unbounded_channel, Sender};
 
-use crate::apply::Applier;
 use crate::blockdiff::manifest::{block_len, check_block_size, hash_block, BlockHash, Manifest};
 use crate::blockdiff::scan::{hash_all, ScanOptions};
-use crate::blockdiff::source::{BlockSource, DeviceKind};
+use crate::device::DeviceKind;
 use crate::progress::Progress;
+use crate::source::BlockSource;
 use crate::state::{Condition, ReceiverPaths, ReceiverState};
 use crate::target::{Target, TargetError};
 use crate::transport::frame::{Message, TargetCondition, MAX_MANIFEST_CHUNK};
-use crate::transport::{BoxStream, Connection, FrameReader, TransportError};
+use crate::transport::{Connection, FrameReader, TransportError};
 
-/// Largest device a sender may announce (1 PiB), checked before anything is sized from it.
-pub const MAX_DEVICE_SIZE: u64 = 1 << 50;
-/// Most blocks a manifest may hold (8 GiB of hashes), checked before allocating it.
-pub const MAX_BLOCKS: u64 = 1 << 28;
-
-/// How a receiver was started.
-#[derive(Clone, Debug)]
-pub struct ReceiverConfig {
-    /// The only path this receiver ever writes.
-    pub target: PathBuf,
-    /// Create a missing target as a sparse file.
-    pub create: bool,
-    pub state_dir: PathBuf,
-    pub threads: usize,
-}
-
-/// Why a session or cycle failed on the receiving side.
-#[derive(Debug, thiserror::Error)]
-pub enum ReceiveError {
-    #[error(transparent)]
-    Transport(#[from] TransportError),
-    #[error(transparent)]
-    Target(#[from] TargetError),
-    #[error("another sender is already mirroring to {0}; refusing a second one")]
-    Busy(PathBuf),
-    #[error("state of {path}: {source}")]
-    State {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("block hash mismatch at byte {offset}: data corrupted in transit; cycle aborted")]
-    BlockHashMismatch { offset: u64 },
-    #[error("protocol violation: {0}")]
-    Protocol(String),
-    #[error("after applying generation {generation} the target's root {ours} differs from the sender's {theirs}")]
-    RootMismatch {
-        generation: u64,
-        ours: String,
-        theirs: String,
-    },
-}
+use super::apply::Applier;
+use super::{ReceiveError, ReceiverConfig, MAX_BLOCKS, MAX_DEVICE_SIZE};
 
 /// The per-target state a session keeps between cycles.
-struct Session<'a> {
-    config: &'a ReceiverConfig,
-    paths: ReceiverPaths,
-    state: ReceiverState,
-    target: Option<Target>,
-    manifest: Option<Manifest>,
-    pool: std::sync::Arc<rayon::ThreadPool>,
-    progress: &'a dyn Progress,
+pub(crate) struct Session<'a> {
+    pub(crate) config: &'a ReceiverConfig,
+    pub(crate) paths: ReceiverPaths,
+    pub(crate) state: ReceiverState,
+    pub(crate) target: Option<Target>,
+    pub(crate) manifest: Option<Manifest>,
+    pub(crate) pool: std::sync::Arc<rayon::ThreadPool>,
+    pub(crate) progress: &'a dyn Progress,
     /// The current cycle changed the target (size or content).
-    touched: bool,
-}
-
-/// Serves one connection: any number of cycles until the sender closes it.
-pub async fn serve(
-    config: &ReceiverConfig,
-    stream: BoxStream,
-    peer: &str,
-    progress: &dyn Progress,
-) -> Result<(), ReceiveError> {
-    let mut conn = Connection::new(stream);
-    conn.handshake().await?;
-    let result = serve_cycles(config, &mut conn, peer, progress).await;
-    if let Err(error) = &result {
-        if !matches!(error, ReceiveError::Transport(_)) {
-            conn.refuse(&error.to_string()).await;
-        }
-    }
-    result
-}
-
-/// Takes the target's lock and state, then runs cycles until the sender closes.
-async fn serve_cycles(
-    config: &ReceiverConfig,
-    conn: &mut Connection,
-    peer: &str,
-    progress: &dyn Progress,
-) -> Result<(), ReceiveError> {
-    let paths = ReceiverPaths::new(&config.state_dir, &config.target);
-    let state_error = |source| ReceiveError::State {
-        path: paths.dir.clone(),
-        source,
-    };
-    let Some(_lock) = wait_for_lock(&paths).await.map_err(state_error)? else {
-        return Err(ReceiveError::Busy(config.target.clone()));
-    };
-    let state = crate::state::read_json::<ReceiverState>(&paths.state)
-        .map_err(state_error)?
-        .unwrap_or_else(|| ReceiverState::new(&config.target));
-    if state.format != 1 {
-        return Err(ReceiveError::State {
-            path: paths.state.clone(),
-            source: std::io::Error::other(format!(
-                "state format {} is not supported (this build reads format 1)",
-                state.format
-            )),
-        });
-    }
-    let pool = std::sync::Arc::new(
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(config.threads.max(1))
-            .build()
-            .map_err(|e| ReceiveError::Protocol(e.to_string()))?,
-    );
-    let mut session = Session {
-        config,
-        paths,
-        state,
-        target: None,
-        manifest: None,
-        pool,
-        progress,
-        touched: false,
-    };
-    tracing::info!(peer, target = %config.target.display(), "sender connected");
-    loop {
-        let message = match conn.recv().await {
-            Err(TransportError::Closed) => return Ok(()),
-            other => other?,
-        };
-        let Message::CycleStart {
-            generation,
-            device_size,
-            block_size,
-            ..
-        } = message
-        else {
-            return Err(ReceiveError::Protocol(format!(
-                "expected CycleStart, got {}",
-                message.name()
-            )));
-        };
-        session
-            .cycle(conn, generation, device_size, block_size)
-            .await?;
-    }
+    pub(crate) touched: bool,
 }
 
 impl Session<'_> {
-    async fn cycle(
+    pub(crate) async fn cycle(
         &mut self,
         conn: &mut Connection,
         proposed: u64,
@@ -271,7 +140,7 @@ impl Session<'_> {
         };
         let loaded = match why_not {
             Some(reason) => Err(reason),
-            None => match Manifest::load(&self.paths.manifest) {
+            None => match crate::state::manifest_file::load(&self.paths.manifest) {
                 Ok(Some(m)) if m.block_size == block_size => Ok(m),
                 Ok(Some(m)) => Err(format!(
                     "block size changed from {} to {block_size}",
@@ -403,12 +272,12 @@ impl Session<'_> {
             return Err(error);
         }
         manifest.generation = generation;
-        manifest
-            .save(&self.paths.manifest)
-            .map_err(|source| ReceiveError::State {
+        crate::state::manifest_file::save(manifest, &self.paths.manifest).map_err(|source| {
+            ReceiveError::State {
                 path: self.paths.manifest.clone(),
                 source,
-            })?;
+            }
+        })?;
         self.state.condition = Condition::Consistent;
         self.state.committed_generation = generation;
         self.state.committed_root = hex::encode(root);
@@ -438,7 +307,8 @@ impl Session<'_> {
             let _ = self.save_state();
             return;
         };
-        let saved = target.sync().is_ok() && manifest.save(&self.paths.manifest).is_ok();
+        let saved = target.sync().is_ok()
+            && crate::state::manifest_file::save(manifest, &self.paths.manifest).is_ok();
         if saved {
             self.state.condition = Condition::Interrupted;
         }
@@ -510,26 +380,6 @@ async fn stream_to_applier(
     }
 }
 
-/// How long a new session waits for the target's lock: a session whose sender just vanished
-/// may still be recording its aborted cycle. A sender still connected is refused after it.
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Takes the per-target lock, waiting up to [`LOCK_WAIT`] for an ending session to let go.
-async fn wait_for_lock(
-    paths: &ReceiverPaths,
-) -> std::io::Result<Option<nix::fcntl::Flock<std::fs::File>>> {
-    let deadline = tokio::time::Instant::now() + LOCK_WAIT;
-    loop {
-        if let Some(lock) = paths.lock()? {
-            return Ok(Some(lock));
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Ok(None);
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-}
-
 /// Bounds the announced geometry before a target or manifest is sized from it.
 fn check_geometry(device_size: u64, block_size: u32) -> Result<(), ReceiveError> {
     let blocks = crate::blockdiff::manifest::block_count(device_size, block_size);
@@ -540,15 +390,4 @@ fn check_geometry(device_size: u64, block_size: u32) -> Result<(), ReceiveError>
         )));
     }
     Ok(())
-}
-
-/// Checks a receiver's configuration before serving (fail fast with one clear line).
-pub fn check_config(config: &ReceiverConfig) -> Result<(), ReceiveError> {
-    crate::target::check_path(&config.target, config.create)?;
-    Ok(())
-}
-
-/// A path as given, made absolute (the key of the receiver's state).
-pub fn absolute(path: &Path) -> PathBuf {
-    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
 }

@@ -3,11 +3,13 @@
 //! SIGINT/SIGTERM (between cycles: exit 0; mid-cycle: the cycle is aborted and the target
 //! keeps its last committed generation).
 
+pub mod link;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::link::{Link, LinkConfig, LinkError};
+use crate::daemon::link::{Link, LinkConfig, LinkError};
 use crate::progress::Progress;
 use crate::sender::{run_cycle, CycleConfig, CycleReport, SendError};
 use crate::snapshot::SnapshotProvider;

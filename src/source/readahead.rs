@@ -25,7 +25,8 @@ use std::sync::mpsc;
 use nix::errno::Errno;
 use nix::unistd::Whence;
 
-use super::source::{BlockSource, DeviceKind};
+use super::BlockSource;
+use crate::device::DeviceKind;
 
 /// Alignment of direct reads: offsets, lengths and buffers (covers 512 B and 4 KiB sectors).
 const DIRECT_ALIGN: usize = 4096;

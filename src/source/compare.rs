@@ -5,8 +5,9 @@
 use std::ops::Range;
 use std::path::Path;
 
-use crate::blockdiff::source::{BlockSource, DeviceKind, SourceError};
+use crate::device::DeviceKind;
 use crate::progress::{Progress, Stage};
+use crate::source::{BlockSource, SourceError};
 
 const CHUNK: usize = 8 << 20;
 const GRAIN: usize = 4096;

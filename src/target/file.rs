@@ -9,7 +9,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::blockdiff::source::{classify, size_of, DeviceKind, SourceError};
+use crate::device::{classify, size_of, DeviceError, DeviceKind};
 
 nix::ioctl_write_ptr_bad!(blkzeroout, nix::request_code_none!(0x12, 127), [u64; 2]);
 
@@ -44,7 +44,7 @@ pub struct Target {
 pub fn check_path(path: &Path, create: bool) -> Result<(), TargetError> {
     match classify(path) {
         Ok(_) => Ok(()),
-        Err(SourceError::Missing(_)) if create => {
+        Err(DeviceError::Missing(_)) if create => {
             let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
             match parent {
                 Some(dir) if !dir.is_dir() => Err(TargetError::Open {
@@ -61,18 +61,14 @@ pub fn check_path(path: &Path, create: bool) -> Result<(), TargetError> {
     }
 }
 
-fn map_classify_error(path: &Path, error: SourceError) -> TargetError {
+fn map_classify_error(path: &Path, error: DeviceError) -> TargetError {
     match error {
-        SourceError::Missing(p) => TargetError::Missing(p),
-        SourceError::Directory(p) => TargetError::Directory(p),
-        SourceError::NotFileOrDevice(p) => TargetError::NotFileOrDevice(p),
-        SourceError::Unreadable { source, .. } => TargetError::Open {
+        DeviceError::Missing(p) => TargetError::Missing(p),
+        DeviceError::Directory(p) => TargetError::Directory(p),
+        DeviceError::NotFileOrDevice(p) => TargetError::NotFileOrDevice(p),
+        DeviceError::Unreadable { source, .. } => TargetError::Open {
             path: path.to_owned(),
             source,
-        },
-        other @ SourceError::As { .. } => TargetError::Open {
-            path: path.to_owned(),
-            source: io::Error::other(other.to_string()),
         },
     }
 }
@@ -83,7 +79,7 @@ impl Target {
     pub fn open(path: &Path, create_size: Option<u64>) -> Result<Target, TargetError> {
         let kind = match classify(path) {
             Ok(kind) => kind,
-            Err(SourceError::Missing(_)) if create_size.is_some() => {
+            Err(DeviceError::Missing(_)) if create_size.is_some() => {
                 return Target::create(path, create_size.unwrap_or(0))
             }
             Err(e) => return Err(map_classify_error(path, e)),

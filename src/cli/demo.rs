@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
+use crate::daemon::link::LinkConfig;
 use crate::daemon::{DaemonConfig, Mode};
-use crate::link::LinkConfig;
 use crate::progress::Progress;
 use crate::receiver::ReceiverConfig;
 use crate::sender::{CycleConfig, CycleReport};
@@ -176,9 +176,13 @@ pub async fn run(
         threads: 2,
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server_task = tokio::spawn(crate::server::serve_tls(server, receiver_config, async {
-        let _ = stop_rx.await;
-    }));
+    let server_task = tokio::spawn(crate::receiver::listen::serve_tls(
+        server,
+        receiver_config,
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
 
     let config = |state: &Path| DaemonConfig {
         cycle: CycleConfig {
@@ -224,7 +228,7 @@ pub async fn run(
     let _ = stop_tx.send(());
     server_task.await??;
     println!("6. verifying target against source");
-    let report = crate::verify::verify(&source, &target, &*progress)?;
+    let report = crate::source::compare::verify(&source, &target, &*progress)?;
     if !report.identical() {
         bail!(
             "target differs from source in {} bytes",

@@ -5,7 +5,14 @@
 //! and destinations. Receiver: `STATE/targets/<key(target path)>/{state.json,manifest,lock}`.
 //! Formats: `docs/format.md`.
 
-use std::fs::{self, File, OpenOptions};
+pub mod manifest_file;
+pub mod receiver;
+pub mod sender;
+
+pub use receiver::{Condition, ReceiverPaths, ReceiverState};
+pub use sender::{SenderPaths, SenderStatus};
+
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -38,7 +45,7 @@ pub fn atomic_write(
 
 /// Creates `dir` and its missing ancestors, each fsynced into its parent, so that a state
 /// file written into it survives a crash.
-fn create_dir_durable(dir: &Path) -> io::Result<()> {
+pub(crate) fn create_dir_durable(dir: &Path) -> io::Result<()> {
     if dir.as_os_str().is_empty() || dir.is_dir() {
         return Ok(());
     }
@@ -129,132 +136,6 @@ pub fn default_state_dir() -> PathBuf {
     PathBuf::from(home).join(".local/state/blkmirror")
 }
 
-/// Where the sender keeps state for one (source, destination) pair.
-#[derive(Clone, Debug)]
-pub struct SenderPaths {
-    pub dir: PathBuf,
-    pub manifest: PathBuf,
-    pub status: PathBuf,
-}
-
-impl SenderPaths {
-    pub fn new(state_dir: &Path, source_identity: &str, dest: &str) -> Self {
-        let dir = state_dir.join("sources").join(key(source_identity));
-        let dest_key = key(dest);
-        SenderPaths {
-            manifest: dir.join(format!("dest-{dest_key}.manifest")),
-            status: dir.join(format!("dest-{dest_key}.json")),
-            dir,
-        }
-    }
-}
-
-/// The sender's record of its last committed cycle (what `status` shows).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct SenderStatus {
-    pub source: String,
-    pub source_identity: String,
-    pub dest: String,
-    pub generation: u64,
-    pub root: String,
-    pub committed_at: u64,
-    pub last_cycle: serde_json::Value,
-}
-
-/// Where the receiver keeps state for one target.
-#[derive(Clone, Debug)]
-pub struct ReceiverPaths {
-    pub dir: PathBuf,
-    pub state: PathBuf,
-    pub manifest: PathBuf,
-    pub lock: PathBuf,
-}
-
-impl ReceiverPaths {
-    pub fn new(state_dir: &Path, target: &Path) -> Self {
-        let dir = state_dir
-            .join("targets")
-            .join(key(&target.display().to_string()));
-        ReceiverPaths {
-            state: dir.join("state.json"),
-            manifest: dir.join("manifest"),
-            lock: dir.join("lock"),
-            dir,
-        }
-    }
-
-    /// Takes the per-target lock; `Ok(None)` when another session holds it.
-    pub fn lock(&self) -> io::Result<Option<nix::fcntl::Flock<File>>> {
-        create_dir_durable(&self.dir)?;
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&self.lock)?;
-        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => Ok(Some(lock)),
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
-            Err((_, errno)) => Err(errno.into()),
-        }
-    }
-}
-
-/// What the receiver's target holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Condition {
-    /// The target is byte-identical to the committed generation; the manifest describes it.
-    Consistent,
-    /// A cycle is being applied, or the receiver died while applying: the target is
-    /// mid-cycle and the saved manifest may not describe it (it is rebuilt by hashing).
-    Applying,
-    /// A cycle was aborted cleanly: the target is mid-cycle, but the saved manifest
-    /// describes it exactly.
-    Interrupted,
-}
-
-/// The receiver's state record for one target.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ReceiverState {
-    pub format: u32,
-    pub target: String,
-    pub condition: Condition,
-    pub committed_generation: u64,
-    pub committed_root: String,
-    pub applying_generation: Option<u64>,
-    pub block_size: u32,
-    pub device_size: u64,
-    pub updated_at: u64,
-    pub committed_at: Option<u64>,
-    pub last_cycle_bytes_written: u64,
-    /// Why the last cycle did not commit, if it did not.
-    pub last_error: Option<String>,
-}
-
-impl ReceiverState {
-    pub fn new(target: &Path) -> Self {
-        ReceiverState {
-            format: 1,
-            target: target.display().to_string(),
-            condition: Condition::Applying,
-            committed_generation: 0,
-            committed_root: String::new(),
-            applying_generation: None,
-            block_size: 0,
-            device_size: 0,
-            updated_at: now(),
-            committed_at: None,
-            last_cycle_bytes_written: 0,
-            last_error: None,
-        }
-    }
-
-    pub fn save(&mut self, paths: &ReceiverPaths) -> io::Result<()> {
-        self.updated_at = now();
-        write_json(&paths.state, self)
-    }
-}
-
 /// Every state record found under a state dir, for `status`.
 pub fn list(state_dir: &Path) -> io::Result<Vec<serde_json::Value>> {
     let mut entries = Vec::new();
@@ -333,16 +214,5 @@ mod tests {
         write_json(&dir.path().join("s.json"), &serde_json::json!({})).unwrap();
         assert!(!old.exists(), "a crash's temp file is removed");
         assert!(young.exists(), "a temp file being written is left alone");
-    }
-
-    #[test]
-    fn lock_is_exclusive() {
-        let dir = tempfile::tempdir().unwrap();
-        let paths = ReceiverPaths::new(dir.path(), Path::new("/dev/x"));
-        let first = paths.lock().unwrap();
-        assert!(first.is_some());
-        assert!(paths.lock().unwrap().is_none());
-        drop(first);
-        assert!(paths.lock().unwrap().is_some());
     }
 }

@@ -1,11 +1,17 @@
 //! Opening a source (regular file or block device) for reading, finding its size, and the
-//! ways a scan may read it. The default is a measured choice (see `docs/benchmarks.md`):
+//! ways a scan may read it: [`readahead`] of its chunks by several direct reads in flight, and
+//! [`compare`] of two devices byte by byte (`verify`). The default is a measured choice (see `docs/benchmarks.md`):
 //! several direct (`O_DIRECT`) reads in flight read a cold image or device fastest and with
 //! the least CPU, and leave the page cache to the applications.
 
+use crate::device::{classify, size_of, DeviceError, DeviceKind};
+
+pub mod compare;
+pub mod readahead;
+
 use std::fs::File;
-use std::io::{self, Seek, SeekFrom};
-use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// How the scan reads the source.
@@ -61,13 +67,6 @@ impl SourceError {
     }
 }
 
-/// What kind of object a path is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DeviceKind {
-    File,
-    BlockDevice,
-}
-
 /// An open, readable source.
 pub struct BlockSource {
     file: File,
@@ -76,34 +75,15 @@ pub struct BlockSource {
     kind: DeviceKind,
 }
 
-/// Classifies `path`, with the errors a user should see.
-pub fn classify(path: &Path) -> Result<DeviceKind, SourceError> {
-    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => SourceError::Missing(path.to_owned()),
-        _ => SourceError::Unreadable {
-            path: path.to_owned(),
-            source: e,
-        },
-    })?;
-    let file_type = meta.file_type();
-    if file_type.is_dir() {
-        Err(SourceError::Directory(path.to_owned()))
-    } else if file_type.is_file() {
-        Ok(DeviceKind::File)
-    } else if file_type.is_block_device() {
-        Ok(DeviceKind::BlockDevice)
-    } else {
-        Err(SourceError::NotFileOrDevice(path.to_owned()))
+impl From<DeviceError> for SourceError {
+    fn from(error: DeviceError) -> Self {
+        match error {
+            DeviceError::Missing(path) => SourceError::Missing(path),
+            DeviceError::Directory(path) => SourceError::Directory(path),
+            DeviceError::NotFileOrDevice(path) => SourceError::NotFileOrDevice(path),
+            DeviceError::Unreadable { path, source } => SourceError::Unreadable { path, source },
+        }
     }
-}
-
-/// Size of an open file or block device (seeking to the end works for both; metadata
-/// reports 0 for devices).
-pub fn size_of(file: &File) -> io::Result<u64> {
-    let mut handle = file;
-    let size = handle.seek(SeekFrom::End(0))?;
-    handle.seek(SeekFrom::Start(0))?;
-    Ok(size)
 }
 
 impl BlockSource {

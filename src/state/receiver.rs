@@ -1,0 +1,120 @@
+//! The receiver's state for one target: where it lives, the per-target lock, and the state
+//! record that says whether the target is consistent or mid-cycle.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{create_dir_durable, key, now, write_json};
+
+/// Where the receiver keeps state for one target.
+#[derive(Clone, Debug)]
+pub struct ReceiverPaths {
+    pub dir: PathBuf,
+    pub state: PathBuf,
+    pub manifest: PathBuf,
+    pub lock: PathBuf,
+}
+
+impl ReceiverPaths {
+    pub fn new(state_dir: &Path, target: &Path) -> Self {
+        let dir = state_dir
+            .join("targets")
+            .join(key(&target.display().to_string()));
+        ReceiverPaths {
+            state: dir.join("state.json"),
+            manifest: dir.join("manifest"),
+            lock: dir.join("lock"),
+            dir,
+        }
+    }
+
+    /// Takes the per-target lock; `Ok(None)` when another session holds it.
+    pub fn lock(&self) -> io::Result<Option<nix::fcntl::Flock<File>>> {
+        create_dir_durable(&self.dir)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&self.lock)?;
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(Some(lock)),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+            Err((_, errno)) => Err(errno.into()),
+        }
+    }
+}
+
+/// What the receiver's target holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Condition {
+    /// The target is byte-identical to the committed generation; the manifest describes it.
+    Consistent,
+    /// A cycle is being applied, or the receiver died while applying: the target is
+    /// mid-cycle and the saved manifest may not describe it (it is rebuilt by hashing).
+    Applying,
+    /// A cycle was aborted cleanly: the target is mid-cycle, but the saved manifest
+    /// describes it exactly.
+    Interrupted,
+}
+
+/// The receiver's state record for one target.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReceiverState {
+    pub format: u32,
+    pub target: String,
+    pub condition: Condition,
+    pub committed_generation: u64,
+    pub committed_root: String,
+    pub applying_generation: Option<u64>,
+    pub block_size: u32,
+    pub device_size: u64,
+    pub updated_at: u64,
+    pub committed_at: Option<u64>,
+    pub last_cycle_bytes_written: u64,
+    /// Why the last cycle did not commit, if it did not.
+    pub last_error: Option<String>,
+}
+
+impl ReceiverState {
+    pub fn new(target: &Path) -> Self {
+        ReceiverState {
+            format: 1,
+            target: target.display().to_string(),
+            condition: Condition::Applying,
+            committed_generation: 0,
+            committed_root: String::new(),
+            applying_generation: None,
+            block_size: 0,
+            device_size: 0,
+            updated_at: now(),
+            committed_at: None,
+            last_cycle_bytes_written: 0,
+            last_error: None,
+        }
+    }
+
+    pub fn save(&mut self, paths: &ReceiverPaths) -> io::Result<()> {
+        self.updated_at = now();
+        write_json(&paths.state, self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_is_exclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = ReceiverPaths::new(dir.path(), Path::new("/dev/x"));
+        let first = paths.lock().unwrap();
+        assert!(first.is_some());
+        assert!(paths.lock().unwrap().is_none());
+        drop(first);
+        assert!(paths.lock().unwrap().is_some());
+    }
+}
