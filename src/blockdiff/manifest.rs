@@ -7,6 +7,10 @@ use std::io::{self, Read, Write};
 /// A block's BLAKE3 hash.
 pub type BlockHash = [u8; 32];
 
+/// A hash no block can have (finding one would be a BLAKE3 preimage): marks a block whose
+/// content is unknown, so it always compares as changed.
+pub const UNKNOWN_HASH: BlockHash = [0xff; 32];
+
 /// Smallest and largest accepted block sizes.
 pub const MIN_BLOCK_SIZE: u32 = 4096;
 pub const MAX_BLOCK_SIZE: u32 = 16 << 20;
@@ -136,6 +140,16 @@ impl Manifest {
         self.hashes[index as usize] = hash;
     }
 
+    /// Marks the blocks in `blocks` (block indices) as unknown: the next cycle ships them.
+    pub fn mark_unknown(&mut self, blocks: &super::ranges::RangeSet) {
+        for range in blocks.iter() {
+            let end = range.end.min(self.block_count());
+            for index in range.start.min(end)..end {
+                self.hashes[index as usize] = UNKNOWN_HASH;
+            }
+        }
+    }
+
     /// Changes the described size. New blocks are assumed to hold zeros; a block whose length
     /// changes keeps a hash that will no longer match (so it is treated as changed).
     pub fn resize(&mut self, device_size: u64) {
@@ -156,7 +170,7 @@ impl Manifest {
             if block_len(device_size, self.block_size, last as u64)
                 != block_len(self.device_size, self.block_size, last as u64)
             {
-                self.hashes[last] = [0xff; 32];
+                self.hashes[last] = UNKNOWN_HASH;
             }
         }
         self.device_size = device_size;

@@ -15,11 +15,10 @@ pub const SUB_BLOCK: usize = 4096;
 /// A short keyed hash of one sub-block.
 pub type SubHash = [u8; 8];
 
-/// A fresh random key for one cycle's sub-block hashes.
-pub fn new_key() -> std::io::Result<[u8; 32]> {
-    use std::io::Read;
+/// A fresh random key for one cycle's sub-block hashes (from the operating system).
+pub fn new_key() -> Result<[u8; 32], getrandom::Error> {
     let mut key = [0u8; 32];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut key)?;
+    getrandom::getrandom(&mut key)?;
     Ok(key)
 }
 

@@ -1,14 +1,17 @@
-//! The parallel scan: reads a source in large chunks (several reader threads reading ahead
+//! The parallel scan: reads a set of ranges of a source (everything, or what a change tracker
+//! reported) in large chunks (several reader threads reading ahead
 //! and hashing on their own threads, see [`crate::source::readahead`]; or a memory map hashed on a
 //! rayon pool), hashes each chunk's blocks with BLAKE3, recognises all-zero blocks (holes of
 //! sparse files without looking at them), and hands each hashed chunk to a sink in order.
 //! Memory stays bounded whatever the device size.
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
 
 use super::manifest::{block_count, hash_block, is_zero, zero_block_hash, BlockHash};
+use super::ranges::RangeSet;
 use crate::progress::{Progress, Stage};
 use crate::source::readahead::{self, Chunk, ReadAheadError, ReadAheadOptions};
 use crate::source::{BlockSource, ReadMode};
@@ -37,8 +40,10 @@ impl ScanOptions {
         }
     }
 
-    fn blocks_per_chunk(&self) -> u64 {
-        (self.chunk_bytes as u64 / self.block_size as u64).max(1)
+    /// Bytes per chunk: a whole number of blocks, at least one.
+    fn chunk_len(&self) -> usize {
+        let blocks = (self.chunk_bytes as u64 / self.block_size as u64).max(1);
+        (blocks * self.block_size as u64) as usize
     }
 }
 
@@ -65,9 +70,11 @@ pub enum ScanError<E> {
     Sink(E),
 }
 
-/// Scans `source`, calling `sink` for every chunk in order.
+/// Scans the byte `ranges` of `source` (widened to whole blocks, clipped to the source),
+/// calling `sink` for every chunk in order. `RangeSet::full(size)` scans everything.
 pub fn scan<E>(
     source: &BlockSource,
+    ranges: &RangeSet,
     options: &ScanOptions,
     pool: &rayon::ThreadPool,
     cancel: &AtomicBool,
@@ -75,10 +82,15 @@ pub fn scan<E>(
     mut sink: impl FnMut(ScannedChunk<'_>) -> Result<(), E>,
 ) -> Result<(), ScanError<E>> {
     let hasher = ChunkHasher::new(options.block_size);
-    progress.start(Stage::Scan, source.size());
+    let spans = ranges
+        .aligned_out(options.block_size as u64)
+        .clipped(source.size())
+        .pieces(options.chunk_len() as u64);
+    progress.start(Stage::Scan, spans.iter().map(|s| s.end - s.start).sum());
     let result = match options.read_mode.resolve(source.kind()) {
         mode @ (ReadMode::Auto | ReadMode::Cached) => scan_ahead(
             source,
+            &spans,
             options,
             mode != ReadMode::Cached,
             cancel,
@@ -86,7 +98,9 @@ pub fn scan<E>(
             progress,
             &mut sink,
         ),
-        ReadMode::Mmap => scan_mmap(source, options, pool, cancel, &hasher, progress, &mut sink),
+        ReadMode::Mmap => scan_mmap(
+            source, &spans, options, pool, cancel, &hasher, progress, &mut sink,
+        ),
     };
     progress.finish(Stage::Scan);
     result
@@ -172,8 +186,10 @@ fn check_cancel<E>(cancel: &AtomicBool) -> Result<(), ScanError<E>> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn scan_ahead<E>(
     source: &BlockSource,
+    spans: &[Range<u64>],
     options: &ScanOptions,
     direct: bool,
     cancel: &AtomicBool,
@@ -182,7 +198,7 @@ fn scan_ahead<E>(
     sink: &mut impl FnMut(ScannedChunk<'_>) -> Result<(), E>,
 ) -> Result<(), ScanError<E>> {
     let read_options = ReadAheadOptions {
-        chunk_len: (options.blocks_per_chunk() * options.block_size as u64) as usize,
+        chunk_len: options.chunk_len(),
         readers: READERS,
         direct,
     };
@@ -192,6 +208,7 @@ fn scan_ahead<E>(
     };
     let result = readahead::for_each_chunk(
         source,
+        spans,
         read_options,
         cancel,
         prepare,
@@ -203,6 +220,7 @@ fn scan_ahead<E>(
                 zero,
             })?;
             progress.advance(Stage::Scan, chunk.data().len() as u64, 0);
+            crate::faults::delay("BLKMIRROR_FAULT_SCAN_DELAY_MS");
             Ok(())
         },
     );
@@ -217,8 +235,10 @@ fn scan_ahead<E>(
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn scan_mmap<E>(
     source: &BlockSource,
+    spans: &[Range<u64>],
     options: &ScanOptions,
     pool: &rayon::ThreadPool,
     cancel: &AtomicBool,
@@ -226,7 +246,7 @@ fn scan_mmap<E>(
     progress: &dyn Progress,
     sink: &mut impl FnMut(ScannedChunk<'_>) -> Result<(), E>,
 ) -> Result<(), ScanError<E>> {
-    if source.size() == 0 {
+    if spans.is_empty() {
         return Ok(());
     }
     let map = source.map().map_err(|e| ScanError::Read {
@@ -234,14 +254,15 @@ fn scan_mmap<E>(
         offset: 0,
         source: e,
     })?;
-    let chunk_len = (options.blocks_per_chunk() * options.block_size as u64) as usize;
     let mut hashes = Vec::new();
     let mut zero = Vec::new();
-    for (i, data) in map.chunks(chunk_len).enumerate() {
+    for span in spans {
         check_cancel(cancel)?;
+        let (start, end) = (span.start as usize, span.end as usize);
+        let data = &map[start..end];
         hasher.hash(pool, data, &mut hashes, &mut zero);
         sink(ScannedChunk {
-            first_block: i as u64 * options.blocks_per_chunk(),
+            first_block: span.start / options.block_size as u64,
             data,
             hashes: &hashes,
             zero: &zero,
@@ -250,11 +271,7 @@ fn scan_mmap<E>(
         // Unmap what was read (it stays in the page cache) so the resident set stays bounded.
         // SAFETY: the mapping is read-only and nothing refers to this range any more.
         let _ = unsafe {
-            map.unchecked_advise_range(
-                memmap2::UncheckedAdvice::DontNeed,
-                i * chunk_len,
-                data.len(),
-            )
+            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, data.len())
         };
         progress.advance(Stage::Scan, data.len() as u64, 0);
     }
@@ -271,10 +288,19 @@ pub fn hash_all(
     progress: &dyn Progress,
 ) -> Result<Vec<BlockHash>, ScanError<std::convert::Infallible>> {
     let mut all = Vec::with_capacity(block_count(source.size(), options.block_size) as usize);
-    scan(source, options, pool, cancel, progress, |chunk| {
-        all.extend_from_slice(chunk.hashes);
-        Ok(())
-    })?;
+    let everything = RangeSet::full(source.size());
+    scan(
+        source,
+        &everything,
+        options,
+        pool,
+        cancel,
+        progress,
+        |chunk| {
+            all.extend_from_slice(chunk.hashes);
+            Ok(())
+        },
+    )?;
     Ok(all)
 }
 

@@ -211,19 +211,17 @@ pub async fn run(
         threads: 2,
     };
     let state = dir.join("sender-state");
-    let provider = crate::snapshot::NoSnapshot::default();
+    let engines = || crate::daemon::Engines {
+        provider: Arc::new(crate::snapshot::NoSnapshot::default()),
+        tracker: Arc::new(crate::tracker::FullScan),
+        progress: progress.clone(),
+    };
 
     println!("4. initial sync over TLS");
-    crate::daemon::run(config(&state), &provider, progress.clone(), |r| {
-        describe("cycle", r)
-    })
-    .await?;
+    crate::daemon::run(config(&state), engines(), |r| describe("cycle", r)).await?;
     let changed = change_one_percent(&source, size)?;
     println!("5. changed {changed} random 64 KiB blocks (1%) of the source; mirroring again");
-    crate::daemon::run(config(&state), &provider, progress.clone(), |r| {
-        describe("cycle", r)
-    })
-    .await?;
+    crate::daemon::run(config(&state), engines(), |r| describe("cycle", r)).await?;
 
     let _ = stop_tx.send(());
     server_task.await??;

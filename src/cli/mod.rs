@@ -405,8 +405,13 @@ fn send(args: SendArgs) -> Result<i32, CliError> {
     };
     let provider = snapshot::provider(args.snapshot, &args.source, &snapshot_options)
         .map_err(|e| CliError::Runtime(e.into()))?;
+    let engines = crate::daemon::Engines {
+        provider: Arc::from(provider),
+        tracker: Arc::new(crate::tracker::FullScan),
+        progress,
+    };
     let json = args.json;
-    block_on(crate::daemon::run(config, &*provider, progress, |report| {
+    block_on(crate::daemon::run(config, engines, |report| {
         print_report(report, json)
     }))?
     .map_err(|e| CliError::Runtime(e.into()))?;
@@ -464,8 +469,18 @@ fn receive(args: ReceiveArgs) -> Result<i32, CliError> {
     receiver::check_config(&config).map_err(|e| CliError::Runtime(e.into()))?;
     if args.stdio {
         let stream = Box::new(tokio::io::join(tokio::io::stdin(), tokio::io::stdout()));
-        block_on(receiver::serve(&config, stream, "stdio", &NoProgress))?
-            .map_err(|e| CliError::Runtime(e.into()))?;
+        block_on(async {
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let mut signals = crate::daemon::Signals::new();
+            let flag = stop.clone();
+            tokio::spawn(async move {
+                signals.recv().await;
+                flag.store(true, std::sync::atomic::Ordering::Relaxed);
+            });
+            let progress = Arc::new(NoProgress);
+            receiver::serve(&config, stream, "stdio", progress, stop).await
+        })?
+        .map_err(|e| CliError::Runtime(e.into()))?;
         return Ok(0);
     }
     let addr = args.listen.expect("clap requires --listen or --stdio");

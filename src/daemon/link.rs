@@ -1,8 +1,10 @@
 //! Opening a session to a destination: an in-process receiver for a local path, `ssh` for
-//! `ssh://`, mutual TLS for `tls://`. Returns a handshaken [`Connection`] plus whatever must be
-//! kept alive and shut down with it (the local receiver task, the ssh child).
+//! `ssh://`, mutual TLS for `tls://`. Returns a handshaken [`Endpoint`] plus whatever must be
+//! kept alive and shut down with it (the local receiver task, the ssh child). The only module
+//! that knows both sides: it wires a local receiver to the sender.
 
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use crate::progress::NoProgress;
@@ -10,7 +12,7 @@ use crate::receiver::{self, ReceiverConfig};
 use crate::transport::dest::Destination;
 use crate::transport::ssh::SshOptions;
 use crate::transport::tls::{self, Identity};
-use crate::transport::{local, Connection, TransportError};
+use crate::transport::{local, Connection, Endpoint, EndpointOptions, TransportError};
 
 /// How to reach the destination, beyond its address.
 #[derive(Clone)]
@@ -57,12 +59,15 @@ enum Peer {
 
 /// An open session to a destination.
 pub struct Link {
-    pub conn: Connection,
+    /// The connection, for the cycles (on their own threads).
+    pub endpoint: Arc<Endpoint>,
     peer: Peer,
 }
 
 impl Link {
-    pub async fn open(config: &LinkConfig) -> Result<Link, LinkError> {
+    /// Connects, handshakes and starts the endpoint's pumps. `stop` ends waits on the peer
+    /// (and an in-process receiver's cycle) when set.
+    pub async fn open(config: &LinkConfig, stop: Arc<AtomicBool>) -> Result<Link, LinkError> {
         let (stream, peer) = match &config.dest {
             Destination::Local(path) => {
                 let (ours, theirs) = local::pair();
@@ -72,8 +77,10 @@ impl Link {
                     state_dir: config.state_dir.clone(),
                     threads: config.threads,
                 };
+                let stop = stop.clone();
                 let task = tokio::spawn(async move {
-                    receiver::serve(&receiver_config, theirs, "local", &NoProgress).await
+                    let progress = Arc::new(NoProgress);
+                    receiver::serve(&receiver_config, theirs, "local", progress, stop).await
                 });
                 (ours, Peer::Local(task))
             }
@@ -93,11 +100,13 @@ impl Link {
             }
         };
         let mut conn = Connection::new(stream);
-        if let Err(e) = conn.handshake().await {
-            let mut link = Link { conn, peer };
+        let handshake = conn.handshake().await;
+        let endpoint = Arc::new(Endpoint::start(conn, EndpointOptions { idle: None, stop }));
+        let mut link = Link { endpoint, peer };
+        if let Err(e) = handshake {
             return Err(link.peer_error().await.unwrap_or(e.into()));
         }
-        Ok(Link { conn, peer })
+        Ok(link)
     }
 
     /// After a transport failure: the local receiver's own error, which says more.
@@ -114,8 +123,8 @@ impl Link {
     /// Drops the connection mid-cycle (on a signal) and lets an in-process receiver record
     /// the abort before the process exits.
     pub async fn abandon(self) {
-        let Link { conn, peer } = self;
-        drop(conn);
+        let Link { endpoint, peer } = self;
+        drop(endpoint);
         if let Peer::Local(task) = peer {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
         }
@@ -123,9 +132,9 @@ impl Link {
 
     /// Closes the session cleanly and waits for the peer to finish.
     pub async fn close(self) -> Result<(), LinkError> {
-        let Link { mut conn, peer } = self;
-        let _ = conn.shutdown().await;
-        drop(conn);
+        let Link { endpoint, peer } = self;
+        let _ = endpoint.close().await;
+        drop(endpoint);
         match peer {
             Peer::Local(task) => task.await.expect("receiver task panicked")?,
             Peer::Ssh(child) => child.finish().await?,

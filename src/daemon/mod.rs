@@ -1,7 +1,10 @@
 //! The loop around cycles: `--once`, `--until-quiet`, or forever every `--interval`. Keeps one
-//! session open across cycles, reconnects with backoff after transient failures, and stops on
-//! SIGINT/SIGTERM (between cycles: exit 0; mid-cycle: the cycle is aborted and the target
-//! keeps its last committed generation).
+//! session open across cycles ([`link`]), runs each cycle on a thread of its own (it reads,
+//! hashes, waits on snapshots and hooks: nothing an async worker may block on), reconnects
+//! with backoff after transient failures, and stops on SIGINT/SIGTERM: a stop is acted on at
+//! once in every phase (hooks are killed, scans and waits on the peer end within a fraction of
+//! a second), the cycle in progress is recorded as interrupted on the receiver, the snapshot
+//! is released, and the run ends successfully.
 
 pub mod link;
 
@@ -9,96 +12,112 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::daemon::link::{Link, LinkConfig, LinkError};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
 use crate::progress::Progress;
-use crate::sender::{run_cycle, CycleConfig, CycleReport, SendError};
+use crate::sender::{run_cycle, CycleConfig, CycleContext, CycleReport, SendError};
 use crate::snapshot::SnapshotProvider;
+use crate::tracker::ChangeTracker;
+use link::{Link, LinkConfig, LinkError};
 
 /// When to stop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
+    /// One cycle.
     Once,
+    /// Until a cycle finds nothing changed.
     UntilQuiet,
+    /// Until stopped.
     Forever,
 }
 
 /// Everything the loop needs.
 pub struct DaemonConfig {
+    /// What each cycle does.
     pub cycle: CycleConfig,
+    /// How to reach the destination.
     pub link: LinkConfig,
+    /// When to stop.
     pub mode: Mode,
+    /// Pause between cycles when looping.
     pub interval: Duration,
+    /// Hashing and compression threads.
     pub threads: usize,
+}
+
+/// What the cycles run with.
+pub struct Engines {
+    /// Freezes the source.
+    pub provider: Arc<dyn SnapshotProvider>,
+    /// Says what changed since the last committed generation.
+    pub tracker: Arc<dyn ChangeTracker>,
+    /// Progress of long stages.
+    pub progress: Arc<dyn Progress>,
+}
+
+/// How a run ended, when it ended well.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// The mode said stop (`--once`, `--until-quiet`).
+    Done,
+    /// A signal asked to stop.
+    Stopped,
 }
 
 /// Why the loop stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
+    /// The destination could not be reached or refused.
     #[error(transparent)]
     Link(#[from] LinkError),
+    /// A cycle failed.
     #[error(transparent)]
     Send(#[from] SendError),
+    /// Stale snapshots could not be cleaned up.
     #[error(transparent)]
     Snapshot(#[from] crate::snapshot::SnapshotError),
-    #[error("interrupted by a signal: the cycle in progress was aborted; the receiver keeps its last committed generation and marks the target mid-cycle until the next cycle completes")]
-    Interrupted,
+    /// The worker threads could not be started.
     #[error("cannot start worker threads: {0}")]
-    Threads(String),
+    Threads(#[source] rayon::ThreadPoolBuildError),
 }
 
 /// Longest pause between retries.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// How long a stop waits for the cycle in progress to wind down (release its snapshot,
+/// let the receiver record the abort). Every phase notices a stop within a fraction of a
+/// second; only an lvm2 command already running is let finish.
+const WIND_DOWN: Duration = Duration::from_secs(10);
 
-/// Runs cycles until the mode says stop; `on_report` sees every committed cycle.
+/// Runs cycles until the mode says stop or a signal comes; `on_report` sees every committed
+/// cycle.
 pub async fn run(
     config: DaemonConfig,
-    provider: &dyn SnapshotProvider,
-    progress: Arc<dyn Progress>,
+    engines: Engines,
     mut on_report: impl FnMut(&CycleReport),
-) -> Result<(), DaemonError> {
-    let pool = Arc::new(
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(config.threads)
-            .build()
-            .map_err(|e| DaemonError::Threads(e.to_string()))?,
-    );
-    provider.cleanup_stale(&config.cycle.source)?;
+) -> Result<Ended, DaemonError> {
+    let mut signals = Signals::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(config.threads)
+        .build()
+        .map_err(DaemonError::Threads)?;
+    let ctx = CycleContext {
+        provider: engines.provider,
+        tracker: engines.tracker,
+        pool: Arc::new(pool),
+        progress: engines.progress,
+        stop: stop.clone(),
+    };
+    let (provider, source) = (ctx.provider.clone(), config.cycle.source.clone());
+    tokio::task::spawn_blocking(move || provider.cleanup_stale(&source))
+        .await
+        .expect("stale clean-up panicked")?;
     let mut link: Option<Link> = None;
     let mut failures = 0u32;
     loop {
-        let cancel = Arc::new(AtomicBool::new(false));
-        let attempt = async {
-            if link.is_none() {
-                link = Some(Link::open(&config.link).await?);
-            }
-            let open = link.as_mut().expect("opened");
-            let cycle = run_cycle(
-                &mut open.conn,
-                &config.cycle,
-                provider,
-                pool.clone(),
-                cancel.clone(),
-                progress.clone(),
-            )
-            .await;
-            match cycle {
-                Ok(report) => Ok(report),
-                Err(SendError::Transport(e)) => {
-                    let peer = open.peer_error().await;
-                    Err(peer.map_or(DaemonError::Send(SendError::Transport(e)), Into::into))
-                }
-                Err(e) => Err(e.into()),
-            }
-        };
-        let outcome = tokio::select! {
-            outcome = attempt => outcome,
-            _ = shutdown_signal() => {
-                cancel.store(true, Ordering::Relaxed);
-                if let Some(link) = link.take() {
-                    link.abandon().await;
-                }
-                return Err(DaemonError::Interrupted);
-            }
+        let outcome = match one_cycle(&config, &ctx, &mut link, &mut signals).await {
+            Some(outcome) => outcome,
+            None => return Ok(stopped(link).await),
         };
         let wait = match outcome {
             Ok(report) => {
@@ -130,16 +149,80 @@ pub async fn run(
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = shutdown_signal() => {
+            _ = signals.recv() => {
                 tracing::info!("signal received between cycles; stopping");
-                break;
+                stop.store(true, Ordering::Relaxed);
+                return Ok(stopped(link).await);
             }
         }
     }
     if let Some(link) = link {
         link.close().await?;
     }
-    Ok(())
+    Ok(Ended::Done)
+}
+
+/// Opens the link if needed and runs one cycle on a thread of its own. `None` when a signal
+/// came: the stop flag is then set and the cycle has wound down (bounded).
+async fn one_cycle(
+    config: &DaemonConfig,
+    ctx: &CycleContext,
+    link: &mut Option<Link>,
+    signals: &mut Signals,
+) -> Option<Result<CycleReport, DaemonError>> {
+    if link.is_none() {
+        let opened = tokio::select! {
+            opened = Link::open(&config.link, ctx.stop.clone()) => opened,
+            _ = signals.recv() => {
+                ctx.stop.store(true, Ordering::Relaxed);
+                return None;
+            }
+        };
+        match opened {
+            Ok(opened) => *link = Some(opened),
+            Err(e) => return Some(Err(e.into())),
+        }
+    }
+    let open = link.as_mut().expect("opened");
+    let (endpoint, cycle, cycle_ctx) = (open.endpoint.clone(), config.cycle.clone(), ctx.clone());
+    let span = tracing::info_span!(
+        "cycle",
+        source = %config.cycle.source.display(),
+        dest = %config.cycle.dest,
+        generation = tracing::field::Empty
+    );
+    let mut running = tokio::task::spawn_blocking(move || {
+        let _entered = span.enter();
+        run_cycle(&endpoint, &cycle, &cycle_ctx)
+    });
+    let result = tokio::select! {
+        result = &mut running => result.expect("cycle thread panicked"),
+        _ = signals.recv() => {
+            tracing::info!("signal received mid-cycle; stopping");
+            ctx.stop.store(true, Ordering::Relaxed);
+            if tokio::time::timeout(WIND_DOWN, running).await.is_err() {
+                tracing::warn!("the cycle did not wind down within {WIND_DOWN:?}; leaving it");
+            }
+            return None;
+        }
+    };
+    Some(match result {
+        Ok(report) => Ok(report),
+        Err(SendError::Transport(e)) => {
+            let peer = open.peer_error().await;
+            Err(peer.map_or(DaemonError::Send(SendError::Transport(e)), Into::into))
+        }
+        Err(e) => Err(e.into()),
+    })
+}
+
+/// After a stop: lets an in-process receiver record the abort, then reports the stop.
+async fn stopped(link: Option<Link>) -> Ended {
+    if let Some(link) = link {
+        link.abandon().await;
+    }
+    tracing::info!("stopped on request");
+    Ended::Stopped
 }
 
 fn is_transient(error: &DaemonError) -> bool {
@@ -156,15 +239,39 @@ fn backoff(interval: Duration, failures: u32) -> Duration {
     base.saturating_mul(1 << failures.min(8)).min(MAX_BACKOFF)
 }
 
+/// SIGINT and SIGTERM, listened to from the start of a run (none is missed between cycles).
+pub struct Signals {
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    /// Starts listening (inside a tokio runtime).
+    pub fn new() -> Self {
+        Signals {
+            term: signal(SignalKind::terminate()).expect("install SIGTERM handler"),
+            int: signal(SignalKind::interrupt()).expect("install SIGINT handler"),
+        }
+    }
+
+    /// Resolves on the next SIGINT or SIGTERM.
+    pub async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
+impl Default for Signals {
+    fn default() -> Self {
+        Signals::new()
+    }
+}
+
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    Signals::new().recv().await
 }
 
 #[cfg(test)]

@@ -1,145 +1,108 @@
-//! Applying one cycle's data messages to a target, on the receiver's blocking thread: bounded
-//! decompression, a hash check of every block before it is written, refinement answers
-//! (hashing 4 KiB sub-blocks of the target) and patches (overlaying the differing sub-blocks
-//! on what the target holds, then checking each whole block's hash). Keeps the receiver's
-//! manifest in step with the target: a block whose write failed is marked unknown.
-
-use std::collections::VecDeque;
+//! Applying one cycle's [`Op`]s to a [`BlockTarget`]: bounded decompression, a hash check of
+//! every block before it is written, refinement answers (hashing 4 KiB sub-blocks of the
+//! target) and patches (overlaying the differing sub-blocks on what the target holds, then
+//! checking each whole block's hash). Keeps the manifest in step with the target: a block
+//! whose write failed is marked unknown, and every block written (or attempted) is recorded,
+//! so an aborted cycle knows exactly which blocks are in doubt.
 
 use rayon::prelude::*;
-use tokio::sync::mpsc::{Receiver, UnboundedSender};
 
-use crate::blockdiff::manifest::{block_len, hash_block, zero_block_hash, BlockHash, Manifest};
+use crate::blockdiff::delta::{Op, Payload, RefineAnswer};
+use crate::blockdiff::manifest::{
+    block_len, hash_block, zero_block_hash, BlockHash, Manifest, UNKNOWN_HASH,
+};
+use crate::blockdiff::ranges::RangeSet;
 use crate::blockdiff::refine;
-use crate::receiver::ReceiveError;
-use crate::target::Target;
-use crate::transport::frame::Message;
+use crate::target::BlockTarget;
 
-/// A hash no block can have: marks a block whose content is unknown.
-pub const UNKNOWN_HASH: BlockHash = [0xff; 32];
+use super::error::{ReceiveError, Violation};
 
-/// Messages taken ahead of the one being applied, so that the target reads they will need
-/// (refinement answers, patches) are started early and many at once: a changed run's blocks
-/// lie scattered over the target, and one cold read at a time would leave the disk idle.
-const LOOKAHEAD_MESSAGES: usize = 1024;
-/// Payload bytes the look-ahead may hold.
-const LOOKAHEAD_BYTES: usize = 64 << 20;
-
-/// Applies messages to one target.
+/// Applies ops to one target.
 pub struct Applier<'a> {
-    target: &'a Target,
+    target: &'a dyn BlockTarget,
     manifest: &'a mut Manifest,
     pool: &'a rayon::ThreadPool,
-    answers: UnboundedSender<Message>,
     decompressor: Option<zstd::bulk::Decompressor<'static>>,
     /// The cycle's sub-block hash key (from `RefineKey`).
     refine_key: Option<[u8; 32]>,
     /// Bytes written or zeroed so far (a failed write counts: it may have changed the target).
     pub touched: u64,
+    /// Blocks written or zeroed (or attempted) so far.
+    pub written: RangeSet,
 }
 
 impl<'a> Applier<'a> {
+    /// An applier writing to `target` and keeping `manifest` in step.
     pub fn new(
-        target: &'a Target,
+        target: &'a dyn BlockTarget,
         manifest: &'a mut Manifest,
         pool: &'a rayon::ThreadPool,
-        answers: UnboundedSender<Message>,
     ) -> Self {
         Applier {
             target,
             manifest,
             pool,
-            answers,
             decompressor: None,
             refine_key: None,
             touched: 0,
+            written: RangeSet::new(),
         }
     }
 
-    /// Applies messages until the channel closes or one is bad.
-    pub fn run(&mut self, mut rx: Receiver<Message>) -> Result<(), ReceiveError> {
-        let mut ahead: VecDeque<Message> = VecDeque::new();
-        let mut ahead_bytes = 0;
-        loop {
-            // Take what has already arrived, hinting the target reads it will need.
-            while ahead.len() < LOOKAHEAD_MESSAGES && ahead_bytes < LOOKAHEAD_BYTES {
-                let Ok(message) = rx.try_recv() else { break };
-                self.prefetch(&message);
-                ahead_bytes += payload_len(&message);
-                ahead.push_back(message);
-            }
-            let message = match ahead.pop_front() {
-                Some(message) => {
-                    ahead_bytes -= payload_len(&message);
-                    message
-                }
-                None => match rx.blocking_recv() {
-                    Some(message) => message,
-                    None => break,
-                },
-            };
-            self.apply(message)?;
-        }
-        Ok(())
-    }
-
-    /// Starts reading what `message` will read of the target. Only a `Refine` needs it: the
-    /// `Patch` that follows it reads the same run, which answering the `Refine` just read.
-    fn prefetch(&self, message: &Message) {
-        if let Message::Refine {
-            first_block,
-            block_count,
-            ..
-        } = message
-        {
-            if let Ok(len) = self.run_len(*first_block, *block_count as u64) {
-                self.target.prefetch(self.offset(*first_block), len as u64);
-            }
-        }
-    }
-
-    fn apply(&mut self, message: Message) -> Result<(), ReceiveError> {
-        match message {
-            Message::Extent {
+    /// Applies one op; a `Refine` yields the answer to send back.
+    pub fn apply(&mut self, op: Op) -> Result<Option<RefineAnswer>, ReceiveError> {
+        match op {
+            Op::Data {
                 first_block,
-                raw_len,
-                compressed,
                 hashes,
                 payload,
-            } => self.extent(first_block, raw_len, compressed, &hashes, payload)?,
-            Message::ZeroRun {
+            } => self.extent(first_block, &hashes, payload)?,
+            Op::Zero {
                 first_block,
                 block_count,
             } => self.zero_run(first_block, block_count)?,
-            Message::RefineKey { key } => self.refine_key = Some(key),
-            Message::Refine {
+            Op::RefineKey { key } => self.refine_key = Some(key),
+            Op::Refine {
                 first_block,
                 block_count,
                 sub_hashes,
-            } => self.answer_refine(first_block, block_count as u64, &sub_hashes)?,
-            Message::Patch {
+            } => {
+                return self
+                    .answer_refine(first_block, block_count as u64, &sub_hashes)
+                    .map(Some)
+            }
+            Op::Patch {
                 first_block,
                 hashes,
                 bitmap,
-                raw_len,
-                compressed,
                 payload,
-            } => self.patch(first_block, &hashes, &bitmap, raw_len, compressed, payload)?,
-            other => unreachable!("only data messages reach the applier, not {}", other.name()),
+            } => self.patch(first_block, &hashes, &bitmap, payload)?,
         }
-        Ok(())
+        Ok(None)
+    }
+
+    /// Starts reading blocks `first_block..+count` of the target, which a queued `Refine`
+    /// will read. (The `Patch` that follows a `Refine` reads the same run, which answering the
+    /// `Refine` has just read: it needs no hint.)
+    pub fn prefetch(&self, first_block: u64, count: u64) {
+        if let Ok(len) = self.run_len(first_block, count) {
+            self.target.prefetch(self.offset(first_block), len as u64);
+        }
     }
 
     /// Bytes held by blocks `first_block..+count`, after checking they lie on the device.
     fn run_len(&self, first_block: u64, count: u64) -> Result<usize, ReceiveError> {
+        let blocks = self.manifest.block_count();
         match first_block.checked_add(count) {
-            Some(end) if count > 0 && end <= self.manifest.block_count() => Ok((first_block..end)
+            Some(end) if count > 0 && end <= blocks => Ok((first_block..end)
                 .map(|i| block_len(self.manifest.device_size, self.manifest.block_size, i))
                 .sum()),
-            _ => Err(ReceiveError::Protocol(format!(
-                "blocks {first_block}..+{count} lie outside the device ({} blocks)",
-                self.manifest.block_count()
-            ))),
+            _ => Err(Violation::OutsideDevice {
+                first_block,
+                count,
+                blocks,
+            }
+            .into()),
         }
     }
 
@@ -150,34 +113,35 @@ impl<'a> Applier<'a> {
     /// Decompresses with the output bounded to `raw_len`.
     fn unpack(
         &mut self,
-        what: &str,
+        what: &'static str,
         first_block: u64,
-        raw_len: u32,
-        compressed: bool,
-        payload: Vec<u8>,
+        payload: Payload,
     ) -> Result<Vec<u8>, ReceiveError> {
-        if !compressed {
-            return Ok(payload);
+        if !payload.compressed {
+            return Ok(payload.bytes);
         }
+        let decompress_error = |source| Violation::Decompress {
+            what,
+            first_block,
+            source,
+        };
         let decompressor = match &mut self.decompressor {
             Some(d) => d,
-            None => self.decompressor.insert(
-                zstd::bulk::Decompressor::new()
-                    .map_err(|e| ReceiveError::Protocol(e.to_string()))?,
-            ),
+            None => self
+                .decompressor
+                .insert(zstd::bulk::Decompressor::new().map_err(decompress_error)?),
         };
         let data = decompressor
-            .decompress(&payload, raw_len as usize)
-            .map_err(|e| {
-                ReceiveError::Protocol(format!(
-                    "{what} at block {first_block} does not decompress: {e}"
-                ))
-            })?;
-        if data.len() != raw_len as usize {
-            return Err(ReceiveError::Protocol(format!(
-                "{what} at block {first_block} decompressed to {} bytes, expected {raw_len}",
-                data.len()
-            )));
+            .decompress(&payload.bytes, payload.raw_len as usize)
+            .map_err(decompress_error)?;
+        if data.len() != payload.raw_len as usize {
+            return Err(Violation::DecompressedLength {
+                what,
+                first_block,
+                got: data.len(),
+                expected: payload.raw_len,
+            }
+            .into());
         }
         Ok(data)
     }
@@ -185,18 +149,19 @@ impl<'a> Applier<'a> {
     fn extent(
         &mut self,
         first_block: u64,
-        raw_len: u32,
-        compressed: bool,
         hashes: &[BlockHash],
-        payload: Vec<u8>,
+        payload: Payload,
     ) -> Result<(), ReceiveError> {
         let expected = self.run_len(first_block, hashes.len() as u64)?;
-        if expected != raw_len as usize {
-            return Err(ReceiveError::Protocol(format!(
-                "extent at block {first_block} claims {raw_len} bytes, its blocks hold {expected}"
-            )));
+        if expected != payload.raw_len as usize {
+            return Err(Violation::ExtentLength {
+                first_block,
+                claimed: payload.raw_len,
+                holds: expected,
+            }
+            .into());
         }
-        let data = self.unpack("extent", first_block, raw_len, compressed, payload)?;
+        let data = self.unpack("extent", first_block, payload)?;
         self.verify(&data, hashes, first_block)?;
         self.write(first_block, hashes, &[(0, &data[..])])
     }
@@ -209,17 +174,17 @@ impl<'a> Applier<'a> {
         pieces: &[(usize, &[u8])],
     ) -> Result<(), ReceiveError> {
         let base = self.offset(first_block);
+        let blocks = first_block..first_block + hashes.len() as u64;
+        self.written.insert(blocks.clone());
         for (at, bytes) in pieces {
             self.touched += bytes.len() as u64;
             if let Err(e) = self.target.write_at(bytes, base + *at as u64) {
-                for i in 0..hashes.len() as u64 {
-                    self.manifest.set_hash(first_block + i, UNKNOWN_HASH);
-                }
+                blocks.for_each(|i| self.manifest.set_hash(i, UNKNOWN_HASH));
                 return Err(e.into());
             }
         }
-        for (i, hash) in hashes.iter().enumerate() {
-            self.manifest.set_hash(first_block + i as u64, *hash);
+        for (i, hash) in blocks.zip(hashes) {
+            self.manifest.set_hash(i, *hash);
         }
         Ok(())
     }
@@ -230,16 +195,16 @@ impl<'a> Applier<'a> {
         let end = self
             .offset(first_block + block_count)
             .min(self.manifest.device_size);
+        let blocks = first_block..first_block + block_count;
+        self.written.insert(blocks.clone());
         self.touched += end - start;
         if let Err(e) = self.target.write_zeroes(start, end - start) {
-            for i in first_block..first_block + block_count {
-                self.manifest.set_hash(i, UNKNOWN_HASH);
-            }
+            blocks.for_each(|i| self.manifest.set_hash(i, UNKNOWN_HASH));
             return Err(e.into());
         }
         let block_size = self.manifest.block_size as usize;
         let full = zero_block_hash(block_size);
-        for i in first_block..first_block + block_count {
+        for i in blocks {
             let len = block_len(self.manifest.device_size, self.manifest.block_size, i);
             let hash = if len == block_size {
                 full
@@ -263,16 +228,16 @@ impl<'a> Applier<'a> {
         first_block: u64,
         count: u64,
         theirs: &[refine::SubHash],
-    ) -> Result<(), ReceiveError> {
-        let key = self
-            .refine_key
-            .ok_or_else(|| ReceiveError::Protocol("Refine before RefineKey".into()))?;
+    ) -> Result<RefineAnswer, ReceiveError> {
+        let key = self.refine_key.ok_or(Violation::RefineBeforeKey)?;
         let len = self.run_len(first_block, count)?;
         if theirs.len() != refine::sub_count(len) {
-            return Err(ReceiveError::Protocol(format!(
-                "refine at block {first_block} carries {} sub-block hashes for {len} bytes",
-                theirs.len()
-            )));
+            return Err(Violation::SubHashCount {
+                first_block,
+                hashes: theirs.len(),
+                len,
+            }
+            .into());
         }
         let current = self.read_run(first_block, len)?;
         let ours: Vec<refine::SubHash> = self.pool.install(|| {
@@ -281,13 +246,10 @@ impl<'a> Applier<'a> {
                 .map(|sub| refine::sub_hash(&key, sub))
                 .collect()
         });
-        let bitmap = refine::differing(&ours, theirs);
-        self.answers
-            .send(Message::RefineAnswer {
-                first_block,
-                bitmap,
-            })
-            .map_err(|_| ReceiveError::Protocol("connection closed while refining".into()))
+        Ok(RefineAnswer {
+            first_block,
+            bitmap: refine::differing(&ours, theirs),
+        })
     }
 
     /// Overlays the differing sub-blocks on the target's run, checks every block's hash, and
@@ -297,18 +259,21 @@ impl<'a> Applier<'a> {
         first_block: u64,
         hashes: &[BlockHash],
         bitmap: &[u8],
-        raw_len: u32,
-        compressed: bool,
-        payload: Vec<u8>,
+        payload: Payload,
     ) -> Result<(), ReceiveError> {
         let len = self.run_len(first_block, hashes.len() as u64)?;
         let selected = refine::selected_len(len, bitmap);
-        if bitmap.len() != refine::sub_count(len).div_ceil(8) || selected != raw_len as usize {
-            return Err(ReceiveError::Protocol(format!(
-                "patch at block {first_block} does not match its run ({raw_len} bytes for {selected} selected)"
-            )));
+        if bitmap.len() != refine::sub_count(len).div_ceil(8)
+            || selected != payload.raw_len as usize
+        {
+            return Err(Violation::PatchMismatch {
+                first_block,
+                raw_len: payload.raw_len,
+                selected,
+            }
+            .into());
         }
-        let pieces = self.unpack("patch", first_block, raw_len, compressed, payload)?;
+        let pieces = self.unpack("patch", first_block, payload)?;
         let mut assembled = self.read_run(first_block, len)?;
         refine::overlay(&mut assembled, bitmap, &pieces);
         self.verify(&assembled, hashes, first_block)?;
@@ -339,13 +304,5 @@ impl<'a> Applier<'a> {
             }),
             None => Ok(()),
         }
-    }
-}
-
-/// Bytes a message holds in memory (what the look-ahead counts).
-fn payload_len(message: &Message) -> usize {
-    match message {
-        Message::Extent { payload, .. } | Message::Patch { payload, .. } => payload.len(),
-        _ => 0,
     }
 }

@@ -1,4 +1,5 @@
-//! Why a session or a cycle failed on the receiving side.
+//! Why a session or a cycle failed on the receiving side, and whether the next cycle may
+//! succeed (see the policy in [`crate::error`]).
 
 use std::path::PathBuf;
 
@@ -8,25 +9,181 @@ use crate::transport::TransportError;
 /// Why a session or cycle failed on the receiving side.
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiveError {
+    /// The connection failed, or the peer refused.
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// The target could not be opened, sized, read or written.
     #[error(transparent)]
     Target(#[from] TargetError),
+    /// Another session holds the target.
     #[error("another sender is already mirroring to {0}; refusing a second one")]
     Busy(PathBuf),
+    /// A state record or manifest could not be read or written.
     #[error("state of {path}: {source}")]
     State {
+        /// The state file or directory.
         path: PathBuf,
+        /// The cause.
+        #[source]
         source: std::io::Error,
     },
+    /// A state record of a format this build does not read.
+    #[error("state {path}: format {found} is not supported (this build reads format 1)")]
+    StateFormat {
+        /// The state file.
+        path: PathBuf,
+        /// The format it names.
+        found: u32,
+    },
+    /// A block's content does not match the hash the sender gave: corrupted in transit.
     #[error("block hash mismatch at byte {offset}: data corrupted in transit; cycle aborted")]
-    BlockHashMismatch { offset: u64 },
+    BlockHashMismatch {
+        /// Byte offset of the block on the device.
+        offset: u64,
+    },
+    /// The sender broke the protocol.
     #[error("protocol violation: {0}")]
-    Protocol(String),
+    Protocol(#[from] Violation),
+    /// After applying everything, the target's root differs from the sender's.
     #[error("after applying generation {generation} the target's root {ours} differs from the sender's {theirs}")]
     RootMismatch {
+        /// The generation applied.
         generation: u64,
+        /// Our root (hex).
         ours: String,
+        /// The sender's root (hex).
         theirs: String,
+    },
+    /// The worker threads could not be started.
+    #[error("cannot start worker threads: {0}")]
+    Threads(#[source] rayon::ThreadPoolBuildError),
+    /// A stop was requested (signal) during the cycle.
+    #[error("stopped on request")]
+    Stopped,
+}
+
+impl ReceiveError {
+    /// True when the next cycle may succeed without anyone changing anything.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ReceiveError::Transport(e) => e.is_transient(),
+            ReceiveError::Target(e) => e.is_transient(),
+            ReceiveError::Busy(_)
+            | ReceiveError::State { .. }
+            | ReceiveError::BlockHashMismatch { .. }
+            | ReceiveError::RootMismatch { .. } => true,
+            ReceiveError::StateFormat { .. }
+            | ReceiveError::Protocol(_)
+            | ReceiveError::Threads(_)
+            | ReceiveError::Stopped => false,
+        }
+    }
+
+    /// True when this error was detected here (worth telling the peer), not a failure of the
+    /// connection itself or the peer's own refusal.
+    pub fn is_ours(&self) -> bool {
+        !matches!(self, ReceiveError::Transport(_) | ReceiveError::Stopped)
+    }
+}
+
+/// What a sender did wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum Violation {
+    /// A block size outside the accepted range.
+    #[error("{0}")]
+    BlockSize(String),
+    /// A device too large for the receiver's limits.
+    #[error("announced device of {device_size} bytes in {blocks} blocks exceeds the receiver's limits ({max_size} bytes, {max_blocks} blocks; use a larger --block-size)")]
+    TooLarge {
+        /// Announced size.
+        device_size: u64,
+        /// Blocks it makes.
+        blocks: u64,
+        /// Largest size accepted.
+        max_size: u64,
+        /// Most blocks accepted.
+        max_blocks: u64,
+    },
+    /// A run of blocks that does not lie on the device.
+    #[error("blocks {first_block}..+{count} lie outside the device ({blocks} blocks)")]
+    OutsideDevice {
+        /// First block named.
+        first_block: u64,
+        /// Blocks named.
+        count: u64,
+        /// Blocks on the device.
+        blocks: u64,
+    },
+    /// An extent whose length does not match its blocks.
+    #[error("extent at block {first_block} claims {claimed} bytes, its blocks hold {holds}")]
+    ExtentLength {
+        /// First block.
+        first_block: u64,
+        /// Length it claims.
+        claimed: u32,
+        /// Length its blocks hold.
+        holds: usize,
+    },
+    /// A payload that does not decompress.
+    #[error("{what} at block {first_block} does not decompress: {source}")]
+    Decompress {
+        /// "extent" or "patch".
+        what: &'static str,
+        /// First block.
+        first_block: u64,
+        /// zstd's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A payload that decompresses to the wrong length.
+    #[error("{what} at block {first_block} decompressed to {got} bytes, expected {expected}")]
+    DecompressedLength {
+        /// "extent" or "patch".
+        what: &'static str,
+        /// First block.
+        first_block: u64,
+        /// Bytes it gave.
+        got: usize,
+        /// Bytes announced.
+        expected: u32,
+    },
+    /// A `Refine` before the cycle's `RefineKey`.
+    #[error("Refine before RefineKey")]
+    RefineBeforeKey,
+    /// A `Refine` with the wrong number of sub-block hashes.
+    #[error("refine at block {first_block} carries {hashes} sub-block hashes for {len} bytes")]
+    SubHashCount {
+        /// First block.
+        first_block: u64,
+        /// Hashes carried.
+        hashes: usize,
+        /// Bytes of the run.
+        len: usize,
+    },
+    /// A `Patch` that does not match its run or bitmap.
+    #[error("patch at block {first_block} does not match its run ({raw_len} bytes for {selected} selected)")]
+    PatchMismatch {
+        /// First block.
+        first_block: u64,
+        /// Plaintext length announced.
+        raw_len: u32,
+        /// Bytes its bitmap selects.
+        selected: usize,
+    },
+    /// A message that has no place at this point of the protocol.
+    #[error("unexpected {got} {during}")]
+    Unexpected {
+        /// The message's name.
+        got: &'static str,
+        /// Where it came ("during a cycle", ...).
+        during: &'static str,
+    },
+    /// A cycle that ended under another generation than it started.
+    #[error("cycle ended as generation {got}, expected {expected}")]
+    GenerationMismatch {
+        /// Generation in `CycleEnd`.
+        got: u64,
+        /// Generation of the cycle.
+        expected: u64,
     },
 }

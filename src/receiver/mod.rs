@@ -1,27 +1,31 @@
-//! The receiving side of a session: handshake, per-target lock, the target's own manifest, and
-//! for each cycle: answer with the committed generation and root, stream the manifest when
-//! asked, then decompress (bounded), verify every block hash, write, and at the end fsync,
-//! compare roots with the sender and commit generation N atomically before acknowledging.
+//! The receiving side: a session per connection ([`serve`]) takes the target's lock and runs
+//! [`session::run`] on a thread of its own over an [`Endpoint`]: for each cycle, answer with
+//! the committed generation and root, stream the manifest when asked, then decompress
+//! (bounded), verify every block hash, write ([`apply`]), and at the end fsync, compare roots
+//! with the sender and commit generation N atomically before acknowledging.
 //!
-//! The state record says "applying N" from before the first write until the commit, so a
-//! crash leaves a visibly mid-cycle target (its manifest is then rebuilt by hashing). A cycle
-//! aborted cleanly (lost connection, bad stream) saves a manifest that describes the target
-//! exactly and marks it "interrupted": the next cycle ships only what differs.
+//! The session works on a [`BlockTarget`] opened by a [`TargetOpener`] and keeps its state in
+//! a [`crate::state::ReceiverStore`]: files on disk in production, a crash-simulating target
+//! and store in the crash-consistency tests. [`listen`] serves TLS connections.
 
 pub mod apply;
+mod changes;
 mod error;
 pub mod listen;
+mod prepare;
 mod session;
 
-pub use error::ReceiveError;
-use session::Session;
+pub use error::{ReceiveError, Violation};
+pub use session::{run as run_session, SessionParts};
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use crate::progress::Progress;
-use crate::state::{ReceiverPaths, ReceiverState};
-use crate::transport::frame::Message;
-use crate::transport::{BoxStream, Connection, TransportError};
+use crate::state::{DirStore, ReceiverPaths};
+use crate::target::{BlockTarget, FileTarget, TargetError};
+use crate::transport::{BoxStream, Connection, Endpoint, EndpointOptions};
 
 /// Largest device a sender may announce (1 PiB), checked before anything is sized from it.
 pub const MAX_DEVICE_SIZE: u64 = 1 << 50;
@@ -39,89 +43,104 @@ pub struct ReceiverConfig {
     pub threads: usize,
 }
 
-/// Serves one connection: any number of cycles until the sender closes it.
+/// Opens a session's target, or creates it.
+pub trait TargetOpener: Send {
+    /// The target's name (its path): the key of its state, and what messages call it.
+    fn name(&self) -> &Path;
+    /// Whether the target exists already.
+    fn exists(&self) -> bool;
+    /// Opens the target; when `create_size` is given and it is missing, creates it that large.
+    fn open(&self, create_size: Option<u64>) -> Result<Arc<dyn BlockTarget>, TargetError>;
+}
+
+/// Opens a file or block device by path.
+pub struct FileOpener {
+    path: PathBuf,
+}
+
+impl FileOpener {
+    /// The opener of `path`.
+    pub fn new(path: PathBuf) -> Self {
+        FileOpener { path }
+    }
+}
+
+impl TargetOpener for FileOpener {
+    fn name(&self) -> &Path {
+        &self.path
+    }
+
+    fn exists(&self) -> bool {
+        self.path.exists()
+    }
+
+    fn open(&self, create_size: Option<u64>) -> Result<Arc<dyn BlockTarget>, TargetError> {
+        Ok(Arc::new(FileTarget::open(&self.path, create_size)?))
+    }
+}
+
+/// Serves one connection: any number of cycles until the sender closes it (or `stop` is
+/// set). The session runs on a thread of its own; this task only pumps the connection.
 pub async fn serve(
     config: &ReceiverConfig,
     stream: BoxStream,
     peer: &str,
-    progress: &dyn Progress,
+    progress: Arc<dyn Progress>,
+    stop: Arc<AtomicBool>,
 ) -> Result<(), ReceiveError> {
     let mut conn = Connection::new(stream);
     conn.handshake().await?;
-    let result = serve_cycles(config, &mut conn, peer, progress).await;
-    if let Err(error) = &result {
-        if !matches!(error, ReceiveError::Transport(_)) {
-            conn.refuse(&error.to_string()).await;
+    let paths = ReceiverPaths::new(&config.state_dir, &config.target);
+    let lock = wait_for_lock(&paths).await;
+    let endpoint = Arc::new(Endpoint::start(
+        conn,
+        EndpointOptions {
+            idle: None,
+            stop: stop.clone(),
+        },
+    ));
+    let _lock = match lock {
+        Ok(Some(lock)) => lock,
+        Ok(None) => return refuse(&endpoint, ReceiveError::Busy(config.target.clone())).await,
+        Err(source) => {
+            let error = ReceiveError::State {
+                path: paths.dir.clone(),
+                source,
+            };
+            return refuse(&endpoint, error).await;
+        }
+    };
+    let parts = SessionParts {
+        opener: Box::new(FileOpener::new(config.target.clone())),
+        store: Box::new(DirStore::new(paths)),
+        create: config.create,
+        threads: config.threads,
+        progress,
+        stop,
+    };
+    let span = tracing::info_span!("session", peer, target = %config.target.display());
+    span.in_scope(|| tracing::info!("sender connected"));
+    let engine = endpoint.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let _entered = span.enter();
+        session::run(&engine, parts)
+    })
+    .await
+    .expect("receiver session panicked");
+    match result {
+        Err(error) if error.is_ours() => refuse(&endpoint, error).await,
+        other => {
+            let _ = endpoint.close().await;
+            other
         }
     }
-    result
 }
 
-/// Takes the target's lock and state, then runs cycles until the sender closes.
-async fn serve_cycles(
-    config: &ReceiverConfig,
-    conn: &mut Connection,
-    peer: &str,
-    progress: &dyn Progress,
-) -> Result<(), ReceiveError> {
-    let paths = ReceiverPaths::new(&config.state_dir, &config.target);
-    let state_error = |source| ReceiveError::State {
-        path: paths.dir.clone(),
-        source,
-    };
-    let Some(_lock) = wait_for_lock(&paths).await.map_err(state_error)? else {
-        return Err(ReceiveError::Busy(config.target.clone()));
-    };
-    let state = crate::state::read_json::<ReceiverState>(&paths.state)
-        .map_err(state_error)?
-        .unwrap_or_else(|| ReceiverState::new(&config.target));
-    if state.format != 1 {
-        return Err(ReceiveError::State {
-            path: paths.state.clone(),
-            source: std::io::Error::other(format!(
-                "state format {} is not supported (this build reads format 1)",
-                state.format
-            )),
-        });
-    }
-    let pool = std::sync::Arc::new(
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(config.threads.max(1))
-            .build()
-            .map_err(|e| ReceiveError::Protocol(e.to_string()))?,
-    );
-    let mut session = Session {
-        config,
-        paths,
-        state,
-        target: None,
-        manifest: None,
-        pool,
-        progress,
-        touched: false,
-    };
-    tracing::info!(peer, target = %config.target.display(), "sender connected");
-    loop {
-        let message = match conn.recv().await {
-            Err(TransportError::Closed) => return Ok(()),
-            other => other?,
-        };
-        let Message::CycleStart {
-            generation,
-            device_size,
-            block_size,
-            ..
-        } = message
-        else {
-            return Err(ReceiveError::Protocol(format!(
-                "expected CycleStart, got {}",
-                message.name()
-            )));
-        };
-        session
-            .cycle(conn, generation, device_size, block_size)
-            .await?;
-    }
+/// Tells the sender why the session ends, and ends it.
+async fn refuse(endpoint: &Endpoint, error: ReceiveError) -> Result<(), ReceiveError> {
+    endpoint.refuse(&error.to_string());
+    let _ = endpoint.close().await;
+    Err(error)
 }
 
 /// How long a new session waits for the target's lock: a session whose sender just vanished

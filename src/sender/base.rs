@@ -1,15 +1,89 @@
-//! Choosing the base manifest a cycle diffs against: ours when the receiver's root agrees,
-//! else the receiver's own, fetched with bounds.
+//! Opening a cycle with one destination and choosing the base manifest it diffs against:
+//! ours when the receiver's root agrees with it (then, and only then, a change tracker's
+//! ranges apply), else the receiver's own, fetched with bounds.
 
 use crate::blockdiff::manifest::{block_count, root_of, BlockHash, Manifest};
 use crate::state::SenderPaths;
-use crate::transport::frame::Message;
-use crate::transport::Connection;
+use crate::tracker::Since;
+use crate::transport::frame::{Message, TargetCondition, CAP_REFINE};
+use crate::transport::Endpoint;
 
-use super::error::{unexpected, SendError};
+use super::error::{unexpected, SendError, Violation};
+
+/// One destination's side of a cycle, once opened.
+pub(crate) struct DestCycle {
+    /// The manifest of what the target holds.
+    pub base: Manifest,
+    /// "sender" (our committed manifest) or "receiver" (the receiver's).
+    pub base_name: &'static str,
+    /// The generation this cycle commits.
+    pub generation: u64,
+    /// When the base is our committed manifest: what it describes (a tracker may be asked).
+    pub since: Option<Since>,
+    /// What the receiver said of its target.
+    pub condition: TargetCondition,
+    /// The receiver refines.
+    pub refine: bool,
+}
+
+/// Opens the cycle: proposes the next generation, hears the receiver's state, picks the base.
+pub(crate) fn begin(
+    endpoint: &Endpoint,
+    paths: &SenderPaths,
+    identity: &str,
+    (block_size, device_size): (u32, u64),
+) -> Result<DestCycle, SendError> {
+    let ours = load_own_manifest(paths, identity, block_size, device_size);
+    let own_generation = ours.as_ref().map_or(0, |m| m.generation);
+    endpoint.send(Message::CycleStart {
+        generation: own_generation + 1,
+        device_size,
+        block_size,
+        base_root: ours.as_ref().map(Manifest::root),
+    })?;
+    let (their_generation, their_root, condition) = match endpoint.recv()? {
+        Message::TargetState {
+            committed_generation,
+            root,
+            condition,
+        } => (committed_generation, root, condition),
+        other => return Err(unexpected(&other, "TargetState")),
+    };
+    let generation = (own_generation + 1).max(their_generation + 1);
+    let refine = endpoint.peer_capabilities() & CAP_REFINE != 0;
+    if let Some(manifest) = ours.as_ref().filter(|m| m.root() == their_root) {
+        let since = Some(Since {
+            generation: manifest.generation,
+            root: their_root,
+        });
+        return Ok(DestCycle {
+            base: ours.expect("matched"),
+            base_name: "sender",
+            generation,
+            since,
+            condition,
+            refine,
+        });
+    }
+    if ours.is_some() {
+        tracing::info!(
+            our_generation = own_generation,
+            their_generation,
+            "receiver's root differs from our manifest: comparing against the receiver's manifest"
+        );
+    }
+    Ok(DestCycle {
+        base: fetch_manifest(endpoint, (block_size, device_size))?,
+        base_name: "receiver",
+        generation,
+        since: None,
+        condition,
+        refine,
+    })
+}
 
 /// Our committed manifest, if it is usable for this source as it is now. Says why not.
-pub(crate) fn load_own_manifest(
+fn load_own_manifest(
     paths: &SenderPaths,
     identity: &str,
     block_size: u32,
@@ -42,16 +116,15 @@ pub(crate) fn load_own_manifest(
 }
 
 /// Receives the receiver's manifest for the cycle's geometry, with bounds.
-pub(crate) async fn fetch_manifest(
-    conn: &mut Connection,
+fn fetch_manifest(
+    endpoint: &Endpoint,
     (block_size, device_size): (u32, u64),
 ) -> Result<Manifest, SendError> {
-    conn.send(&Message::ManifestRequest).await?;
-    conn.flush().await?;
+    endpoint.send(Message::ManifestRequest)?;
     let expected = block_count(device_size, block_size);
     let mut hashes: Vec<BlockHash> = Vec::with_capacity(expected.min(1 << 24) as usize);
     loop {
-        match conn.recv().await? {
+        match endpoint.recv()? {
             Message::ManifestChunk {
                 first_block,
                 hashes: chunk,
@@ -59,10 +132,11 @@ pub(crate) async fn fetch_manifest(
                 if first_block != hashes.len() as u64
                     || hashes.len() as u64 + chunk.len() as u64 > expected
                 {
-                    return Err(SendError::Protocol(format!(
-                        "manifest chunk at block {first_block} of {} out of order or too long",
-                        chunk.len()
-                    )));
+                    return Err(Violation::ManifestChunk {
+                        first_block,
+                        count: chunk.len(),
+                    }
+                    .into());
                 }
                 hashes.extend(chunk);
             }
@@ -70,9 +144,7 @@ pub(crate) async fn fetch_manifest(
                 if hashes.len() as u64 != expected
                     || root_of(device_size, block_size, &hashes) != root
                 {
-                    return Err(SendError::Protocol(
-                        "receiver's manifest is incomplete or does not match its root".into(),
-                    ));
+                    return Err(Violation::ManifestRoot.into());
                 }
                 return Ok(Manifest::from_hashes(block_size, device_size, hashes));
             }

@@ -1,49 +1,62 @@
-//! Watching a frozen view while a cycle reads it: a view that goes bad (a classic snapshot
-//! that overflowed) cancels the scan, so its data is never committed.
+//! Watching a cycle while it reads: a view that goes bad (a classic snapshot that overflowed)
+//! cancels the scan, so its data is never committed; so does a requested stop, within
+//! [`STOP_POLL`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::snapshot::SnapshotError;
+use crate::snapshot::{FrozenView, SnapshotError};
 
-/// Polls the view's health while the cycle reads it; a failure cancels the scan.
+/// How often a view's health is checked during a cycle.
+const HEALTH_POLL: Duration = Duration::from_secs(2);
+/// How often the stop flag is looked at.
+const STOP_POLL: Duration = Duration::from_millis(50);
+
+/// A thread that cancels the scan when the view goes bad or a stop is requested.
 pub(crate) struct HealthWatch {
-    stop: Arc<AtomicBool>,
+    done: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<Result<(), SnapshotError>>>,
 }
 
-/// How often a view's health is polled during a cycle.
-const HEALTH_POLL: Duration = Duration::from_secs(2);
-
+/// Starts watching `view`; sets `cancel` when it goes bad or `stop` is set.
 pub(crate) fn watch_health(
-    view: &crate::snapshot::FrozenView,
+    view: &FrozenView,
+    stop: Arc<AtomicBool>,
     cancel: Arc<AtomicBool>,
 ) -> HealthWatch {
-    let stop = Arc::new(AtomicBool::new(false));
-    let Some(check) = view.health.clone() else {
-        return HealthWatch { stop, thread: None };
-    };
-    let flag = stop.clone();
+    let done = Arc::new(AtomicBool::new(false));
+    let check = view.health.clone();
+    let finished = done.clone();
     let thread = std::thread::spawn(move || {
-        while !flag.load(Ordering::Relaxed) {
-            if let Err(e) = check() {
+        let mut checked: Option<Instant> = None;
+        while !finished.load(Ordering::Relaxed) {
+            if stop.load(Ordering::Relaxed) {
                 cancel.store(true, Ordering::Relaxed);
-                return Err(e);
+                return Ok(());
             }
-            std::thread::park_timeout(HEALTH_POLL);
+            let due = checked.map_or(true, |at| at.elapsed() >= HEALTH_POLL);
+            if let Some(check) = check.as_ref().filter(|_| due) {
+                checked = Some(Instant::now());
+                if let Err(e) = check() {
+                    cancel.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
+            }
+            std::thread::park_timeout(STOP_POLL);
         }
         Ok(())
     });
     HealthWatch {
-        stop,
+        done,
         thread: Some(thread),
     }
 }
 
 impl HealthWatch {
+    /// Stops watching; the view's failure, if it failed.
     pub(crate) fn finish(mut self) -> Result<(), SnapshotError> {
-        self.stop.store(true, Ordering::Relaxed);
+        self.done.store(true, Ordering::Relaxed);
         match self.thread.take() {
             Some(thread) => {
                 thread.thread().unpark();
@@ -56,7 +69,7 @@ impl HealthWatch {
 
 impl Drop for HealthWatch {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.done.store(true, Ordering::Relaxed);
         if let Some(thread) = &self.thread {
             thread.thread().unpark();
         }

@@ -1,7 +1,8 @@
-//! One cycle end to end, on the sending side: freeze the source, choose the base manifest
-//! (ours if the receiver's root agrees, else the receiver's), scan and diff, compress changed
-//! extents in parallel, stream them, and commit our manifest only after the receiver
-//! acknowledged the generation as durable.
+//! One cycle end to end, on the sending side, on a thread of its own: freeze the source, open
+//! the cycle with the destination and choose the base manifest ([`base`]: ours if the
+//! receiver's root agrees, else the receiver's), ask the change tracker what to read (only
+//! against our own base), scan and pack the changes ([`stream`], [`packing`]), and commit our
+//! manifest only after the receiver acknowledged the generation as durable.
 
 mod base;
 mod error;
@@ -13,36 +14,60 @@ mod stream;
 pub use error::SendError;
 pub use report::{CycleReport, StageDurations};
 
-use base::{fetch_manifest, load_own_manifest};
-use error::unexpected;
-use health::watch_health;
-use report::ms;
-use stream::stream_changes;
+pub use error::Violation;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::blockdiff::manifest::Manifest;
+use crate::blockdiff::ranges::RangeSet;
+use crate::blockdiff::scan::ScanOptions;
 use crate::device::DeviceKind;
 use crate::progress::Progress;
-use crate::snapshot::SnapshotProvider;
+use crate::snapshot::{FrozenView, SnapshotError, SnapshotProvider};
 use crate::source::{BlockSource, ReadMode, SourceError};
 use crate::state::{SenderPaths, SenderStatus};
-use crate::transport::frame::Message;
-use crate::transport::Connection;
+use crate::tracker::{ChangeTracker, Changes};
+use crate::transport::frame::{Message, TargetCondition};
+use crate::transport::Endpoint;
+
+use base::DestCycle;
+use error::unexpected;
+use packing::ChangeStats;
+use report::ms;
+use stream::{Streaming, WireSink};
 
 /// What one cycle needs to know.
 #[derive(Clone, Debug)]
 pub struct CycleConfig {
+    /// The source as given.
     pub source: std::path::PathBuf,
     /// Canonical text of the destination (keys our state).
     pub dest: String,
+    /// Manifest block size.
     pub block_size: u32,
+    /// Where our manifests and status live.
     pub state_dir: std::path::PathBuf,
     /// zstd level; 0 sends raw.
     pub compress_level: i32,
+    /// How the scan reads the source.
     pub read_mode: ReadMode,
+}
+
+/// What every cycle of a run works with besides its configuration.
+#[derive(Clone)]
+pub struct CycleContext {
+    /// Freezes the source.
+    pub provider: Arc<dyn SnapshotProvider>,
+    /// Says what changed since our committed generation.
+    pub tracker: Arc<dyn ChangeTracker>,
+    /// Hashing and compression threads.
+    pub pool: Arc<rayon::ThreadPool>,
+    /// Progress of the scan.
+    pub progress: Arc<dyn Progress>,
+    /// Set on a requested stop: the cycle ends within a fraction of a second.
+    pub stop: Arc<AtomicBool>,
 }
 
 /// Stable identity of a source: its kind and canonical path.
@@ -59,120 +84,69 @@ pub fn source_identity(path: &std::path::Path) -> Result<String, SourceError> {
     Ok(format!("{prefix}:{}", canonical.display()))
 }
 
-/// Runs one cycle over an open connection.
-pub async fn run_cycle(
-    conn: &mut Connection,
+/// The source frozen for one cycle.
+struct Frozen {
+    identity: String,
+    view: FrozenView,
+    source: BlockSource,
+}
+
+impl Frozen {
+    fn take(config: &CycleConfig, ctx: &CycleContext) -> Result<Frozen, SendError> {
+        let identity = source_identity(&config.source)?;
+        let view = match ctx.provider.freeze(&config.source, &ctx.stop) {
+            Err(SnapshotError::Stopped) => return Err(SendError::Stopped),
+            other => other?,
+        };
+        let source = BlockSource::open(&view.path)?;
+        Ok(Frozen {
+            identity,
+            view,
+            source,
+        })
+    }
+}
+
+/// Runs one cycle over an open endpoint. Blocking: call it from a thread of its own.
+pub fn run_cycle(
+    endpoint: &Endpoint,
     config: &CycleConfig,
-    provider: &dyn SnapshotProvider,
-    pool: Arc<rayon::ThreadPool>,
-    cancel: Arc<AtomicBool>,
-    progress: Arc<dyn Progress>,
+    ctx: &CycleContext,
 ) -> Result<CycleReport, SendError> {
     let started = Instant::now();
-    let sent_before = conn.bytes_sent();
-    let identity = source_identity(&config.source)?;
-    let view = provider.freeze(&config.source)?;
-    let source = BlockSource::open(&view.path)?;
+    let sent_before = endpoint.bytes_sent();
+    let frozen = Frozen::take(config, ctx)?;
     let snapshot_time = started.elapsed();
-    let paths = SenderPaths::new(&config.state_dir, &identity, &config.dest);
-    let ours = load_own_manifest(&paths, &identity, config.block_size, source.size());
-    let own_generation = ours.as_ref().map_or(0, |m| m.generation);
-
-    let handshake_start = Instant::now();
-    conn.send(&Message::CycleStart {
-        generation: own_generation + 1,
-        device_size: source.size(),
-        block_size: config.block_size,
-        base_root: ours.as_ref().map(Manifest::root),
-    })
-    .await?;
-    conn.flush().await?;
-    let (their_generation, their_root) = match conn.recv().await? {
-        Message::TargetState {
-            committed_generation,
-            root,
-            ..
-        } => (committed_generation, root),
-        other => return Err(unexpected(&other, "TargetState")),
-    };
-    let generation = (own_generation + 1).max(their_generation + 1);
-    let (base, base_name) = match ours {
-        Some(manifest) if manifest.root() == their_root => (manifest, "sender"),
-        ours => {
-            if ours.is_some() {
-                tracing::info!(
-                    our_generation = own_generation,
-                    their_generation,
-                    "receiver's root differs from our manifest: comparing against the receiver's manifest"
-                );
-            }
-            let geometry = (config.block_size, source.size());
-            (fetch_manifest(conn, geometry).await?, "receiver")
-        }
-    };
-    let handshake_time = handshake_start.elapsed();
-
+    let paths = SenderPaths::new(&config.state_dir, &frozen.identity, &config.dest);
+    let geometry = (config.block_size, frozen.source.size());
+    let dest = base::begin(endpoint, &paths, &frozen.identity, geometry)?;
+    tracing::Span::current().record("generation", dest.generation);
+    let handshake_time = started.elapsed() - snapshot_time;
+    let (ranges, full_scan_reason) = ranges_to_scan(&*ctx.tracker, &frozen, &dest);
     let scan_start = Instant::now();
-    let source = Arc::new(source);
-    let watch = watch_health(&view, cancel.clone());
-    let streamed = stream_changes(conn, config, source.clone(), base, pool, cancel, progress).await;
-    let watched = watch.finish();
-    // Data read from a view that went invalid must never be committed.
-    view.check_health()?;
-    watched?;
-    let (scanned, stats) = streamed?;
+    let (manifest, stats) = scan_and_ship(endpoint, config, ctx, &frozen, &ranges, &dest)?;
     let scan_time = scan_start.elapsed();
-
     let commit_start = Instant::now();
-    let mut manifest = Manifest::from_hashes(config.block_size, source.size(), scanned);
-    manifest.generation = generation;
-    manifest.source_identity = *blake3::hash(identity.as_bytes()).as_bytes();
-    let root = manifest.root();
-    conn.send(&Message::CycleEnd { generation, root }).await?;
-    conn.flush().await?;
-    match conn.recv().await? {
-        Message::Committed {
-            generation: g,
-            root: r,
-        } if g == generation && r == root => {}
-        Message::Committed { generation: g, .. } => {
-            return Err(SendError::Protocol(format!(
-                "receiver committed generation {g} with another root than ours ({generation})"
-            )))
-        }
-        other => return Err(unexpected(&other, "Committed")),
-    }
-    let state_error = |path: &std::path::Path| {
-        let path = path.to_owned();
-        move |source| SendError::State { path, source }
-    };
-    crate::state::manifest_file::save(&manifest, &paths.manifest)
-        .map_err(state_error(&paths.manifest))?;
-    drop(source);
-    view.release()?;
-
-    let report = CycleReport {
-        generation,
+    let manifest = commit(endpoint, &paths, &frozen, &dest, manifest)?;
+    frozen.view.release()?;
+    let mut report = CycleReport {
+        generation: dest.generation,
         source: config.source.display().to_string(),
         dest: config.dest.clone(),
         device_size: manifest.device_size,
         block_size: config.block_size,
         blocks_scanned: manifest.block_count(),
-        blocks_changed: stats.blocks_changed,
-        blocks_zero: stats.blocks_zero,
-        bytes_read: manifest.device_size,
-        bytes_changed: stats.bytes_changed,
-        blocks_refined: stats.blocks_refined,
-        bytes_saved_by_refinement: stats.bytes_saved_by_refinement,
-        bytes_payload: stats.bytes_payload,
-        bytes_sent: conn.bytes_sent() - sent_before,
-        compression_ratio: if stats.bytes_payload == 0 {
-            1.0
-        } else {
-            stats.bytes_changed as f64 / stats.bytes_payload as f64
-        },
-        base: base_name.to_string(),
-        root: hex::encode(root),
+        bytes_read: ranges
+            .aligned_out(config.block_size as u64)
+            .clipped(manifest.device_size)
+            .total_len(),
+        bytes_sent: endpoint.bytes_sent() - sent_before,
+        base: dest.base_name.to_string(),
+        target_condition: condition_name(dest.condition).to_string(),
+        tracker: ctx.tracker.name().to_string(),
+        full_scan_reason,
+        ranges_scanned: ranges.range_count() as u64,
+        root: hex::encode(manifest.root()),
         duration_ms: StageDurations {
             snapshot: ms(snapshot_time),
             handshake: ms(handshake_time),
@@ -180,16 +154,137 @@ pub async fn run_cycle(
             commit: ms(commit_start.elapsed()),
             total: ms(started.elapsed()),
         },
+        ..CycleReport::default()
     };
+    report.add_changes(&stats);
+    save_status(&paths, &frozen.identity, config, &report)?;
+    Ok(report)
+}
+
+/// What to read: the tracker's ranges when the base is our own committed manifest, else
+/// everything (and why, when a tracker could have said less).
+fn ranges_to_scan(
+    tracker: &dyn ChangeTracker,
+    frozen: &Frozen,
+    dest: &DestCycle,
+) -> (RangeSet, Option<String>) {
+    let everything = RangeSet::full(frozen.source.size());
+    let Some(since) = &dest.since else {
+        let reason = (tracker.name() != "full-scan")
+            .then(|| "the receiver's state is not our committed generation".to_string());
+        return (everything, reason);
+    };
+    match tracker.changed(&frozen.view, since) {
+        Changes::Ranges(ranges) => (ranges, None),
+        Changes::Everything { reason } => {
+            if let Some(reason) = &reason {
+                tracing::warn!(tracker = tracker.name(), %reason, "full scan this cycle");
+            }
+            (everything, reason)
+        }
+    }
+}
+
+/// The data phase: scan the ranges while watching the view; returns the new manifest.
+fn scan_and_ship(
+    endpoint: &Endpoint,
+    config: &CycleConfig,
+    ctx: &CycleContext,
+    frozen: &Frozen,
+    ranges: &RangeSet,
+    dest: &DestCycle,
+) -> Result<(Manifest, ChangeStats), SendError> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let watch = health::watch_health(&frozen.view, ctx.stop.clone(), cancel.clone());
+    let streaming = Streaming {
+        source: &frozen.source,
+        ranges,
+        options: ScanOptions {
+            read_mode: config.read_mode,
+            ..ScanOptions::new(config.block_size)
+        },
+        level: config.compress_level,
+        pool: &ctx.pool,
+        cancel: &cancel,
+        progress: &*ctx.progress,
+    };
+    let streamed = stream::stream_changes(
+        &streaming,
+        dest.base.clone(),
+        dest.refine,
+        WireSink(endpoint),
+    );
+    let watched = watch.finish();
+    // Data read from a view that went invalid must never be committed.
+    frozen.view.check_health()?;
+    watched?;
+    streamed
+}
+
+/// Ends the cycle: the receiver must commit our generation and root; then ours is saved.
+fn commit(
+    endpoint: &Endpoint,
+    paths: &SenderPaths,
+    frozen: &Frozen,
+    dest: &DestCycle,
+    mut manifest: Manifest,
+) -> Result<Manifest, SendError> {
+    let generation = dest.generation;
+    manifest.generation = generation;
+    manifest.source_identity = *blake3::hash(frozen.identity.as_bytes()).as_bytes();
+    let root = manifest.root();
+    endpoint.send(Message::CycleEnd { generation, root })?;
+    match endpoint.recv()? {
+        Message::Committed {
+            generation: g,
+            root: r,
+        } if g == generation && r == root => {}
+        Message::Committed { generation: g, .. } if g == generation => {
+            return Err(Violation::CommittedRoot { generation }.into())
+        }
+        Message::Committed { generation: g, .. } => {
+            return Err(Violation::CommittedGeneration {
+                got: g,
+                expected: generation,
+            }
+            .into())
+        }
+        other => return Err(unexpected(&other, "Committed")),
+    }
+    crate::state::manifest_file::save(&manifest, &paths.manifest).map_err(|source| {
+        SendError::State {
+            path: paths.manifest.clone(),
+            source,
+        }
+    })?;
+    Ok(manifest)
+}
+
+fn save_status(
+    paths: &SenderPaths,
+    identity: &str,
+    config: &CycleConfig,
+    report: &CycleReport,
+) -> Result<(), SendError> {
     let status = SenderStatus {
         source: report.source.clone(),
-        source_identity: identity,
+        source_identity: identity.to_string(),
         dest: config.dest.clone(),
-        generation,
+        generation: report.generation,
         root: report.root.clone(),
         committed_at: crate::state::now(),
-        last_cycle: serde_json::to_value(&report).unwrap_or_default(),
+        last_cycle: serde_json::to_value(report).unwrap_or_default(),
     };
-    crate::state::write_json(&paths.status, &status).map_err(state_error(&paths.status))?;
-    Ok(report)
+    crate::state::write_json(&paths.status, &status).map_err(|source| SendError::State {
+        path: paths.status.clone(),
+        source,
+    })
+}
+
+fn condition_name(condition: TargetCondition) -> &'static str {
+    match condition {
+        TargetCondition::Consistent => "consistent",
+        TargetCondition::MidCycle => "mid-cycle",
+        TargetCondition::Unknown => "unknown",
+    }
 }

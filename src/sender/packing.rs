@@ -1,48 +1,58 @@
-//! Turns hashed chunks into wire messages on the sender: diff against the base manifest,
-//! coalesce zero runs across chunks, compress data extents in parallel, and refine changed
-//! runs down to 4 KiB: a run over blocks the target already holds data for goes out as a
-//! `Refine` (sub-block hashes); the receiver's answer says which sub-blocks differ and only
-//! those go out, in a `Patch`. Up to [`REFINE_WINDOW`] bytes of runs await answers at once,
-//! so refinement costs no round trip per run. Runs on the scan's blocking thread.
+//! Turning hashed chunks into [`Op`]s on the sender: plan each chunk against the base manifest
+//! ([`plan_chunk`]), coalesce zero runs across chunks, compress data extents in parallel, and
+//! refine changed runs down to 4 KiB: a run over blocks the target already holds data for goes
+//! out as a `Refine` (sub-block hashes); the target's answer says which sub-blocks differ and
+//! only those go out, in a `Patch`. Up to [`REFINE_WINDOW`] bytes of runs await answers at
+//! once, so refinement costs no round trip per run. Runs on the scan's consumer thread.
+//!
+//! Ops go to a [`DeltaSink`], which is also the refinement oracle: over the wire it is the
+//! connection to the receiver; in tests it is an applier over an in-memory target.
+//!
+//! The new manifest is the base patched by block index: blocks the scan did not cover (a
+//! change tracker said they did not change) keep their base hash.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
 
 use rayon::prelude::*;
-use tokio::sync::mpsc;
 
-use crate::blockdiff::diff::{changed_runs, Run};
-use crate::blockdiff::manifest::{block_len, zero_block_hash, BlockHash, Manifest};
+use crate::blockdiff::delta::{Op, Payload, RefineAnswer};
+use crate::blockdiff::manifest::{BlockHash, Manifest};
+use crate::blockdiff::plan::{plan_chunk, PlanOptions, Step};
 use crate::blockdiff::refine::{self, SUB_BLOCK};
 use crate::blockdiff::scan::ScannedChunk;
 use crate::progress::{Progress, Stage};
-use crate::transport::frame::{Message, MAX_EXTENT_BYTES};
+use crate::transport::frame::MAX_EXTENT_BYTES;
+
+use super::error::{SendError, Violation};
 
 /// Largest plaintext shipped in one extent (parallel compression works per extent).
 const EXTENT_TARGET_BYTES: u64 = 1 << 20;
 /// Bytes of refined runs that may await the receiver's answer.
 pub const REFINE_WINDOW: usize = 32 << 20;
 
-/// Why the differ stopped early.
-#[derive(Debug)]
-pub enum Stop {
-    /// The connection is gone (the caller reports why).
-    Disconnected,
-    /// The receiver answered something that does not fit what was asked.
-    BadAnswer(String),
+/// Where ops go, and where refinement answers come from (in the order of the `Refine`s).
+pub trait DeltaSink {
+    /// Ships one op.
+    fn send(&mut self, op: Op) -> Result<(), SendError>;
+    /// The answer to the oldest `Refine` not answered yet (waits for it).
+    fn answer(&mut self) -> Result<RefineAnswer, SendError>;
 }
 
-/// What the differ found and shipped.
-#[derive(Default, Debug)]
+/// What the packer found and shipped.
+#[derive(Default, Debug, Clone)]
 pub struct ChangeStats {
+    /// Blocks that differ from the base (data and zero).
     pub blocks_changed: u64,
+    /// Of those, blocks that are now zeros.
     pub blocks_zero: u64,
     /// Plaintext bytes shipped (whole extents, or the differing sub-blocks of refined runs).
     pub bytes_changed: u64,
     /// Bytes of payloads after compression.
     pub bytes_payload: u64,
-    /// Blocks that went through refinement, and their bytes the receiver already held.
+    /// Blocks that went through refinement.
     pub blocks_refined: u64,
+    /// Bytes of refined blocks the receiver already held.
     pub bytes_saved_by_refinement: u64,
 }
 
@@ -53,68 +63,132 @@ struct Pending {
     hashes: Vec<BlockHash>,
 }
 
-pub struct Differ {
-    base: Manifest,
-    block_size: u32,
+/// Plans, compresses and refines one cycle's changes for one destination.
+pub struct Packer<S: DeltaSink> {
+    /// The base manifest, patched chunk by chunk into the new one.
+    manifest: Manifest,
+    sink: S,
     level: i32,
-    max_blocks: u64,
-    tx: mpsc::Sender<Message>,
-    /// Answers to Refine messages, in order; `None` disables refinement.
-    answers: Option<mpsc::UnboundedReceiver<(u64, Vec<u8>)>>,
+    plan: PlanOptions,
     pending: VecDeque<Pending>,
     pending_bytes: usize,
     pending_zero: Option<(u64, u64)>,
     /// This cycle's sub-block hash key, once sent.
     refine_key: Option<[u8; 32]>,
-    pub new_hashes: Vec<BlockHash>,
+    /// What was found and shipped so far.
     pub stats: ChangeStats,
 }
 
-impl Differ {
-    pub fn new(
-        base: Manifest,
-        level: i32,
-        tx: mpsc::Sender<Message>,
-        answers: Option<mpsc::UnboundedReceiver<(u64, Vec<u8>)>>,
-    ) -> Self {
-        let block_size = base.block_size;
-        let max_blocks = (EXTENT_TARGET_BYTES / block_size as u64).max(1);
-        debug_assert!(max_blocks * block_size as u64 <= MAX_EXTENT_BYTES as u64);
-        Differ {
-            base,
-            block_size,
-            level,
+impl<S: DeltaSink> Packer<S> {
+    /// A packer diffing against `base`, compressing at zstd `level` (0: raw), refining when
+    /// `refine` (the receiver can, and blocks are larger than a sub-block).
+    pub fn new(base: Manifest, level: i32, refine: bool, sink: S) -> Self {
+        let max_blocks = (EXTENT_TARGET_BYTES / base.block_size as u64).max(1);
+        debug_assert!(max_blocks * base.block_size as u64 <= MAX_EXTENT_BYTES as u64);
+        let plan = PlanOptions {
             max_blocks,
-            tx,
-            answers: answers.filter(|_| block_size as usize > SUB_BLOCK),
+            refine: refine && base.block_size as usize > SUB_BLOCK,
+        };
+        Packer {
+            manifest: base,
+            sink,
+            level,
+            plan,
             pending: VecDeque::new(),
             pending_bytes: 0,
             pending_zero: None,
             refine_key: None,
-            new_hashes: Vec::new(),
             stats: ChangeStats::default(),
         }
     }
 
-    fn send(&self, message: Message) -> Result<(), Stop> {
-        self.tx
-            .blocking_send(message)
-            .map_err(|_| Stop::Disconnected)
-    }
-
-    /// Sends what is still held back: the last zero run, and the patches of every run still
-    /// awaiting an answer.
-    pub fn finish(&mut self) -> Result<(), Stop> {
-        self.flush_zero_run()?;
-        while !self.pending.is_empty() {
-            self.patch_next()?;
+    /// Plans and ships one chunk's changes.
+    pub fn chunk(
+        &mut self,
+        pool: &rayon::ThreadPool,
+        chunk: ScannedChunk<'_>,
+        progress: &dyn Progress,
+    ) -> Result<(), SendError> {
+        let steps = plan_chunk(
+            &self.manifest,
+            chunk.first_block,
+            chunk.hashes,
+            chunk.zero,
+            self.plan,
+        );
+        for (i, hash) in chunk.hashes.iter().enumerate() {
+            self.manifest.set_hash(chunk.first_block + i as u64, *hash);
+        }
+        let block_size = self.manifest.block_size as usize;
+        let mut extents = Vec::new();
+        for step in steps {
+            let (first_block, count) = match step {
+                Step::Zero { first_block, count } => {
+                    self.stats.blocks_changed += count;
+                    self.stats.blocks_zero += count;
+                    self.add_zero_run(first_block, count)?;
+                    continue;
+                }
+                Step::Ship { first_block, count } | Step::Refine { first_block, count } => {
+                    (first_block, count)
+                }
+            };
+            self.stats.blocks_changed += count;
+            let offset = (first_block - chunk.first_block) as usize;
+            let start = offset * block_size;
+            let end = (start + count as usize * block_size).min(chunk.data.len());
+            let hashes = chunk.hashes[offset..offset + count as usize].to_vec();
+            self.flush_zero_run()?;
+            match step {
+                Step::Refine { .. } => self.refine(first_block, &chunk.data[start..end], hashes)?,
+                _ => extents.push((first_block, &chunk.data[start..end], hashes)),
+            }
+        }
+        let level = self.level;
+        let ops: Vec<Op> = pool.install(|| {
+            extents
+                .into_par_iter()
+                .map(|(first_block, data, hashes)| Op::Data {
+                    first_block,
+                    hashes,
+                    payload: compress(data, level),
+                })
+                .collect()
+        });
+        for op in ops {
+            if let Op::Data { payload, .. } = &op {
+                self.count_payload(payload, progress);
+            }
+            self.sink.send(op)?;
         }
         Ok(())
     }
 
-    fn flush_zero_run(&mut self) -> Result<(), Stop> {
+    /// Sends what is still held back (the last zero run, the patches of every run awaiting an
+    /// answer); returns the new manifest, the sink and the figures.
+    pub fn finish(mut self) -> Result<(Manifest, S, ChangeStats), SendError> {
+        self.flush_zero_run()?;
+        while !self.pending.is_empty() {
+            self.patch_next()?;
+        }
+        Ok((self.manifest, self.sink, self.stats))
+    }
+
+    fn add_zero_run(&mut self, first_block: u64, count: u64) -> Result<(), SendError> {
+        self.pending_zero = match self.pending_zero {
+            Some((start, n)) if start + n == first_block => Some((start, n + count)),
+            Some(_) => {
+                self.flush_zero_run()?;
+                Some((first_block, count))
+            }
+            None => Some((first_block, count)),
+        };
+        Ok(())
+    }
+
+    fn flush_zero_run(&mut self) -> Result<(), SendError> {
         match self.pending_zero.take() {
-            Some((first_block, block_count)) => self.send(Message::ZeroRun {
+            Some((first_block, block_count)) => self.sink.send(Op::Zero {
                 first_block,
                 block_count,
             }),
@@ -122,115 +196,32 @@ impl Differ {
         }
     }
 
-    /// Would refinement pay for this run? Only when the target holds data there.
-    fn worth_refining(&self, first_block: u64, count: u64) -> bool {
-        if self.answers.is_none() || first_block + count > self.base.block_count() {
-            return false;
-        }
-        let full_zero = zero_block_hash(self.block_size as usize);
-        (first_block..first_block + count).any(|i| {
-            let len = block_len(self.base.device_size, self.block_size, i);
-            let zero = if len == self.block_size as usize {
-                full_zero
-            } else {
-                zero_block_hash(len)
-            };
-            self.base.hash(i) != Some(&zero)
-        })
+    fn count_payload(&mut self, payload: &Payload, progress: &dyn Progress) {
+        self.stats.bytes_changed += payload.raw_len as u64;
+        self.stats.bytes_payload += payload.bytes.len() as u64;
+        progress.advance(Stage::Scan, 0, payload.bytes.len() as u64);
     }
 
-    pub fn chunk(
-        &mut self,
-        pool: &rayon::ThreadPool,
-        chunk: ScannedChunk<'_>,
-        progress: &dyn Progress,
-    ) -> Result<(), Stop> {
-        self.new_hashes.extend_from_slice(chunk.hashes);
-        let runs = changed_runs(
-            self.base.hashes(),
-            chunk.first_block,
-            chunk.hashes,
-            chunk.zero,
-            self.max_blocks,
-        );
-        let block_size = self.block_size as usize;
-        let mut extents = Vec::new();
-        for run in runs {
-            self.stats.blocks_changed += run.count();
-            let (first_block, count) = (run.first_block(), run.count());
-            if let Run::Zero { .. } = run {
-                self.stats.blocks_zero += count;
-                self.pending_zero = match self.pending_zero {
-                    Some((start, n)) if start + n == first_block => Some((start, n + count)),
-                    Some(_) => {
-                        self.flush_zero_run()?;
-                        Some((first_block, count))
-                    }
-                    None => Some((first_block, count)),
-                };
-                continue;
-            }
-            let offset = (first_block - chunk.first_block) as usize;
-            let data = &chunk.data[offset * block_size..]
-                [..(count as usize * block_size).min(chunk.data.len() - offset * block_size)];
-            let hashes = chunk.hashes[offset..offset + count as usize].to_vec();
-            if self.worth_refining(first_block, count) {
-                self.flush_zero_run()?;
-                self.refine(first_block, data, hashes)?;
-            } else {
-                extents.push((first_block, data, hashes));
-            }
-        }
-        if extents.is_empty() {
-            return Ok(());
-        }
-        self.flush_zero_run()?;
-        let level = self.level;
-        let messages: Vec<Message> = pool.install(|| {
-            extents
-                .into_par_iter()
-                .map(|(first_block, data, hashes)| extent(first_block, data, hashes, level))
-                .collect()
-        });
-        for message in messages {
-            if let Message::Extent {
-                raw_len, payload, ..
-            } = &message
-            {
-                self.count_payload(*raw_len as u64, payload.len() as u64, progress);
-            }
-            self.send(message)?;
-        }
-        Ok(())
-    }
-
-    fn count_payload(&mut self, raw: u64, payload: u64, progress: &dyn Progress) {
-        self.stats.bytes_changed += raw;
-        self.stats.bytes_payload += payload;
-        progress.advance(Stage::Scan, 0, payload);
-    }
-
-    /// Asks the receiver which sub-blocks of this run differ; patches older runs first when
-    /// the window is full.
+    /// Asks which sub-blocks of this run differ; patches older runs first when the window is
+    /// full.
     fn refine(
         &mut self,
         first_block: u64,
         data: &[u8],
         hashes: Vec<BlockHash>,
-    ) -> Result<(), Stop> {
+    ) -> Result<(), SendError> {
         while self.pending_bytes + data.len() > REFINE_WINDOW && !self.pending.is_empty() {
             self.patch_next()?;
         }
         let key = match self.refine_key {
             Some(key) => key,
             None => {
-                let key = refine::new_key()
-                    .map_err(|e| Stop::BadAnswer(format!("no randomness: {e}")))?;
-                self.send(Message::RefineKey { key })?;
+                let key = refine::new_key().map_err(SendError::Randomness)?;
+                self.sink.send(Op::RefineKey { key })?;
                 *self.refine_key.insert(key)
             }
         };
-        self.send(Message::Refine {
+        self.sink.send(Op::Refine {
             first_block,
             block_count: hashes.len() as u32,
             sub_hashes: refine::sub_hashes(&key, data),
@@ -246,44 +237,42 @@ impl Differ {
     }
 
     /// Waits for the oldest run's answer and sends its patch.
-    fn patch_next(&mut self) -> Result<(), Stop> {
+    fn patch_next(&mut self) -> Result<(), SendError> {
         let pending = self.pending.pop_front().expect("a run awaits an answer");
         self.pending_bytes -= pending.data.len();
-        let answers = self.answers.as_mut().expect("refinement enabled");
-        let (first_block, bitmap) = answers.blocking_recv().ok_or(Stop::Disconnected)?;
-        let expected_bits = refine::sub_count(pending.data.len());
-        if first_block != pending.first_block || bitmap.len() != expected_bits.div_ceil(8) {
-            return Err(Stop::BadAnswer(format!(
-                "answer for block {first_block} with {} bitmap bytes; expected block {} with {}",
-                bitmap.len(),
-                pending.first_block,
-                expected_bits.div_ceil(8)
-            )));
+        let answer = self.sink.answer()?;
+        let expected_bytes = refine::sub_count(pending.data.len()).div_ceil(8);
+        if answer.first_block != pending.first_block || answer.bitmap.len() != expected_bytes {
+            return Err(Violation::RefineAnswer {
+                got_block: answer.first_block,
+                got_bytes: answer.bitmap.len(),
+                block: pending.first_block,
+                bytes: expected_bytes,
+            }
+            .into());
         }
-        let pieces = refine::pieces(&pending.data, &bitmap);
-        let raw_len = pieces.len();
-        self.stats.bytes_saved_by_refinement += (pending.data.len() - raw_len) as u64;
-        let (compressed, payload) = compress(&pieces, self.level);
-        self.stats.bytes_changed += raw_len as u64;
-        self.stats.bytes_payload += payload.len() as u64;
-        self.send(Message::Patch {
-            first_block,
+        let pieces = refine::pieces(&pending.data, &answer.bitmap);
+        self.stats.bytes_saved_by_refinement += (pending.data.len() - pieces.len()) as u64;
+        let payload = compress(&pieces, self.level);
+        self.stats.bytes_changed += payload.raw_len as u64;
+        self.stats.bytes_payload += payload.bytes.len() as u64;
+        self.sink.send(Op::Patch {
+            first_block: pending.first_block,
             hashes: pending.hashes,
-            bitmap,
-            raw_len: raw_len as u32,
-            compressed,
+            bitmap: answer.bitmap,
             payload,
         })
     }
 }
 
-/// Compresses when that makes the data smaller; returns (compressed?, bytes). Each thread
-/// keeps its zstd context (creating one costs more than compressing a small patch).
-fn compress(data: &[u8], level: i32) -> (bool, Vec<u8>) {
+/// Compresses when that makes the data smaller. Each thread keeps its zstd context (creating
+/// one costs more than compressing a small patch).
+fn compress(data: &[u8], level: i32) -> Payload {
     thread_local! {
         static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
             const { RefCell::new(None) };
     }
+    let raw_len = data.len() as u32;
     if level > 0 && !data.is_empty() {
         let packed = COMPRESSOR.with_borrow_mut(|slot| {
             if !matches!(slot, Some((l, _)) if *l == level) {
@@ -291,21 +280,17 @@ fn compress(data: &[u8], level: i32) -> (bool, Vec<u8>) {
             }
             slot.as_mut()?.1.compress(data).ok()
         });
-        if let Some(packed) = packed.filter(|p| p.len() < data.len()) {
-            return (true, packed);
+        if let Some(bytes) = packed.filter(|p| p.len() < data.len()) {
+            return Payload {
+                raw_len,
+                compressed: true,
+                bytes,
+            };
         }
     }
-    (false, data.to_vec())
-}
-
-/// Builds an extent, compressed when that makes it smaller.
-fn extent(first_block: u64, data: &[u8], hashes: Vec<BlockHash>, level: i32) -> Message {
-    let (compressed, payload) = compress(data, level);
-    Message::Extent {
-        first_block,
-        raw_len: data.len() as u32,
-        compressed,
-        hashes,
-        payload,
+    Payload {
+        raw_len,
+        compressed: false,
+        bytes: data.to_vec(),
     }
 }

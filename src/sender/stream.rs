@@ -1,134 +1,82 @@
-//! Streaming one cycle's changes: the scan and the packer run on a blocking thread, while this
-//! side writes their messages to the connection and reads refinement answers back.
+//! Streaming one cycle's changes: the scan reads the ranges to look at, the packer turns each
+//! hashed chunk into ops, and [`WireSink`] ships them over the endpoint and brings the
+//! receiver's refinement answers back. All on the cycle's thread; the endpoint's pumps do the
+//! network I/O beside it.
 
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::sync::mpsc;
-
-use crate::blockdiff::manifest::{BlockHash, Manifest};
+use crate::blockdiff::delta::{Op, RefineAnswer};
+use crate::blockdiff::manifest::Manifest;
+use crate::blockdiff::ranges::RangeSet;
 use crate::blockdiff::scan::{scan, ScanError, ScanOptions};
 use crate::progress::Progress;
 use crate::source::BlockSource;
-use crate::transport::frame::{Message, CAP_REFINE};
-use crate::transport::{Connection, FrameReader, FrameWriter, TransportError};
+use crate::transport::Endpoint;
 
 use super::error::{unexpected, SendError};
-use super::packing::{ChangeStats, Differ, Stop};
-use super::CycleConfig;
+use super::packing::{ChangeStats, DeltaSink, Packer};
 
-/// Extents queued between the scan and the network.
-const SEND_QUEUE: usize = 32;
+/// Ops to the receiver over the wire; its refinement answers back.
+pub(crate) struct WireSink<'a>(pub &'a Endpoint);
 
-/// Scans on a blocking thread; this task writes the differ's messages to the connection and,
-/// concurrently, reads the receiver's refinement answers back to the differ. Returns every
-/// block's new hash.
-pub(crate) async fn stream_changes(
-    conn: &mut Connection,
-    config: &CycleConfig,
-    source: Arc<BlockSource>,
-    base: Manifest,
-    pool: Arc<rayon::ThreadPool>,
-    cancel: Arc<AtomicBool>,
-    progress: Arc<dyn Progress>,
-) -> Result<(Vec<BlockHash>, ChangeStats), SendError> {
-    let (tx, mut rx) = mpsc::channel::<Message>(SEND_QUEUE);
-    let refining = conn.peer_capabilities & CAP_REFINE != 0;
-    let (answer_tx, answer_rx) = mpsc::unbounded_channel();
-    let options = ScanOptions {
-        read_mode: config.read_mode,
-        ..ScanOptions::new(config.block_size)
-    };
-    let level = config.compress_level;
-    let scanner = tokio::task::spawn_blocking(move || {
-        let mut differ = Differ::new(base, level, tx, refining.then_some(answer_rx));
-        let result = scan(&source, &options, &pool, &cancel, &*progress, |chunk| {
-            differ.chunk(&pool, chunk, &*progress)
-        });
-        let result = result.and_then(|()| differ.finish().map_err(ScanError::Sink));
-        (result, differ.new_hashes, differ.stats)
-    });
-    let Connection { reader, writer, .. } = conn;
-    let writing = async {
-        let result = write_all(writer, &mut rx).await;
-        drop(rx);
-        result
-    };
-    let reading = read_answers(reader, answer_tx);
-    let (written, read) = tokio::join!(writing, reading);
-    let (result, hashes, stats) = scanner.await.expect("scan task panicked");
-    read?;
-    if let Err(e) = written {
-        return Err(refusal_or(conn, e).await);
+impl DeltaSink for WireSink<'_> {
+    fn send(&mut self, op: Op) -> Result<(), SendError> {
+        Ok(self.0.send(op.into())?)
     }
-    match result {
-        Ok(()) => Ok((hashes, stats)),
-        Err(ScanError::Cancelled) => Err(SendError::Cancelled),
+
+    fn answer(&mut self) -> Result<RefineAnswer, SendError> {
+        self.0
+            .recv()?
+            .into_answer()
+            .map_err(|other| unexpected(&other, "RefineAnswer"))
+    }
+}
+
+/// What the data phase works with.
+pub(crate) struct Streaming<'a> {
+    pub source: &'a BlockSource,
+    pub ranges: &'a RangeSet,
+    pub options: ScanOptions,
+    pub level: i32,
+    pub pool: &'a rayon::ThreadPool,
+    pub cancel: &'a AtomicBool,
+    pub progress: &'a dyn Progress,
+}
+
+/// Scans the ranges and ships what differs from `base` through `sink`; returns the new
+/// manifest (the base patched with every block scanned) and the figures.
+pub(crate) fn stream_changes<S: DeltaSink>(
+    streaming: &Streaming<'_>,
+    base: Manifest,
+    refine: bool,
+    sink: S,
+) -> Result<(Manifest, ChangeStats), SendError> {
+    let mut packer = Packer::new(base, streaming.level, refine, sink);
+    let scanned = scan(
+        streaming.source,
+        streaming.ranges,
+        &streaming.options,
+        streaming.pool,
+        streaming.cancel,
+        streaming.progress,
+        |chunk| packer.chunk(streaming.pool, chunk, streaming.progress),
+    );
+    match scanned {
+        Ok(()) => {}
+        Err(ScanError::Cancelled) => return Err(SendError::Stopped),
         Err(ScanError::Read {
             path,
             offset,
             source,
-        }) => Err(SendError::Read(format!(
-            "read error at byte {offset} of {path}: {source}"
-        ))),
-        Err(ScanError::Sink(Stop::BadAnswer(what))) => Err(SendError::Protocol(what)),
-        Err(ScanError::Sink(Stop::Disconnected)) => {
-            Err(SendError::Transport(TransportError::Closed))
+        }) => {
+            return Err(SendError::Read {
+                path,
+                offset,
+                source,
+            })
         }
+        Err(ScanError::Sink(e)) => return Err(e),
     }
-}
-
-/// Writes queued messages, flushing whenever the queue runs dry (the receiver may be waiting
-/// for a Refine to answer).
-async fn write_all(
-    writer: &mut FrameWriter,
-    rx: &mut mpsc::Receiver<Message>,
-) -> Result<(), TransportError> {
-    loop {
-        let message = match rx.try_recv() {
-            Ok(message) => message,
-            Err(mpsc::error::TryRecvError::Empty) => {
-                writer.flush().await?;
-                match rx.recv().await {
-                    Some(message) => message,
-                    None => return Ok(()),
-                }
-            }
-            Err(mpsc::error::TryRecvError::Disconnected) => return Ok(()),
-        };
-        writer.send(&message).await?;
-    }
-}
-
-/// Forwards refinement answers to the differ until it stops listening. Only then is a pending
-/// read abandoned: no answer can be in flight once the differ has all it asked for.
-async fn read_answers(
-    reader: &mut FrameReader,
-    answers: mpsc::UnboundedSender<(u64, Vec<u8>)>,
-) -> Result<(), SendError> {
-    loop {
-        let message = tokio::select! {
-            message = reader.recv() => message,
-            _ = answers.closed() => return Ok(()),
-        };
-        match message {
-            Ok(Message::RefineAnswer {
-                first_block,
-                bitmap,
-            }) => {
-                let _ = answers.send((first_block, bitmap));
-            }
-            Ok(other) => return Err(unexpected(&other, "RefineAnswer")),
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-/// After a failed write: the receiver usually refused first and said why; prefer its reason.
-async fn refusal_or(conn: &mut Connection, error: TransportError) -> SendError {
-    match tokio::time::timeout(Duration::from_secs(5), conn.recv()).await {
-        Ok(Err(refused @ TransportError::Refused(_))) => refused.into(),
-        _ => error.into(),
-    }
+    let (manifest, _sink, stats) = packer.finish()?;
+    Ok((manifest, stats))
 }

@@ -5,6 +5,7 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::SnapshotError;
 
@@ -92,6 +93,52 @@ pub fn run(program: &Path, args: &[String], env: &[(&str, &str)]) -> std::io::Re
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     })
+}
+
+/// How often a running program is looked at for a stop request.
+const STOP_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Like [`run`], but the program runs in a process group of its own and the whole group is
+/// killed (SIGKILL) as soon as `stop` is set: `Ok(None)` then. For commands that may be
+/// abandoned safely (hooks), never for lvm2 tools, which must finish what they start.
+pub fn run_until_stopped(
+    program: &Path,
+    args: &[String],
+    env: &[(&str, &str)],
+    stop: &AtomicBool,
+) -> std::io::Result<Option<Ran>> {
+    use std::os::unix::process::CommandExt;
+    let mut expression = duct::cmd(program, args)
+        .stdin_null()
+        .stdout_capture()
+        .stderr_capture()
+        .unchecked()
+        .before_spawn(|command| {
+            command.process_group(0);
+            Ok(())
+        });
+    for (name, value) in env {
+        expression = expression.env(name, value);
+    }
+    let handle = expression.start()?;
+    loop {
+        if let Some(output) = handle.try_wait()? {
+            return Ok(Some(Ran {
+                status: output.status,
+                stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            }));
+        }
+        if stop.load(Ordering::Relaxed) {
+            for pid in handle.pids() {
+                let group = nix::unistd::Pid::from_raw(-(pid as i32));
+                let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+            }
+            let _ = handle.wait();
+            return Ok(None);
+        }
+        std::thread::sleep(STOP_POLL);
+    }
 }
 
 /// The lvm2 tools blkmirror calls.
@@ -202,6 +249,40 @@ mod tests {
         assert_eq!(ran.stdout, "seen\n");
         assert_eq!(describe_status(&ran.status), "killed by signal 9");
         assert_eq!(ran.last_stderr_line(), "(no output on stderr)");
+    }
+
+    #[test]
+    fn a_stop_kills_the_whole_group() {
+        let sh = find_program("sh").expect("sh");
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        // The shell forks a sleeping child: killing only the shell would leave it running.
+        let script = format!("echo $$ > '{}'; sleep 600 & wait", pid_file.display());
+        let stop = AtomicBool::new(false);
+        let ran = std::thread::scope(|scope| {
+            let runner = scope.spawn(|| run_until_stopped(&sh, &["-c".into(), script], &[], &stop));
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !pid_file.exists() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            stop.store(true, Ordering::Relaxed);
+            runner.join().unwrap().unwrap()
+        });
+        assert!(ran.is_none(), "a stopped run reports no outcome");
+        let group: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let group = nix::unistd::Pid::from_raw(-group);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while nix::sys::signal::kill(group, None).is_ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the hook's children outlived the stop"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 
     #[test]

@@ -8,8 +8,9 @@
 //! fails the cycle too. Hooks see `BLKMIRROR_SOURCE` and `BLKMIRROR_HOOK` (`pre` or `post`).
 
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 
-use super::command::{describe_status, find_program, run};
+use super::command::{describe_status, find_program, run_until_stopped};
 use super::{FrozenView, SnapshotError, SnapshotProvider};
 
 /// A provider with hooks around its snapshots.
@@ -34,7 +35,8 @@ impl Hooked {
 
     fn post(&self, source: &Path) -> Result<(), SnapshotError> {
         match &self.post {
-            Some(command) => run_hook("post", command, source),
+            // A thaw is never skipped, not even on a stop.
+            Some(command) => run_hook("post", command, source, &AtomicBool::new(false)),
             None => Ok(()),
         }
     }
@@ -49,16 +51,16 @@ impl SnapshotProvider for Hooked {
         self.inner.cleanup_stale(source)
     }
 
-    fn freeze(&self, source: &Path) -> Result<FrozenView, SnapshotError> {
+    fn freeze(&self, source: &Path, stop: &AtomicBool) -> Result<FrozenView, SnapshotError> {
         if let Some(command) = &self.pre {
-            if let Err(pre_failed) = run_hook("pre", command, source) {
+            if let Err(pre_failed) = run_hook("pre", command, source, stop) {
                 if let Err(e) = self.post(source) {
                     tracing::error!(error = %e, "post-snapshot hook after a failed pre-snapshot hook");
                 }
                 return Err(pre_failed);
             }
         }
-        let view = self.inner.freeze(source);
+        let view = self.inner.freeze(source, stop);
         let post = self.post(source);
         match (view, post) {
             (Ok(view), Ok(())) => Ok(view),
@@ -78,21 +80,31 @@ impl SnapshotProvider for Hooked {
 }
 
 /// Runs one hook with `sh -c`; its stdout and stderr are logged, and a failure names the
-/// command, its exit status and its last stderr line.
-pub fn run_hook(which: &'static str, command: &str, source: &Path) -> Result<(), SnapshotError> {
+/// command, its exit status and its last stderr line. A stop kills the hook (its whole
+/// process group) at once: [`SnapshotError::Stopped`].
+pub fn run_hook(
+    which: &'static str,
+    command: &str,
+    source: &Path,
+    stop: &AtomicBool,
+) -> Result<(), SnapshotError> {
     let sh = find_program("sh").unwrap_or_else(|| "/bin/sh".into());
     let source_text = source.display().to_string();
     let env = [
         ("BLKMIRROR_SOURCE", source_text.as_str()),
         ("BLKMIRROR_HOOK", which),
     ];
-    let ran = run(&sh, &["-c".to_string(), command.to_string()], &env).map_err(|error| {
-        SnapshotError::HookSpawn {
+    let args = ["-c".to_string(), command.to_string()];
+    let ran =
+        run_until_stopped(&sh, &args, &env, stop).map_err(|error| SnapshotError::HookSpawn {
             which,
             command: command.to_string(),
             error,
-        }
-    })?;
+        })?;
+    let Some(ran) = ran else {
+        tracing::info!(hook = which, "hook killed: stop requested");
+        return Err(SnapshotError::Stopped);
+    };
     for line in ran.stdout.lines().chain(ran.stderr.lines()) {
         if !line.trim().is_empty() {
             tracing::info!(hook = which, "{line}");
@@ -129,7 +141,7 @@ mod tests {
             "fake"
         }
 
-        fn freeze(&self, source: &Path) -> Result<FrozenView, SnapshotError> {
+        fn freeze(&self, source: &Path, _stop: &AtomicBool) -> Result<FrozenView, SnapshotError> {
             if self.fail {
                 return Err(SnapshotError::Failed {
                     source_path: source.to_owned(),
@@ -195,7 +207,9 @@ mod tests {
     fn hooks_run_around_the_snapshot() {
         let c = Case::new();
         let p = c.provider(false, c.hook("a", "true"), c.hook("b", "true"));
-        let view = p.freeze(Path::new("/dev/x")).unwrap();
+        let view = p
+            .freeze(Path::new("/dev/x"), &AtomicBool::new(false))
+            .unwrap();
         assert_eq!(c.logged(), "a pre\nb post\n");
         drop(view);
         assert_eq!(c.released.load(Ordering::SeqCst), 1);
@@ -210,7 +224,10 @@ mod tests {
             c.hook("a", "echo >&2 flush failed; exit 3"),
             c.hook("b", "true"),
         );
-        let e = p.freeze(Path::new("/dev/x")).err().expect("pre hook fails");
+        let e = p
+            .freeze(Path::new("/dev/x"), &AtomicBool::new(false))
+            .err()
+            .expect("pre hook fails");
         let text = e.to_string();
         assert!(text.starts_with("pre-snapshot hook `echo a"), "{text}");
         assert!(text.contains("failed (exit 3): flush failed"), "{text}");
@@ -223,7 +240,7 @@ mod tests {
         let c = Case::new();
         let p = c.provider(false, None, Some("echo >&2 thaw broke; exit 9".into()));
         let e = p
-            .freeze(Path::new("/dev/x"))
+            .freeze(Path::new("/dev/x"), &AtomicBool::new(false))
             .err()
             .expect("post hook fails");
         assert_eq!(
@@ -237,7 +254,10 @@ mod tests {
     fn post_hook_runs_when_the_snapshot_fails() {
         let c = Case::new();
         let p = c.provider(true, c.hook("a", "true"), c.hook("b", "false"));
-        let e = p.freeze(Path::new("/dev/x")).err().expect("snapshot fails");
+        let e = p
+            .freeze(Path::new("/dev/x"), &AtomicBool::new(false))
+            .err()
+            .expect("snapshot fails");
         assert!(e.to_string().contains("fake failure"), "{e}");
         assert_eq!(c.logged(), "a pre\nb post\n");
     }
@@ -247,7 +267,10 @@ mod tests {
         let c = Case::new();
         let p = c.provider(false, None, None);
         assert_eq!(p.name(), "fake");
-        drop(p.freeze(Path::new("/dev/x")).unwrap());
+        drop(
+            p.freeze(Path::new("/dev/x"), &AtomicBool::new(false))
+                .unwrap(),
+        );
         assert_eq!(c.released.load(Ordering::SeqCst), 1);
     }
 }

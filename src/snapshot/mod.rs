@@ -5,9 +5,8 @@
 //! Providers: `lvm` (classic COW snapshot, [`lvm::classic`]), `lvm-thin` ([`lvm::thin`]),
 //! `reflink` (FICLONE of an image file, [`reflink`]), `none` (reads the live source, with a
 //! warning) and `auto`, resolved by [`provider`]. Hooks around snapshots live in [`hooks`],
-//! snapshot names (prefix + source key) in [`naming`]. A provider that can tell which ranges
-//! changed since the previous cycle fills [`FrozenView::changed_hint`] (the scan may then read
-//! only those). See docs/snapshots.md.
+//! snapshot names (prefix + source key) in [`naming`]. What changed between two views is a
+//! change tracker's business ([`crate::tracker`]). See docs/snapshots.md.
 
 mod command;
 pub mod hooks;
@@ -17,6 +16,7 @@ mod none;
 pub mod reflink;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 
 pub use none::NoSnapshot;
 
@@ -137,6 +137,26 @@ pub enum SnapshotError {
         command: String,
         error: std::io::Error,
     },
+    /// A stop was requested while a hook ran (it was killed).
+    #[error("stopped on request")]
+    Stopped,
+}
+
+impl SnapshotError {
+    /// True when the next cycle may succeed without the user changing anything: the
+    /// snapshot went bad or vanished during the cycle (the next takes a new one), a device
+    /// node was slow to appear, or a clone hit a passing I/O problem.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            SnapshotError::Vanished { .. }
+                | SnapshotError::Unusable { .. }
+                | SnapshotError::Overflowed { .. }
+                | SnapshotError::DeviceMissing { .. }
+                | SnapshotError::CloneFailed { .. }
+                | SnapshotError::Io { .. }
+        )
+    }
 }
 
 /// What consistency a view gives.
@@ -158,9 +178,6 @@ pub struct FrozenView {
     /// Path to read the view from.
     pub path: PathBuf,
     pub consistency: Consistency,
-    /// Byte ranges known to hold every change since the previous cycle's view, when the
-    /// provider can tell (none do yet): `None` means scan everything.
-    pub changed_hint: Option<Vec<std::ops::Range<u64>>>,
     /// Polled during the cycle and checked once more after the last read, before the cycle
     /// may commit: data read from an invalidated snapshot must never be committed.
     pub health: Option<HealthFn>,
@@ -172,7 +189,6 @@ impl FrozenView {
         FrozenView {
             path,
             consistency,
-            changed_hint: None,
             health: None,
             release,
         }
@@ -235,8 +251,9 @@ pub trait SnapshotProvider: Send + Sync {
     fn cleanup_stale(&self, _source: &Path) -> Result<(), SnapshotError> {
         Ok(())
     }
-    /// Freezes `source` for one cycle.
-    fn freeze(&self, source: &Path) -> Result<FrozenView, SnapshotError>;
+    /// Freezes `source` for one cycle. Long steps that may be abandoned safely (hooks) end
+    /// early when `stop` is set, with [`SnapshotError::Stopped`].
+    fn freeze(&self, source: &Path, stop: &AtomicBool) -> Result<FrozenView, SnapshotError>;
 }
 
 /// The provider for a `--snapshot` choice and a source, with the hooks around it. `auto` is
@@ -374,7 +391,7 @@ mod tests {
         o.pre_snapshot = Some(format!("touch '{}'", marker.display()));
         let p = provider(SnapshotKind::None, dir.path(), &o).unwrap();
         assert_eq!(p.name(), "none");
-        let view = p.freeze(dir.path()).unwrap();
+        let view = p.freeze(dir.path(), &AtomicBool::new(false)).unwrap();
         assert_eq!(view.consistency, Consistency::Live);
         assert!(marker.exists());
     }

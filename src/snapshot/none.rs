@@ -16,7 +16,7 @@ impl SnapshotProvider for NoSnapshot {
         "none"
     }
 
-    fn freeze(&self, source: &Path) -> Result<FrozenView, SnapshotError> {
+    fn freeze(&self, source: &Path, _stop: &AtomicBool) -> Result<FrozenView, SnapshotError> {
         if !self.warned.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 source = %source.display(),

@@ -13,6 +13,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
@@ -150,7 +151,7 @@ impl SnapshotProvider for Reflink {
         Ok(())
     }
 
-    fn freeze(&self, source: &Path) -> Result<FrozenView, SnapshotError> {
+    fn freeze(&self, source: &Path, _stop: &AtomicBool) -> Result<FrozenView, SnapshotError> {
         let name = self.namer.next();
         let partial = self.dir.join(self.file_name(&probe_name(self.namer.key())));
         let path = self.dir.join(self.file_name(&name));
@@ -367,7 +368,7 @@ mod tests {
             Err(other) => panic!("unexpected error: {other}"),
             // A reflink-capable /tmp (xfs, btrfs): then a clone must work.
             Ok(provider) => {
-                let view = provider.freeze(&source).unwrap();
+                let view = provider.freeze(&source, &AtomicBool::new(false)).unwrap();
                 assert_eq!(std::fs::read(&view.path).unwrap(), vec![7u8; 8192]);
                 view.release().unwrap();
             }

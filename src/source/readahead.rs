@@ -84,23 +84,24 @@ pub enum ReadAheadError<E> {
     Consumer(E),
 }
 
-/// Reads `source` chunk by chunk; on the reader's thread runs `prepare` on each chunk, which
-/// fills a `T` of that chunk's (a reused one: `prepare` overwrites it); then calls `consume`
-/// with each chunk and its `T`, in order.
+/// Reads `spans` of `source` (byte ranges in ascending order, each at most
+/// `options.chunk_len` long), one chunk per span; on the reader's thread runs `prepare` on each
+/// chunk, which fills a `T` of that chunk's (a reused one: `prepare` overwrites it); then
+/// calls `consume` with each chunk and its `T`, in order.
 pub fn for_each_chunk<T: Default + Send, E>(
     source: &BlockSource,
+    spans: &[Range<u64>],
     options: ReadAheadOptions,
     cancel: &AtomicBool,
     prepare: impl Fn(&Chunk, &mut T) + Sync,
     mut consume: impl FnMut(&Chunk, &T) -> Result<(), E>,
 ) -> Result<(), ReadAheadError<E>> {
-    let size = source.size();
-    let chunk_len = options.chunk_len.max(1);
-    let chunks = size.div_ceil(chunk_len as u64);
-    if chunks == 0 {
+    if spans.is_empty() {
         return Ok(());
     }
-    let readers = options.readers.clamp(1, chunks.min(64) as usize);
+    let chunk_len = options.chunk_len.max(1);
+    debug_assert!(spans.iter().all(|s| s.end - s.start <= chunk_len as u64));
+    let readers = options.readers.clamp(1, spans.len().min(64));
     let capacity = chunk_len.next_multiple_of(DIRECT_ALIGN);
     let direct = if options.direct {
         open_direct(source)
@@ -111,8 +112,8 @@ pub fn for_each_chunk<T: Default + Send, E>(
         cached: source.file(),
         direct: direct.as_ref(),
         holes: source.kind() == DeviceKind::File,
-        size,
-        chunk_len,
+        size: source.size(),
+        spans,
         readers,
         cancel,
     };
@@ -132,19 +133,23 @@ pub fn for_each_chunk<T: Default + Send, E>(
             scope.spawn(move || plan.run_lane(lane, prepare, free_rx, full_tx));
             lanes.push((full_rx, free_tx));
         }
-        for index in 0..chunks {
+        for (index, span) in spans.iter().enumerate() {
             if cancel.load(Ordering::Relaxed) {
                 return Err(ReadAheadError::Cancelled);
             }
-            let (full_rx, free_tx) = &lanes[index as usize % readers];
-            let offset = index * chunk_len as u64;
+            let (full_rx, free_tx) = &lanes[index % readers];
             let (chunk, work) = match full_rx.recv() {
                 Ok(Ok(filled)) => filled,
-                Ok(Err(source)) => return Err(ReadAheadError::Read { offset, source }),
+                Ok(Err(source)) => {
+                    return Err(ReadAheadError::Read {
+                        offset: span.start,
+                        source,
+                    })
+                }
                 // A reader only stops early on cancellation.
                 Err(_) => return Err(ReadAheadError::Cancelled),
             };
-            debug_assert_eq!(chunk.offset, offset);
+            debug_assert_eq!(chunk.offset, span.start);
             consume(&chunk, &work).map_err(ReadAheadError::Consumer)?;
             let _ = free_tx.send((chunk, work));
         }
@@ -161,13 +166,13 @@ struct Plan<'a> {
     direct: Option<&'a File>,
     holes: bool,
     size: u64,
-    chunk_len: usize,
+    spans: &'a [Range<u64>],
     readers: usize,
     cancel: &'a AtomicBool,
 }
 
 impl Plan<'_> {
-    /// Reads chunks `lane`, `lane + readers`, ... into free buffers, prepares and sends them.
+    /// Reads spans `lane`, `lane + readers`, ... into free buffers, prepares and sends them.
     fn run_lane<T>(
         &self,
         lane: usize,
@@ -175,15 +180,14 @@ impl Plan<'_> {
         free: mpsc::Receiver<(Chunk, T)>,
         full: mpsc::SyncSender<io::Result<(Chunk, T)>>,
     ) {
-        let mut offset = lane as u64 * self.chunk_len as u64;
-        while offset < self.size {
+        for span in self.spans.iter().skip(lane).step_by(self.readers) {
             if self.cancel.load(Ordering::Relaxed) {
                 return;
             }
             let Ok((mut chunk, mut work)) = free.recv() else {
                 return;
             };
-            let result = self.fill(&mut chunk, offset).map(|()| {
+            let result = self.fill(&mut chunk, span.clone()).map(|()| {
                 prepare(&chunk, &mut work);
                 (chunk, work)
             });
@@ -191,12 +195,21 @@ impl Plan<'_> {
             if full.send(result).is_err() || failed {
                 return;
             }
-            offset += (self.chunk_len * self.readers) as u64;
         }
     }
 
-    fn fill(&self, chunk: &mut Chunk, offset: u64) -> io::Result<()> {
-        let len = (self.size - offset).min(self.chunk_len as u64) as usize;
+    fn fill(&self, chunk: &mut Chunk, span: Range<u64>) -> io::Result<()> {
+        let offset = span.start;
+        let len = (span.end.min(self.size) - offset.min(self.size)) as usize;
+        if (len as u64) < span.end - span.start {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "the source ends at byte {} (it shrank during the cycle?)",
+                    self.size
+                ),
+            ));
+        }
         chunk.offset = offset;
         chunk.len = len;
         chunk.data_ranges.clear();
@@ -365,11 +378,20 @@ mod tests {
     use super::*;
     use std::io::Write;
 
+    /// The whole of `size` bytes in chunks of `chunk_len`.
+    fn whole(size: u64, chunk_len: usize) -> Vec<Range<u64>> {
+        (0..size)
+            .step_by(chunk_len)
+            .map(|start| start..(start + chunk_len as u64).min(size))
+            .collect()
+    }
+
     fn collect(source: &BlockSource, options: ReadAheadOptions) -> Vec<u8> {
         let cancel = AtomicBool::new(false);
         let mut all = Vec::new();
         for_each_chunk(
             source,
+            &whole(source.size(), options.chunk_len),
             options,
             &cancel,
             |_, _: &mut ()| {},
@@ -435,6 +457,7 @@ mod tests {
         };
         let result = for_each_chunk(
             &source,
+            &whole(100_000, options.chunk_len),
             options,
             &cancel,
             |_, _: &mut ()| {},
@@ -464,7 +487,8 @@ mod tests {
         let prepare = |chunk: &Chunk, sum: &mut u64| {
             *sum = chunk.data().iter().map(|&b| b as u64).sum();
         };
-        let result = for_each_chunk(&source, options, &cancel, prepare, |_, sum| {
+        let spans = whole(1 << 20, options.chunk_len);
+        let result = for_each_chunk(&source, &spans, options, &cancel, prepare, |_, sum| {
             assert_eq!(*sum, 4096, "prepared on the reader");
             seen += 1;
             if seen == 3 {

@@ -9,7 +9,7 @@ pub mod manifest_file;
 pub mod receiver;
 pub mod sender;
 
-pub use receiver::{Condition, ReceiverPaths, ReceiverState};
+pub use receiver::{Condition, DirStore, ReceiverPaths, ReceiverState, ReceiverStore};
 pub use sender::{SenderPaths, SenderStatus};
 
 use std::fs::{self, File};

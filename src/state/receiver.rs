@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{create_dir_durable, key, now, write_json};
+use crate::blockdiff::manifest::{Manifest, ManifestError};
+
+use super::{create_dir_durable, key, now, read_json, write_json};
 
 /// Where the receiver keeps state for one target.
 #[derive(Clone, Debug)]
@@ -96,10 +98,55 @@ impl ReceiverState {
             last_error: None,
         }
     }
+}
 
-    pub fn save(&mut self, paths: &ReceiverPaths) -> io::Result<()> {
-        self.updated_at = now();
-        write_json(&paths.state, self)
+/// Where a receiver keeps one target's state record and manifest. Every save is atomic and
+/// durable once it returns `Ok`: after a crash a load finds the old record or the new one,
+/// whole. [`DirStore`] keeps them as files; [`crate::target::CrashStore`] models power loss.
+pub trait ReceiverStore: Send {
+    /// Where the records live, for messages.
+    fn location(&self) -> &Path;
+    /// The state record, `Ok(None)` when there is none yet.
+    fn load_state(&self) -> io::Result<Option<ReceiverState>>;
+    /// Replaces the state record.
+    fn save_state(&mut self, state: &ReceiverState) -> io::Result<()>;
+    /// The target's manifest, `Ok(None)` when there is none.
+    fn load_manifest(&self) -> Result<Option<Manifest>, ManifestError>;
+    /// Replaces the manifest.
+    fn save_manifest(&mut self, manifest: &Manifest) -> io::Result<()>;
+}
+
+/// The state files of one target under a state dir (`STATE/targets/<key>/`).
+pub struct DirStore {
+    paths: ReceiverPaths,
+}
+
+impl DirStore {
+    /// The store at `paths`.
+    pub fn new(paths: ReceiverPaths) -> Self {
+        DirStore { paths }
+    }
+}
+
+impl ReceiverStore for DirStore {
+    fn location(&self) -> &Path {
+        &self.paths.dir
+    }
+
+    fn load_state(&self) -> io::Result<Option<ReceiverState>> {
+        read_json(&self.paths.state)
+    }
+
+    fn save_state(&mut self, state: &ReceiverState) -> io::Result<()> {
+        write_json(&self.paths.state, state)
+    }
+
+    fn load_manifest(&self) -> Result<Option<Manifest>, ManifestError> {
+        super::manifest_file::load(&self.paths.manifest)
+    }
+
+    fn save_manifest(&mut self, manifest: &Manifest) -> io::Result<()> {
+        super::manifest_file::save(manifest, &self.paths.manifest)
     }
 }
 

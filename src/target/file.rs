@@ -1,43 +1,26 @@
-//! Where blocks land: a regular file (kept sparse: zero runs punch holes) or a block device
+//! The real target: a regular file (kept sparse: zero runs punch holes) or a block device
 //! (opened exclusively, so a mounted or in-use device is refused; zero runs use BLKZEROOUT).
-//! Owns opening, size checks, positioned writes, zeroing and durability (fsync). It does not
-//! know about manifests or the protocol.
+//! Owns opening, creating, positioned writes, zeroing and durability (fsync).
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::device::{classify, size_of, DeviceError, DeviceKind};
 
+use super::{write_zeroes_by_writing, BlockTarget, TargetError};
+
 nix::ioctl_write_ptr_bad!(blkzeroout, nix::request_code_none!(0x12, 127), [u64; 2]);
 
-/// Why a target cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum TargetError {
-    #[error("target {0} does not exist (pass --create to create it as a sparse file)")]
-    Missing(PathBuf),
-    #[error("target {0} is a directory; give a file or a block device")]
-    Directory(PathBuf),
-    #[error("target {0} is neither a regular file nor a block device")]
-    NotFileOrDevice(PathBuf),
-    #[error("target {0} is in use (mounted, or held open by another program); refusing to write")]
-    InUse(PathBuf),
-    #[error("target {path} holds {has} bytes but the source needs {need}; refusing to write")]
-    TooSmall { path: PathBuf, has: u64, need: u64 },
-    #[error("cannot open target {path}: {source}")]
-    Open { path: PathBuf, source: io::Error },
-    #[error("I/O error on target {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
-}
-
-/// An open, writable target.
-pub struct Target {
+/// An open, writable file or block device.
+pub struct FileTarget {
     file: File,
     path: PathBuf,
     kind: DeviceKind,
-    size: u64,
+    size: AtomicU64,
 }
 
 /// Checks that `path` can serve as a target without opening it for writing.
@@ -73,14 +56,14 @@ fn map_classify_error(path: &Path, error: DeviceError) -> TargetError {
     }
 }
 
-impl Target {
+impl FileTarget {
     /// Opens an existing target, or creates a sparse file of `create_size` bytes when it is
     /// missing and `create_size` is given.
-    pub fn open(path: &Path, create_size: Option<u64>) -> Result<Target, TargetError> {
+    pub fn open(path: &Path, create_size: Option<u64>) -> Result<FileTarget, TargetError> {
         let kind = match classify(path) {
             Ok(kind) => kind,
             Err(DeviceError::Missing(_)) if create_size.is_some() => {
-                return Target::create(path, create_size.unwrap_or(0))
+                return FileTarget::create(path, create_size.unwrap_or(0))
             }
             Err(e) => return Err(map_classify_error(path, e)),
         };
@@ -101,15 +84,15 @@ impl Target {
             path: path.to_owned(),
             source: e,
         })?;
-        Ok(Target {
+        Ok(FileTarget {
             file,
             path: path.to_owned(),
             kind,
-            size,
+            size: AtomicU64::new(size),
         })
     }
 
-    fn create(path: &Path, size: u64) -> Result<Target, TargetError> {
+    fn create(path: &Path, size: u64) -> Result<FileTarget, TargetError> {
         let open_error = |e| TargetError::Open {
             path: path.to_owned(),
             source: e,
@@ -122,73 +105,62 @@ impl Target {
             .map_err(open_error)?;
         file.set_len(size).map_err(open_error)?;
         tracing::info!(target = %path.display(), size, "created sparse target file");
-        Ok(Target {
+        Ok(FileTarget {
             file,
             path: path.to_owned(),
             kind: DeviceKind::File,
-            size,
+            size: AtomicU64::new(size),
         })
     }
 
-    pub fn path(&self) -> &Path {
+    fn io_error(&self, source: io::Error) -> TargetError {
+        TargetError::Io {
+            path: self.path.clone(),
+            source,
+        }
+    }
+}
+
+impl BlockTarget for FileTarget {
+    fn name(&self) -> &Path {
         &self.path
     }
 
-    pub fn kind(&self) -> DeviceKind {
+    fn kind(&self) -> DeviceKind {
         self.kind
     }
 
-    pub fn size(&self) -> u64 {
-        self.size
+    fn size(&self) -> u64 {
+        self.size.load(Ordering::Relaxed)
     }
 
-    /// Makes the target hold exactly `need` bytes when it is a file we may resize, or checks
-    /// that a device (or a file we may not resize) is large enough.
-    pub fn fit(&mut self, need: u64, may_resize_file: bool) -> Result<(), TargetError> {
-        if self.kind == DeviceKind::File && may_resize_file {
-            if self.size != need {
-                self.file.set_len(need).map_err(|e| self.io_error(e))?;
-                self.size = need;
-            }
-            return Ok(());
+    fn set_len(&self, len: u64) -> Result<(), TargetError> {
+        if self.kind != DeviceKind::File {
+            return Err(self.io_error(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a block device cannot be resized",
+            )));
         }
-        if self.size < need {
-            return Err(TargetError::TooSmall {
-                path: self.path.clone(),
-                has: self.size,
-                need,
-            });
-        }
+        self.file.set_len(len).map_err(|e| self.io_error(e))?;
+        self.size.store(len, Ordering::Relaxed);
         Ok(())
     }
 
-    pub fn write_at(&self, data: &[u8], offset: u64) -> Result<(), TargetError> {
-        self.file
-            .write_all_at(data, offset)
-            .map_err(|e| self.io_error(e))
-    }
-
-    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), TargetError> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), TargetError> {
         self.file
             .read_exact_at(buf, offset)
             .map_err(|e| self.io_error(e))
     }
 
-    /// Asks the kernel to start reading `len` bytes at `offset` into the page cache, without
-    /// waiting: a later `read_at` of the range then finds it there. Only a hint; errors are
-    /// ignored.
-    pub fn prefetch(&self, offset: u64, len: u64) {
-        let _ = nix::fcntl::posix_fadvise(
-            std::os::fd::AsRawFd::as_raw_fd(&self.file),
-            offset as i64,
-            len as i64,
-            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
-        );
+    fn write_at(&self, data: &[u8], offset: u64) -> Result<(), TargetError> {
+        self.file
+            .write_all_at(data, offset)
+            .map_err(|e| self.io_error(e))
     }
 
-    /// Makes `len` bytes at `offset` read as zeros: punches a hole in a file, asks a device to
-    /// zero the range, and falls back to writing zeros.
-    pub fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), TargetError> {
+    /// Punches a hole in a file, asks a device to zero the range, and falls back to writing
+    /// zeros.
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), TargetError> {
         let fd = self.file.as_raw_fd();
         let done = match self.kind {
             DeviceKind::File => nix::fcntl::fallocate(
@@ -205,26 +177,25 @@ impl Target {
         if done {
             return Ok(());
         }
-        let zeros = vec![0u8; len.min(1 << 20) as usize];
-        let mut at = offset;
-        while at < offset + len {
-            let n = (offset + len - at).min(zeros.len() as u64) as usize;
-            self.write_at(&zeros[..n], at)?;
-            at += n as u64;
-        }
-        Ok(())
+        write_zeroes_by_writing(self, offset, len)
     }
 
-    /// Makes every write so far durable.
-    pub fn sync(&self) -> Result<(), TargetError> {
+    fn sync(&self) -> Result<(), TargetError> {
         self.file.sync_all().map_err(|e| self.io_error(e))
     }
 
-    fn io_error(&self, source: io::Error) -> TargetError {
-        TargetError::Io {
-            path: self.path.clone(),
-            source,
-        }
+    /// Asks the kernel to start reading the range into the page cache, without waiting.
+    fn prefetch(&self, offset: u64, len: u64) {
+        let _ = nix::fcntl::posix_fadvise(
+            self.file.as_raw_fd(),
+            offset as i64,
+            len as i64,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
+        );
+    }
+
+    fn path(&self) -> Option<&Path> {
+        Some(&self.path)
     }
 }
 
@@ -238,10 +209,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.img");
         assert!(matches!(
-            Target::open(&path, None),
+            FileTarget::open(&path, None),
             Err(TargetError::Missing(_))
         ));
-        let mut target = Target::open(&path, Some(8 << 20)).unwrap();
+        let target = FileTarget::open(&path, Some(8 << 20)).unwrap();
         assert_eq!(target.size(), 8 << 20);
         assert!(std::fs::metadata(&path).unwrap().blocks() < 64);
         target.write_at(&[7u8; 65536], 65536).unwrap();
@@ -251,13 +222,13 @@ mod tests {
         assert!(buf[..4096].iter().all(|&b| b == 0));
         assert!(buf[4096..].iter().all(|&b| b == 7));
         assert!(matches!(
-            target.fit(16 << 20, false),
+            crate::target::fit(&target, 16 << 20, false),
             Err(TargetError::TooSmall { .. })
         ));
-        target.fit(16 << 20, true).unwrap();
+        crate::target::fit(&target, 16 << 20, true).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 16 << 20);
         assert!(matches!(
-            Target::open(dir.path(), None),
+            FileTarget::open(dir.path(), None),
             Err(TargetError::Directory(_))
         ));
     }

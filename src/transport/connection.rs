@@ -79,6 +79,13 @@ impl FrameWriter {
         self.writer.flush().await?;
         Ok(())
     }
+
+    /// Flushes and closes the writing side cleanly (the peer reads end of stream).
+    pub async fn shutdown(&mut self) -> Result<(), TransportError> {
+        self.writer.flush().await?;
+        self.writer.shutdown().await?;
+        Ok(())
+    }
 }
 
 impl Connection {

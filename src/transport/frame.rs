@@ -1,9 +1,11 @@
 //! Wire messages and their byte encoding (see `docs/protocol.md`). Bytes only: no I/O here,
-//! so every decoder can be fed arbitrary bytes by property tests and must never panic.
+//! so every decoder can be fed arbitrary bytes by property tests and must never panic. The
+//! engines' own types ([`Op`], [`RefineAnswer`]) become messages here, at the edge, and back.
 //!
 //! A stream starts with a [`Preamble`] from each side, then carries frames:
 //! `u32 length (LE, counts the type byte and the body) | u8 type | body`.
 
+use crate::blockdiff::delta::{Op, Payload, RefineAnswer};
 use crate::blockdiff::manifest::BlockHash;
 use crate::blockdiff::refine::SubHash;
 
@@ -474,6 +476,136 @@ impl Message {
             return Err(FrameError::Trailing(r.buf.len()));
         }
         Ok(message)
+    }
+}
+
+/// The engines' ops travel as these messages; see [`Message::into_op`] for the way back.
+impl From<Op> for Message {
+    fn from(op: Op) -> Message {
+        match op {
+            Op::Data {
+                first_block,
+                hashes,
+                payload,
+            } => Message::Extent {
+                first_block,
+                raw_len: payload.raw_len,
+                compressed: payload.compressed,
+                hashes,
+                payload: payload.bytes,
+            },
+            Op::Zero {
+                first_block,
+                block_count,
+            } => Message::ZeroRun {
+                first_block,
+                block_count,
+            },
+            Op::RefineKey { key } => Message::RefineKey { key },
+            Op::Refine {
+                first_block,
+                block_count,
+                sub_hashes,
+            } => Message::Refine {
+                first_block,
+                block_count,
+                sub_hashes,
+            },
+            Op::Patch {
+                first_block,
+                hashes,
+                bitmap,
+                payload,
+            } => Message::Patch {
+                first_block,
+                hashes,
+                bitmap,
+                raw_len: payload.raw_len,
+                compressed: payload.compressed,
+                payload: payload.bytes,
+            },
+        }
+    }
+}
+
+impl From<RefineAnswer> for Message {
+    fn from(answer: RefineAnswer) -> Message {
+        Message::RefineAnswer {
+            first_block: answer.first_block,
+            bitmap: answer.bitmap,
+        }
+    }
+}
+
+impl Message {
+    /// The op a data message carries; any other message comes back as the error.
+    pub fn into_op(self) -> Result<Op, Message> {
+        Ok(match self {
+            Message::Extent {
+                first_block,
+                raw_len,
+                compressed,
+                hashes,
+                payload,
+            } => Op::Data {
+                first_block,
+                hashes,
+                payload: Payload {
+                    raw_len,
+                    compressed,
+                    bytes: payload,
+                },
+            },
+            Message::ZeroRun {
+                first_block,
+                block_count,
+            } => Op::Zero {
+                first_block,
+                block_count,
+            },
+            Message::RefineKey { key } => Op::RefineKey { key },
+            Message::Refine {
+                first_block,
+                block_count,
+                sub_hashes,
+            } => Op::Refine {
+                first_block,
+                block_count,
+                sub_hashes,
+            },
+            Message::Patch {
+                first_block,
+                hashes,
+                bitmap,
+                raw_len,
+                compressed,
+                payload,
+            } => Op::Patch {
+                first_block,
+                hashes,
+                bitmap,
+                payload: Payload {
+                    raw_len,
+                    compressed,
+                    bytes: payload,
+                },
+            },
+            other => return Err(other),
+        })
+    }
+
+    /// The refinement answer this message carries; any other message comes back as the error.
+    pub fn into_answer(self) -> Result<RefineAnswer, Message> {
+        match self {
+            Message::RefineAnswer {
+                first_block,
+                bitmap,
+            } => Ok(RefineAnswer {
+                first_block,
+                bitmap,
+            }),
+            other => Err(other),
+        }
     }
 }
 

@@ -2,10 +2,12 @@
 //! and the streams themselves: in-process ([`local`]), `ssh` child stdio ([`ssh`]) and mutual
 //! TLS over TCP with pinned certificate fingerprints ([`tls`]). [`dest`] parses `DEST` URLs.
 //!
-//! Nothing here knows about cycles or targets; the sender and receiver drive a `Connection`.
+//! Nothing here knows about cycles or targets. The engines run on their own threads and see a
+//! connection as an [`Endpoint`]: blocking `send` and `recv` with bounds, pumped by async tasks.
 
 mod connection;
 pub mod dest;
+mod endpoint;
 pub mod frame;
 pub mod local;
 pub mod ssh;
@@ -16,6 +18,7 @@ use std::io;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use connection::{Connection, FrameReader, FrameWriter};
+pub use endpoint::{Endpoint, EndpointOptions};
 use frame::FrameError;
 
 /// Any bidirectional byte stream a connection can run over.
@@ -43,11 +46,20 @@ pub enum TransportError {
         got: &'static str,
         expected: &'static str,
     },
+    /// The peer sent nothing (or read nothing) for longer than the configured bound.
+    #[error("peer silent for {secs} s while {waiting}: giving up")]
+    PeerSilent { secs: u64, waiting: &'static str },
+    /// A stop was requested (signal) while waiting on the peer.
+    #[error("stopped on request")]
+    Stopped,
 }
 
 impl TransportError {
     /// True when retrying later may succeed (network trouble rather than a refusal).
     pub fn is_transient(&self) -> bool {
-        matches!(self, TransportError::Io(_) | TransportError::Closed)
+        matches!(
+            self,
+            TransportError::Io(_) | TransportError::Closed | TransportError::PeerSilent { .. }
+        )
     }
 }

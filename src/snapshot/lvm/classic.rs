@@ -111,7 +111,7 @@ impl SnapshotProvider for ClassicLvm {
         super::cleanup_stale(&self.origin.vg, self.namer.key())
     }
 
-    fn freeze(&self, _source: &Path) -> Result<FrozenView, SnapshotError> {
+    fn freeze(&self, _source: &Path, _stop: &AtomicBool) -> Result<FrozenView, SnapshotError> {
         let size = self.cow_size()?;
         let snap = LvRef::new(&self.origin.vg, &self.namer.next());
         let args: Vec<String> = vec![

@@ -3,12 +3,13 @@
 //! the activation-skip flag), read at `/dev/VG/NAME`, removed after the cycle.
 //!
 //! Ready for change tracking: each cycle's snapshot is a [`ThinSnapshot`] whose fate is decided
-//! in one place, its release. Today it is removed. A provider that keeps the previous cycle's
-//! snapshot (to ask `thin_delta` what changed between the two and fill
-//! [`FrozenView::changed_hint`]) will hand it to a "previous" slot instead and remove the one
-//! before; `cleanup_stale` will then have to spare the kept one.
+//! in one place, its release. Today it is removed. A tracker that keeps the previous cycle's
+//! snapshot (to ask `thin_delta` what changed between the two, [`crate::tracker`]) will hand
+//! it to a "previous" slot instead and remove the one before; `cleanup_stale` will then have
+//! to spare the kept one.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use super::report::{Attr, LvRow};
@@ -81,7 +82,7 @@ impl SnapshotProvider for ThinLvm {
         super::cleanup_stale(&self.origin.vg, self.namer.key())
     }
 
-    fn freeze(&self, _source: &Path) -> Result<FrozenView, SnapshotError> {
+    fn freeze(&self, _source: &Path, _stop: &AtomicBool) -> Result<FrozenView, SnapshotError> {
         let snap = ThinSnapshot {
             lv: LvRef::new(&self.origin.vg, &self.namer.next()),
         };

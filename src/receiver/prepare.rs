@@ -1,0 +1,180 @@
+//! Preparing a target for a cycle: open (or create) it, bring it to the cycle's size, and
+//! find a manifest that describes it: the saved one when the state says it is trustworthy,
+//! else one rebuilt by hashing the target. The state is marked "applying" before anything
+//! on the target may change.
+
+use std::sync::Arc;
+
+use crate::blockdiff::manifest::{block_len, hash_block, BlockHash, Manifest};
+use crate::blockdiff::scan::{hash_all, ScanOptions};
+use crate::device::DeviceKind;
+use crate::source::BlockSource;
+use crate::state::Condition;
+use crate::target::{fit, BlockTarget, TargetError};
+use crate::transport::frame::TargetCondition;
+
+use super::error::ReceiveError;
+use super::session::Session;
+
+impl Session {
+    /// Opens the target and brings the manifest to the cycle's geometry. Marks the state
+    /// "applying" before anything is changed.
+    pub(super) fn prepare(
+        &mut self,
+        device_size: u64,
+        block_size: u32,
+        generation: u64,
+    ) -> Result<TargetCondition, ReceiveError> {
+        let prior = self.state.condition;
+        let mut created = false;
+        if self.target.is_none() {
+            let exists = self.parts.opener.exists();
+            let create = (self.parts.create && !exists).then_some(device_size);
+            self.target = Some(self.parts.opener.open(create)?);
+            created = create.is_some();
+        }
+        let target = self.target.clone().expect("opened");
+        // A file target is resized to the source's size when we manage it (created it or
+        // committed to it before) or when it is at least as large; a smaller unknown file and
+        // any block device must already be large enough.
+        let managed =
+            created || self.state.committed_generation > 0 || target.size() >= device_size;
+        let may_resize = managed && target.kind() == DeviceKind::File;
+        if !may_resize {
+            fit(&*target, device_size, false)?;
+        }
+        if self.manifest.is_none() && !created {
+            self.manifest = self.load_manifest(prior, block_size);
+        }
+        // From here on the target may change: say so first.
+        self.state.condition = Condition::Applying;
+        self.state.applying_generation = Some(generation);
+        self.state.block_size = block_size;
+        self.state.device_size = device_size;
+        self.save_state()?;
+        let size_before = target.size();
+        let fitted = fit(&*target, device_size, may_resize);
+        self.resized |= target.size() != size_before;
+        fitted?;
+        if created {
+            self.manifest = Some(Manifest::zeroed(block_size, device_size));
+            return Ok(TargetCondition::Unknown);
+        }
+        match self.manifest.take() {
+            Some(mut manifest) if manifest.block_size == block_size => {
+                let old_count = manifest.block_count();
+                if manifest.device_size != device_size {
+                    manifest.resize(device_size);
+                    rehash_tail(&*target, &mut manifest, old_count.saturating_sub(1))?;
+                }
+                self.manifest = Some(manifest);
+                Ok(match prior {
+                    Condition::Consistent => TargetCondition::Consistent,
+                    _ => TargetCondition::MidCycle,
+                })
+            }
+            _ => {
+                self.manifest = Some(self.hash_target(&target, block_size, device_size)?);
+                Ok(TargetCondition::Unknown)
+            }
+        }
+    }
+
+    /// The saved manifest, when the state says it describes the target.
+    fn load_manifest(&self, prior: Condition, block_size: u32) -> Option<Manifest> {
+        let why_not = match prior {
+            Condition::Applying if self.state.applying_generation.is_some() => {
+                Some("a cycle was interrupted by a crash".to_string())
+            }
+            Condition::Applying => Some("no state for this target yet".to_string()),
+            _ => None,
+        };
+        let loaded = match why_not {
+            Some(reason) => Err(reason),
+            None => match self.parts.store.load_manifest() {
+                Ok(Some(m)) if m.block_size == block_size => Ok(m),
+                Ok(Some(m)) => Err(format!(
+                    "block size changed from {} to {block_size}",
+                    m.block_size
+                )),
+                Ok(None) => Err("its manifest is missing".into()),
+                Err(e) => Err(format!("its manifest is unusable: {e}")),
+            },
+        };
+        match loaded {
+            Ok(manifest) => Some(manifest),
+            Err(reason) => {
+                tracing::warn!(target = %self.parts.opener.name().display(), %reason, "rebuilding the target's manifest by hashing it");
+                None
+            }
+        }
+    }
+
+    /// Hashes the whole target: with the parallel direct-read scan when it is a file or a
+    /// device, else through the target itself. Stops early on a requested stop.
+    fn hash_target(
+        &self,
+        target: &Arc<dyn BlockTarget>,
+        block_size: u32,
+        device_size: u64,
+    ) -> Result<Manifest, ReceiveError> {
+        let io_error = |source: std::io::Error| {
+            ReceiveError::Target(TargetError::Io {
+                path: target.name().to_owned(),
+                source,
+            })
+        };
+        let hashes = match target.path() {
+            Some(path) => {
+                let source = BlockSource::open(path)
+                    .map_err(|e| io_error(std::io::Error::other(e)))?
+                    .limited_to(device_size);
+                hash_all(
+                    &source,
+                    &ScanOptions::new(block_size),
+                    &self.pool,
+                    &self.parts.stop,
+                    &*self.parts.progress,
+                )
+                .map_err(|e| match e {
+                    crate::blockdiff::scan::ScanError::Cancelled => ReceiveError::Stopped,
+                    other => io_error(std::io::Error::other(other)),
+                })?
+            }
+            None => hash_by_reading(&**target, block_size, device_size)?,
+        };
+        Ok(Manifest::from_hashes(block_size, device_size, hashes))
+    }
+}
+
+/// Hashes a target block by block through [`BlockTarget::read_at`].
+fn hash_by_reading(
+    target: &dyn BlockTarget,
+    block_size: u32,
+    device_size: u64,
+) -> Result<Vec<BlockHash>, ReceiveError> {
+    let count = crate::blockdiff::manifest::block_count(device_size, block_size);
+    let mut buf = vec![0u8; block_size as usize];
+    let mut hashes = Vec::with_capacity(count as usize);
+    for index in 0..count {
+        let len = block_len(device_size, block_size, index);
+        target.read_at(&mut buf[..len], index * block_size as u64)?;
+        hashes.push(hash_block(&buf[..len]));
+    }
+    Ok(hashes)
+}
+
+/// Re-hashes blocks from `first` to the end (after a size change).
+fn rehash_tail(
+    target: &dyn BlockTarget,
+    manifest: &mut Manifest,
+    first: u64,
+) -> Result<(), ReceiveError> {
+    let mut buf = vec![0u8; manifest.block_size as usize];
+    for index in first..manifest.block_count() {
+        let len = block_len(manifest.device_size, manifest.block_size, index);
+        target.read_at(&mut buf[..len], index * manifest.block_size as u64)?;
+        manifest.set_hash(index, hash_block(&buf[..len]));
+    }
+    Ok(())
+}

@@ -1,0 +1,61 @@
+//! The change-tracker seam: which byte ranges of a frozen view may differ from the view whose
+//! content the base manifest describes. A tracker that can tell (from `thin_delta`, a classic
+//! snapshot's COW table, FIEMAP of reflink clones) lets the scan read only those ranges;
+//! [`FullScan`] cannot and always says "everything".
+//!
+//! The cycle asks a tracker only when the base manifest is the sender's own committed one
+//! (the receiver's root agrees with it): a tracker's ranges are relative to what *we*
+//! committed, and mean nothing against a manifest the receiver rebuilt. Any doubt is a full
+//! scan, with the reason in the cycle's figures.
+
+mod given;
+
+use crate::blockdiff::manifest::BlockHash;
+use crate::blockdiff::ranges::RangeSet;
+use crate::snapshot::FrozenView;
+
+pub use given::Given;
+
+/// What the base manifest describes: the sender's committed generation and its root.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Since {
+    /// The committed generation the base manifest belongs to.
+    pub generation: u64,
+    /// Its root.
+    pub root: BlockHash,
+}
+
+/// A tracker's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Changes {
+    /// Only these byte ranges may have changed (the scan reads them, nothing else).
+    Ranges(RangeSet),
+    /// Everything must be read. `reason` says why when a tracker had to give up; `None` for
+    /// a tracker that always reads everything.
+    Everything {
+        /// Why the tracker could not tell, if it is one that usually can.
+        reason: Option<String>,
+    },
+}
+
+/// Finds what changed since the generation the base manifest describes.
+pub trait ChangeTracker: Send + Sync {
+    /// Short name for figures and logs (`full-scan`, `thin-delta`, ...).
+    fn name(&self) -> &'static str;
+    /// The ranges of `view` that may differ from the view of generation `since`.
+    fn changed(&self, view: &FrozenView, since: &Since) -> Changes;
+}
+
+/// Reads everything, every cycle: the fallback, and the tracker of sources nothing can track
+/// (`--snapshot none`, plain devices).
+pub struct FullScan;
+
+impl ChangeTracker for FullScan {
+    fn name(&self) -> &'static str {
+        "full-scan"
+    }
+
+    fn changed(&self, _view: &FrozenView, _since: &Since) -> Changes {
+        Changes::Everything { reason: None }
+    }
+}
