@@ -109,9 +109,9 @@ pub struct SendArgs {
     /// zstd level 1-22; 0 sends raw. Level 1 is the measured default (docs/benchmarks.md).
     #[arg(long, value_name = "LEVEL", default_value_t = 1, value_parser = compress_level_arg)]
     pub compress_level: i32,
-    /// Worker threads for hashing and compression, 1 to 1024 (default: all cores). The work is
-    /// CPU-bound, so more threads than cores only add overhead; 1024 is above any machine's
-    /// core count and stops a typo from spawning threads until the host stalls.
+    /// Worker threads for hashing and compression, 1 to 1024 (default: all cores, at most 1024).
+    /// The work is CPU-bound, so more threads than cores only add overhead; 1024 covers the
+    /// largest common servers and stops a typo from spawning threads until the host stalls.
     #[arg(long, value_name = "N", value_parser = threads_arg)]
     pub threads: Option<usize>,
     /// Print one JSON object per committed cycle on stdout.
