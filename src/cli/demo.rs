@@ -3,13 +3,17 @@
 //! cycle's figures, and verifies the target byte for byte.
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
+use super::out::outln;
 use crate::daemon::link::LinkConfig;
 use crate::daemon::{DaemonConfig, Mode};
 use crate::progress::Progress;
@@ -21,6 +25,10 @@ use crate::transport::tls;
 use crate::units::human_bytes;
 
 const BLOCK: usize = 64 << 10;
+/// Smallest sample volume (the demo changes 1% of its blocks: at least a few of them).
+pub const MIN_SIZE: u64 = 8 << 20;
+/// Largest sample volume (it is written to disk, then read by each cycle and by `verify`).
+pub const MAX_SIZE: u64 = 64 << 30;
 
 /// A small deterministic generator (splitmix64) for sample data.
 struct Rng(u64);
@@ -100,7 +108,7 @@ fn change_one_percent(path: &Path, size: u64) -> anyhow::Result<u64> {
 }
 
 fn describe(label: &str, report: &CycleReport) {
-    println!(
+    outln!(
         "  {label}: generation {}, scanned {} in {} blocks, {} blocks changed ({} zero), \
          {} of changed data sent as {} on the wire (compression {:.2}x), {:.2} s",
         report.generation,
@@ -115,16 +123,26 @@ fn describe(label: &str, report: &CycleReport) {
     );
 }
 
-/// Runs the demo.
+/// The in-process receiver: where it listens, the sender's credentials, and how to stop it.
+struct DemoReceiver {
+    addr: SocketAddr,
+    sender_identity: Arc<tls::Identity>,
+    receiver_fingerprint: [u8; 32],
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), tls::TlsError>>,
+}
+
+/// Runs the demo in `dir` (default: a temporary directory) on a `size`-byte sample volume.
 pub async fn run(
     dir: Option<PathBuf>,
     size: u64,
     progress: Arc<dyn Progress>,
 ) -> anyhow::Result<()> {
-    if size < BLOCK as u64 * 100 {
+    if !(MIN_SIZE..=MAX_SIZE).contains(&size) {
         bail!(
-            "--size must be at least {}",
-            human_bytes(BLOCK as u64 * 100)
+            "--size must be between {} and {}",
+            human_bytes(MIN_SIZE),
+            human_bytes(MAX_SIZE)
         );
     }
     let temp;
@@ -140,17 +158,57 @@ pub async fn run(
             temp.path().to_owned()
         }
     };
+    mirror_and_verify(&dir, size, progress).await?;
+    outln!("demo complete");
+    Ok(())
+}
+
+async fn mirror_and_verify(
+    dir: &Path,
+    size: u64,
+    progress: Arc<dyn Progress>,
+) -> anyhow::Result<()> {
     let source = dir.join("source.img");
     let target = dir.join("target.img");
-    println!("blkmirror demo in {}", dir.display());
-    println!(
+    outln!("blkmirror demo in {}", dir.display());
+    outln!(
         "1. building a {} sample volume: {}",
         human_bytes(size),
         source.display()
     );
     build_volume(&source, size)?;
+    let receiver = start_receiver(dir, &target).await?;
+    let state = dir.join("sender-state");
+    let config = || daemon_config(&source, &state, &receiver);
+    let engines = || crate::daemon::Engines {
+        provider: Arc::new(crate::snapshot::NoSnapshot::default()),
+        tracker: Arc::new(crate::tracker::FullScan),
+        progress: progress.clone(),
+    };
 
-    println!("2. making TLS identities for both ends (keygen)");
+    outln!("4. initial sync over TLS");
+    crate::daemon::run(config(), engines(), |r| describe("cycle", r)).await?;
+    let changed = change_one_percent(&source, size)?;
+    outln!("5. changed {changed} random 64 KiB blocks (1%) of the source; mirroring again");
+    crate::daemon::run(config(), engines(), |r| describe("cycle", r)).await?;
+
+    let _ = receiver.stop.send(());
+    receiver.task.await??;
+    outln!("6. verifying target against source");
+    let report = crate::source::compare::verify(&source, &target, &*progress)?;
+    if !report.identical() {
+        bail!(
+            "target differs from source in {} bytes",
+            report.differing_bytes()
+        );
+    }
+    outln!("   identical: {} bytes", report.source_size);
+    Ok(())
+}
+
+/// Makes both identities, then starts a receiver for `target` on 127.0.0.1.
+async fn start_receiver(dir: &Path, target: &Path) -> anyhow::Result<DemoReceiver> {
+    outln!("2. making TLS identities for both ends (keygen)");
     let _ = std::fs::remove_dir_all(dir.join("sender-id"));
     let _ = std::fs::remove_dir_all(dir.join("receiver-id"));
     let sender_fp = tls::keygen(&dir.join("sender-id"))?;
@@ -165,28 +223,39 @@ pub async fn run(
     )
     .await?;
     let addr = server.local_addr();
-    println!(
+    outln!(
         "3. receiver listening on {addr}, writing {}",
         target.display()
     );
     let receiver_config = Arc::new(ReceiverConfig {
-        target: target.clone(),
+        target: target.to_owned(),
         create: true,
         state_dir: dir.join("receiver-state"),
         threads: 2,
     });
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server_task = tokio::spawn(crate::receiver::listen::serve_tls(
+    let (stop, stop_rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(crate::receiver::listen::serve_tls(
         server,
         receiver_config,
         async {
             let _ = stop_rx.await;
         },
     ));
+    Ok(DemoReceiver {
+        addr,
+        sender_identity,
+        receiver_fingerprint: tls::parse_fingerprint(&receiver_fp).map_err(anyhow::Error::msg)?,
+        stop,
+        task,
+    })
+}
 
-    let config = |state: &Path| DaemonConfig {
+/// One cycle from `source` to the demo's receiver.
+fn daemon_config(source: &Path, state: &Path, receiver: &DemoReceiver) -> DaemonConfig {
+    let addr = receiver.addr;
+    DaemonConfig {
         cycle: CycleConfig {
-            source: source.clone(),
+            source: source.to_owned(),
             dest: format!("tls://{addr}"),
             block_size: BLOCK as u32,
             state_dir: state.to_owned(),
@@ -201,39 +270,13 @@ pub async fn run(
             state_dir: state.to_owned(),
             threads: 2,
             tls: Some((
-                sender_identity.clone(),
-                tls::parse_fingerprint(&receiver_fp).expect("own fingerprint parses"),
+                receiver.sender_identity.clone(),
+                receiver.receiver_fingerprint,
             )),
             ssh: SshOptions::default(),
         },
         mode: Mode::Once,
         interval: Duration::from_secs(1),
         threads: 2,
-    };
-    let state = dir.join("sender-state");
-    let engines = || crate::daemon::Engines {
-        provider: Arc::new(crate::snapshot::NoSnapshot::default()),
-        tracker: Arc::new(crate::tracker::FullScan),
-        progress: progress.clone(),
-    };
-
-    println!("4. initial sync over TLS");
-    crate::daemon::run(config(&state), engines(), |r| describe("cycle", r)).await?;
-    let changed = change_one_percent(&source, size)?;
-    println!("5. changed {changed} random 64 KiB blocks (1%) of the source; mirroring again");
-    crate::daemon::run(config(&state), engines(), |r| describe("cycle", r)).await?;
-
-    let _ = stop_tx.send(());
-    server_task.await??;
-    println!("6. verifying target against source");
-    let report = crate::source::compare::verify(&source, &target, &*progress)?;
-    if !report.identical() {
-        bail!(
-            "target differs from source in {} bytes",
-            report.differing_bytes()
-        );
     }
-    println!("   identical: {} bytes", report.source_size);
-    println!("demo complete");
-    Ok(())
 }

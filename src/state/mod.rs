@@ -136,27 +136,69 @@ pub fn default_state_dir() -> PathBuf {
     PathBuf::from(home).join(".local/state/blkmirror")
 }
 
-/// Every state record found under a state dir, for `status`.
-pub fn list(state_dir: &Path) -> io::Result<Vec<serde_json::Value>> {
+/// One state record found under a state dir, as `status` shows it.
+#[derive(Clone, Debug)]
+pub enum StatusEntry {
+    /// A receiver's record for one target.
+    Receiver(ReceiverState),
+    /// A sender's record for one (source, destination) pair.
+    Sender(SenderStatus),
+}
+
+impl StatusEntry {
+    /// `"receiver"` or `"sender"` (the `role` key of `status --json`).
+    pub fn role(&self) -> &'static str {
+        match self {
+            StatusEntry::Receiver(_) => "receiver",
+            StatusEntry::Sender(_) => "sender",
+        }
+    }
+
+    /// The object `status --json` prints: the record's own keys, plus `role`, and for a
+    /// receiver `condition` summarised as `consistent` or `mid-cycle` with the record's own
+    /// condition (`consistent`, `applying`, `interrupted`) moved to `detail`.
+    pub fn to_json(&self) -> serde_json::Result<serde_json::Value> {
+        let mut value = match self {
+            StatusEntry::Receiver(state) => serde_json::to_value(state)?,
+            StatusEntry::Sender(status) => serde_json::to_value(status)?,
+        };
+        value["role"] = self.role().into();
+        if let StatusEntry::Receiver(state) = self {
+            value["condition"] = condition_summary(state.condition).into();
+            value["detail"] = serde_json::to_value(state.condition)?;
+        }
+        Ok(value)
+    }
+}
+
+impl Serialize for StatusEntry {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.to_json()
+            .map_err(serde::ser::Error::custom)?
+            .serialize(serializer)
+    }
+}
+
+/// `consistent`, or `mid-cycle` for a target that is being (or was being) written.
+pub fn condition_summary(condition: Condition) -> &'static str {
+    match condition {
+        Condition::Consistent => "consistent",
+        Condition::Applying | Condition::Interrupted => "mid-cycle",
+    }
+}
+
+/// Every state record found under a state dir, for `status`: receivers, then senders, each
+/// in the order of their files' paths.
+pub fn list(state_dir: &Path) -> io::Result<Vec<StatusEntry>> {
     let mut entries = Vec::new();
     for file in json_files(&state_dir.join("targets"), "state.json")? {
         if let Some(state) = read_json::<ReceiverState>(&file)? {
-            let mut value = serde_json::to_value(&state)?;
-            value["role"] = "receiver".into();
-            value["condition"] = match state.condition {
-                Condition::Consistent => "consistent",
-                _ => "mid-cycle",
-            }
-            .into();
-            value["detail"] = serde_json::to_value(state.condition)?;
-            entries.push(value);
+            entries.push(StatusEntry::Receiver(state));
         }
     }
     for file in json_files(&state_dir.join("sources"), ".json")? {
         if let Some(status) = read_json::<SenderStatus>(&file)? {
-            let mut value = serde_json::to_value(&status)?;
-            value["role"] = "sender".into();
-            entries.push(value);
+            entries.push(StatusEntry::Sender(status));
         }
     }
     Ok(entries)

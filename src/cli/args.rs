@@ -1,0 +1,429 @@
+//! The command line's grammar: clap structs for every command, the value enums, and the value
+//! parsers that bound every numeric option. A value out of bounds is a clap error, rendered by
+//! [`super::main`] as one `blkmirror: error: invalid value '...' for '--OPTION <..>': ...` line
+//! with exit 2; each parser's message names the allowed range.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::blockdiff::manifest::check_block_size;
+use crate::snapshot::SnapshotKind;
+use crate::units::{parse_duration, parse_size};
+
+/// Most worker threads a command accepts (see `--threads`' help for why).
+pub const MAX_THREADS: usize = 1024;
+/// Longest pause between cycles.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Smallest classic LVM snapshot COW space (LVM rounds up to one extent anyway).
+pub const MIN_SNAPSHOT_SIZE: u64 = 1 << 20;
+/// Largest classic LVM snapshot COW space.
+pub const MAX_SNAPSHOT_SIZE: u64 = 1 << 50;
+/// Highest zstd level.
+pub const MAX_COMPRESS_LEVEL: i32 = 22;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "blkmirror",
+    version,
+    about = "Mirror block devices and image files by snapshots and verified deltas"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Mirror SOURCE to DEST, cycle after cycle, shipping only changed blocks.
+    Send(SendArgs),
+    /// Receive a mirror into TARGET (the only path this receiver ever writes).
+    Receive(ReceiveArgs),
+    /// Create a TLS identity (key + self-signed certificate) in DIR; prints its fingerprint.
+    Keygen(KeygenArgs),
+    /// Compare SOURCE and TARGET byte by byte: exit 0 identical, 1 different, 2 error.
+    Verify(VerifyArgs),
+    /// Show the state of senders and receivers kept in a state directory.
+    Status(StatusArgs),
+    /// Build a sample volume, mirror it over TLS on loopback, change 1%, mirror again, verify.
+    Demo(DemoArgs),
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgressMode {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadModeArg {
+    /// Direct reads ahead ("direct" names the same).
+    #[value(alias = "direct")]
+    Auto,
+    Cached,
+    Mmap,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SendArgs {
+    /// Block device or image file to mirror.
+    pub source: PathBuf,
+    /// Local path, tls://HOST:PORT, or ssh://[USER@]HOST[:PORT]/PATH (`-` is refused: write
+    /// ./- for a file of that name).
+    #[arg(value_parser = dest_arg)]
+    pub dest: String,
+    /// Run one cycle and exit.
+    #[arg(long, conflicts_with = "until_quiet")]
+    pub once: bool,
+    /// Loop until a cycle finds nothing changed, then exit 0.
+    #[arg(long)]
+    pub until_quiet: bool,
+    /// Pause between cycles when looping, 0s to 7days; 0s starts the next cycle as soon as one
+    /// commits (each still rereads the whole source). Retries after a failure wait at least 1s.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = interval_arg)]
+    pub interval: Duration,
+    /// Manifest block size: a power of two from 4K to 16M.
+    #[arg(long, value_name = "SIZE", default_value = "64K", value_parser = block_size_arg)]
+    pub block_size: u32,
+    /// Where the sender keeps its manifests (default /var/lib/blkmirror for root).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// How to freeze the source for each cycle (see docs/snapshots.md). auto: an LVM LV gets
+    /// lvm-thin or lvm, an image file reflink; anything else is refused and needs an explicit
+    /// choice.
+    #[arg(long, value_enum, default_value = "auto", overrides_with = "snapshot")]
+    pub snapshot: SnapshotKind,
+    /// COW space of a classic LVM snapshot (--snapshot lvm), 1M to 1P, e.g. 2G. Default: 20% of
+    /// the origin LV, at least 64M, capped by the volume group's free space.
+    #[arg(long, value_name = "SIZE", value_parser = snapshot_size_arg)]
+    pub snapshot_size: Option<u64>,
+    /// Shell command run just before each snapshot (e.g. "fsfreeze -f /srv").
+    #[arg(long)]
+    pub pre_snapshot: Option<String>,
+    /// Shell command run just after each snapshot, even if the snapshot or the pre hook failed
+    /// (e.g. "fsfreeze -u /srv").
+    #[arg(long)]
+    pub post_snapshot: Option<String>,
+    /// zstd level 1-22; 0 sends raw. Level 1 is the measured default (docs/benchmarks.md).
+    #[arg(long, value_name = "LEVEL", default_value_t = 1, value_parser = compress_level_arg)]
+    pub compress_level: i32,
+    /// Worker threads for hashing and compression, 1 to 1024 (default: all cores, at most 1024).
+    /// The work is CPU-bound, so more threads than cores only add overhead; 1024 covers the
+    /// largest common servers and stops a typo from spawning threads until the host stalls.
+    #[arg(long, value_name = "N", value_parser = threads_arg)]
+    pub threads: Option<usize>,
+    /// Print one JSON object per committed cycle on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Progress bars on stderr.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub progress: ProgressMode,
+    /// Our TLS identity directory (from `keygen`), for tls:// destinations.
+    #[arg(long)]
+    pub identity: Option<PathBuf>,
+    /// The receiver's certificate fingerprint, for tls:// destinations.
+    #[arg(long)]
+    pub peer: Option<String>,
+    /// The ssh program and options, for ssh:// destinations.
+    #[arg(long, default_value = "ssh")]
+    pub ssh_command: String,
+    /// blkmirror's path on the remote host, when it is not on the remote PATH.
+    #[arg(long, default_value = "blkmirror")]
+    pub remote_command: String,
+    /// The remote receiver's --state-dir, for ssh:// destinations.
+    #[arg(long)]
+    pub remote_state_dir: Option<String>,
+    /// How the scan reads the source: auto reads directly (O_DIRECT) where it can (see docs/benchmarks.md).
+    #[arg(long, value_enum, default_value = "auto", hide = true)]
+    pub read_mode: ReadModeArg,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ReceiveArgs {
+    /// File or block device to write.
+    pub target: PathBuf,
+    /// Listen for mutual-TLS senders on ADDR (e.g. 0.0.0.0:7300).
+    #[arg(long, required_unless_present = "stdio", conflicts_with = "stdio")]
+    pub listen: Option<String>,
+    /// Speak the protocol on stdin/stdout (used through ssh).
+    #[arg(long)]
+    pub stdio: bool,
+    /// Create a missing target as a sparse file of the source's size.
+    #[arg(long)]
+    pub create: bool,
+    /// Where the receiver keeps the target's manifest and state.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Our TLS identity directory (from `keygen`).
+    #[arg(long)]
+    pub identity: Option<PathBuf>,
+    /// Fingerprint of a sender allowed to connect (repeatable).
+    #[arg(long = "allow-peer")]
+    pub allow_peer: Vec<String>,
+    /// Worker threads for hashing the target, 1 to 1024 (default: all cores; more threads than
+    /// cores only add overhead).
+    #[arg(long, value_name = "N", value_parser = threads_arg)]
+    pub threads: Option<usize>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct KeygenArgs {
+    pub dir: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct VerifyArgs {
+    pub source: PathBuf,
+    pub target: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Print a JSON array.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// Keep the demo's files in DIR (default: a temporary directory, removed afterwards).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Size of the sample volume, 8M to 64G (it is written twice over, to a file in DIR).
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = demo_size_arg)]
+    pub size: u64,
+}
+
+/// Worker threads: the default when not given, all cores (at most [`MAX_THREADS`]).
+pub fn threads_or_default(arg: Option<usize>) -> usize {
+    arg.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .min(MAX_THREADS)
+    })
+}
+
+fn threads_arg(text: &str) -> Result<usize, String> {
+    let n: usize = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a whole number; must be between 1 and {MAX_THREADS}"))?;
+    if !(1..=MAX_THREADS).contains(&n) {
+        return Err(format!("must be between 1 and {MAX_THREADS}"));
+    }
+    Ok(n)
+}
+
+fn compress_level_arg(text: &str) -> Result<i32, String> {
+    let range = format!("must be between 0 (off) and {MAX_COMPRESS_LEVEL}");
+    match text.trim().parse::<i32>() {
+        Ok(level) if (0..=MAX_COMPRESS_LEVEL).contains(&level) => Ok(level),
+        Ok(_) => Err(range),
+        Err(_) => Err(format!("not a whole number; {range}")),
+    }
+}
+
+fn block_size_arg(text: &str) -> Result<u32, String> {
+    parse_size(text).and_then(check_block_size)
+}
+
+fn interval_arg(text: &str) -> Result<Duration, String> {
+    let interval = parse_duration(text)?;
+    if interval > MAX_INTERVAL {
+        return Err("must be between 0s and 7days".into());
+    }
+    Ok(interval)
+}
+
+fn snapshot_size_arg(text: &str) -> Result<u64, String> {
+    size_between(text, MIN_SNAPSHOT_SIZE, MAX_SNAPSHOT_SIZE, "1M and 1P")
+}
+
+fn demo_size_arg(text: &str) -> Result<u64, String> {
+    use crate::cli::demo::{MAX_SIZE, MIN_SIZE};
+    size_between(text, MIN_SIZE, MAX_SIZE, "8M and 64G")
+}
+
+/// A size within `min..=max`; `range` spells the bounds for the message.
+fn size_between(text: &str, min: u64, max: u64, range: &str) -> Result<u64, String> {
+    let size = parse_size(text)?;
+    if !(min..=max).contains(&size) {
+        return Err(format!("must be between {range}"));
+    }
+    Ok(size)
+}
+
+/// DEST as given; `-` is refused rather than taken as a local file of that name.
+fn dest_arg(text: &str) -> Result<String, String> {
+    if text == "-" {
+        return Err(
+            "`-` is not a destination (blkmirror does not mirror to stdout); for a local file named -, write ./-"
+                .into(),
+        );
+    }
+    Ok(text.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parses `blkmirror ARGS...`; on error, the first line as `main` shows it.
+    fn parse(args: &[&str]) -> Result<Cli, String> {
+        Cli::try_parse_from(std::iter::once("blkmirror").chain(args.iter().copied()))
+            .map_err(|e| super::super::clap_message(&e))
+    }
+
+    fn send(extra: &[&str]) -> Result<SendArgs, String> {
+        let mut args = vec!["send", "src.img", "dst.img"];
+        args.extend_from_slice(extra);
+        match parse(&args)?.command {
+            Command::Send(send) => Ok(send),
+            other => panic!("not send: {other:?}"),
+        }
+    }
+
+    /// The option is refused with one line that names it and its range.
+    #[track_caller]
+    fn refused(result: Result<impl std::fmt::Debug, String>, option: &str, range: &str) {
+        let message = result.expect_err("accepted an out-of-bounds value");
+        assert!(!message.contains('\n'), "{message:?}");
+        assert!(
+            message.contains(option),
+            "{message:?} does not name {option}"
+        );
+        assert!(message.contains(range), "{message:?} does not name {range}");
+    }
+
+    #[test]
+    fn defaults_are_within_bounds() {
+        let args = send(&[]).unwrap();
+        assert_eq!(args.interval, Duration::from_secs(10));
+        assert_eq!(args.block_size, 64 << 10);
+        assert_eq!(args.compress_level, 1);
+        assert_eq!(args.threads, None);
+        assert_eq!(args.snapshot_size, None);
+        let n = threads_or_default(None);
+        assert!((1..=MAX_THREADS).contains(&n));
+        match parse(&["demo"]).unwrap().command {
+            Command::Demo(demo) => assert_eq!(demo.size, 256 << 20),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn threads_bounds() {
+        assert_eq!(send(&["--threads", "1"]).unwrap().threads, Some(1));
+        assert_eq!(send(&["--threads", "1024"]).unwrap().threads, Some(1024));
+        for bad in [
+            "--threads=0",
+            "--threads=1025",
+            "--threads=100000",
+            "--threads=-3",
+        ] {
+            refused(send(&[bad]), "--threads", "1 and 1024");
+        }
+        refused(send(&["--threads", "many"]), "--threads", "1 and 1024");
+        refused(
+            parse(&["receive", "t.img", "--stdio", "--threads", "100000"]),
+            "--threads",
+            "1 and 1024",
+        );
+    }
+
+    #[test]
+    fn compress_level_bounds() {
+        assert_eq!(send(&["--compress-level", "0"]).unwrap().compress_level, 0);
+        assert_eq!(
+            send(&["--compress-level", "22"]).unwrap().compress_level,
+            22
+        );
+        for bad in [
+            "--compress-level=23",
+            "--compress-level=-1",
+            "--compress-level=fast",
+        ] {
+            refused(send(&[bad]), "--compress-level", "0 (off) and 22");
+        }
+    }
+
+    #[test]
+    fn block_size_bounds() {
+        assert_eq!(send(&["--block-size", "4K"]).unwrap().block_size, 4096);
+        assert_eq!(send(&["--block-size", "16M"]).unwrap().block_size, 16 << 20);
+        for bad in ["2K", "32M", "3000", "0"] {
+            refused(
+                send(&["--block-size", bad]),
+                "--block-size",
+                "4 KiB and 16 MiB",
+            );
+        }
+        refused(send(&["--block-size", "banana"]), "--block-size", "banana");
+    }
+
+    #[test]
+    fn interval_bounds() {
+        assert_eq!(
+            send(&["--interval", "0s"]).unwrap().interval,
+            Duration::ZERO
+        );
+        assert_eq!(
+            send(&["--interval", "7days"]).unwrap().interval,
+            MAX_INTERVAL
+        );
+        refused(send(&["--interval", "8days"]), "--interval", "0s and 7days");
+        refused(
+            send(&["--interval", "1000years"]),
+            "--interval",
+            "0s and 7days",
+        );
+        refused(send(&["--interval", "soon"]), "--interval", "soon");
+    }
+
+    #[test]
+    fn snapshot_size_bounds() {
+        let ok = send(&["--snapshot-size", "1M"]).unwrap();
+        assert_eq!(ok.snapshot_size, Some(1 << 20));
+        let ok = send(&["--snapshot-size", "1P"]).unwrap();
+        assert_eq!(ok.snapshot_size, Some(1 << 50));
+        for bad in ["0", "4K", "1023K", "2P"] {
+            refused(
+                send(&["--snapshot-size", bad]),
+                "--snapshot-size",
+                "1M and 1P",
+            );
+        }
+    }
+
+    #[test]
+    fn demo_size_bounds() {
+        let size = |text: &str| match parse(&["demo", "--size", text])?.command {
+            Command::Demo(demo) => Ok(demo.size),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(size("8M"), Ok(8 << 20));
+        assert_eq!(size("64G"), Ok(64 << 30));
+        for bad in ["0", "1M", "7M", "65G", "1T"] {
+            refused(size(bad), "--size", "8M and 64G");
+        }
+    }
+
+    #[test]
+    fn dash_is_not_a_destination() {
+        refused(send_to("-"), "DEST", "./-");
+        let message = send_to("-").unwrap_err();
+        assert!(message.contains("`-` is not a destination"), "{message}");
+        assert_eq!(send_to("./-").unwrap().dest, "./-");
+    }
+
+    fn send_to(dest: &str) -> Result<SendArgs, String> {
+        match parse(&["send", "src.img", dest])?.command {
+            Command::Send(send) => Ok(send),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! `blkmirror send SOURCE DEST`: checks what can be checked before the first cycle (the
+//! destination, TLS credentials, the source, a local target), builds the daemon's config and
+//! snapshot provider, and runs cycles, printing one line per committed cycle on stdout.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use super::args::{threads_or_default, ReadModeArg, SendArgs};
+use super::out::outln;
+use super::{block_on, make_progress, usage, CliError};
+use crate::daemon::link::LinkConfig;
+use crate::daemon::{DaemonConfig, Mode};
+use crate::receiver;
+use crate::sender::{source_identity, CycleConfig, CycleReport};
+use crate::snapshot::{self, SnapshotProvider};
+use crate::source::{BlockSource, ReadMode};
+use crate::transport::dest::{parse_destination, Destination};
+use crate::transport::ssh::SshOptions;
+use crate::transport::tls::{self, Identity};
+
+/// Our identity and the pinned peer fingerprint, for a tls:// destination.
+type TlsPair = (Arc<Identity>, [u8; 32]);
+
+/// Runs `send`.
+pub fn run(args: SendArgs) -> Result<i32, CliError> {
+    let dest = destination(&args.dest)?;
+    let tls = tls_pair(&dest, &args)?;
+    let progress = make_progress(args.progress);
+    // Fail fast on a bad source or a local target that cannot work.
+    BlockSource::open(&args.source).map_err(|e| CliError::Runtime(e.into()))?;
+    if let Destination::Local(path) = &dest {
+        check_local_dest(&args.source, path)?;
+    }
+    let engines = crate::daemon::Engines {
+        provider: Arc::from(snapshot_provider(&args)?),
+        tracker: Arc::new(crate::tracker::FullScan),
+        progress,
+    };
+    let json = args.json;
+    let config = daemon_config(args, dest, tls);
+    block_on(crate::daemon::run(config, engines, |report| {
+        print_report(report, json)
+    }))?
+    .map_err(|e| CliError::Runtime(e.into()))?;
+    Ok(0)
+}
+
+/// DEST parsed; a local path made absolute, so state is keyed alike from any directory.
+fn destination(text: &str) -> Result<Destination, CliError> {
+    Ok(match parse_destination(text).map_err(usage)? {
+        Destination::Local(path) => Destination::Local(receiver::absolute(&path)),
+        other => other,
+    })
+}
+
+/// The TLS credentials a tls:// destination needs (there is no unauthenticated mode).
+fn tls_pair(dest: &Destination, args: &SendArgs) -> Result<Option<TlsPair>, CliError> {
+    match (dest, &args.identity, &args.peer) {
+        (Destination::Tls { .. }, Some(dir), Some(peer)) => {
+            let peer = tls::parse_fingerprint(peer).map_err(|e| usage(format!("--peer: {e}")))?;
+            let identity = tls::load_identity(dir).context("--identity")?;
+            Ok(Some((Arc::new(identity), peer)))
+        }
+        (Destination::Tls { .. }, _, _) => Err(usage(
+            "tls:// destinations need --identity DIR and --peer FINGERPRINT (there is no unauthenticated mode)",
+        )),
+        _ => Ok(None),
+    }
+}
+
+/// Refuses a local target that cannot be written, or that is the source itself.
+fn check_local_dest(source: &Path, dest: &Path) -> Result<(), CliError> {
+    crate::target::check_path(dest, true).map_err(|e| CliError::Runtime(e.into()))?;
+    let same = match (std::fs::canonicalize(source), std::fs::canonicalize(dest)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if same {
+        return Err(usage(format!(
+            "DEST {} is the same as SOURCE; refusing to mirror a device onto itself",
+            dest.display()
+        )));
+    }
+    source_identity(source).map_err(|e| CliError::Runtime(e.into()))?;
+    Ok(())
+}
+
+/// How the source is frozen for each cycle (`--snapshot` and its options).
+fn snapshot_provider(args: &SendArgs) -> Result<Box<dyn SnapshotProvider>, CliError> {
+    let options = snapshot::SnapshotOptions {
+        state_dir: state_dir(args),
+        source_identity: source_identity(&args.source).map_err(|e| CliError::Runtime(e.into()))?,
+        snapshot_size: args.snapshot_size,
+        pre_snapshot: args.pre_snapshot.clone(),
+        post_snapshot: args.post_snapshot.clone(),
+    };
+    snapshot::provider(args.snapshot, &args.source, &options)
+        .map_err(|e| CliError::Runtime(e.into()))
+}
+
+fn state_dir(args: &SendArgs) -> std::path::PathBuf {
+    args.state_dir
+        .clone()
+        .unwrap_or_else(crate::state::default_state_dir)
+}
+
+/// The daemon's config from the (already validated) arguments.
+fn daemon_config(args: SendArgs, dest: Destination, tls: Option<TlsPair>) -> DaemonConfig {
+    let threads = threads_or_default(args.threads);
+    let state_dir = state_dir(&args);
+    let mode = if args.once {
+        Mode::Once
+    } else if args.until_quiet {
+        Mode::UntilQuiet
+    } else {
+        Mode::Forever
+    };
+    DaemonConfig {
+        cycle: CycleConfig {
+            source: args.source,
+            dest: dest.to_string(),
+            block_size: args.block_size,
+            state_dir: state_dir.clone(),
+            compress_level: args.compress_level,
+            read_mode: match args.read_mode {
+                ReadModeArg::Auto => ReadMode::Auto,
+                ReadModeArg::Cached => ReadMode::Cached,
+                ReadModeArg::Mmap => ReadMode::Mmap,
+            },
+        },
+        link: LinkConfig {
+            dest,
+            state_dir,
+            threads,
+            tls,
+            ssh: SshOptions {
+                ssh_command: args.ssh_command,
+                remote_command: args.remote_command,
+                remote_state_dir: args.remote_state_dir,
+            },
+        },
+        mode,
+        interval: args.interval,
+        threads,
+    }
+}
+
+/// One line per committed cycle on stdout: JSON, or a sentence. If stdout's reader goes
+/// away, the reports stop and mirroring goes on.
+pub fn print_report(report: &CycleReport, json: bool) {
+    outln!("{}", report_line(report, json));
+}
+
+/// The line [`print_report`] prints.
+pub fn report_line(report: &CycleReport, json: bool) -> String {
+    if json {
+        return serde_json::to_string(report).unwrap_or_default();
+    }
+    format!(
+        "generation {}: {} of {} blocks changed ({} zero), {} changed, {} sent (compression {:.2}x), {:.2} s",
+        report.generation,
+        report.blocks_changed,
+        report.blocks_scanned,
+        report.blocks_zero,
+        crate::units::human_bytes(report.bytes_changed),
+        crate::units::human_bytes(report.bytes_sent),
+        report.compression_ratio,
+        report.duration_ms.total as f64 / 1000.0
+    )
+}

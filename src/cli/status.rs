@@ -1,0 +1,255 @@
+//! `blkmirror status`: the records of a state directory ([`crate::state::list`]), as one line
+//! of text per sender or receiver, or as the JSON array of `--json`
+//! ([`StatusEntry::to_json`] fixes its shape).
+
+use std::io::{self, Write};
+use std::path::Path;
+
+use anyhow::Context;
+use serde::Deserialize;
+
+use super::args::StatusArgs;
+use super::{out, CliError};
+use crate::state::{format_time, Condition, ReceiverState, SenderStatus, StatusEntry};
+use crate::units::human_bytes;
+
+/// Runs `status`.
+pub fn run(args: StatusArgs) -> Result<i32, CliError> {
+    let dir = args
+        .state_dir
+        .unwrap_or_else(crate::state::default_state_dir);
+    let entries =
+        crate::state::list(&dir).with_context(|| format!("state dir {}", dir.display()))?;
+    out::finished(write(&mut out::stdout(), &dir, &entries, args.json))
+        .context("cannot write the status to stdout")?;
+    Ok(0)
+}
+
+/// Writes the entries of state dir `dir` as text or JSON.
+pub fn write(
+    out: &mut dyn Write,
+    dir: &Path,
+    entries: &[StatusEntry],
+    json: bool,
+) -> io::Result<()> {
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(entries)?)?;
+        return out.flush();
+    }
+    if entries.is_empty() {
+        writeln!(out, "no state in {}", dir.display())?;
+    }
+    for entry in entries {
+        writeln!(out, "{}", describe(entry))?;
+    }
+    out.flush()
+}
+
+/// One entry as a line of text.
+pub fn describe(entry: &StatusEntry) -> String {
+    match entry {
+        StatusEntry::Sender(status) => describe_sender(status),
+        StatusEntry::Receiver(state) => describe_receiver(state),
+    }
+}
+
+/// The figures of a sender's last cycle that `status` shows: a typed view of
+/// [`SenderStatus::last_cycle`] (the cycle's whole JSON report, kept as written).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct LastCycle {
+    blocks_changed: u64,
+    blocks_scanned: u64,
+    bytes_sent: u64,
+}
+
+fn describe_sender(status: &SenderStatus) -> String {
+    let last = LastCycle::deserialize(&status.last_cycle).unwrap_or_default();
+    format!(
+        "sender   {} -> {}: generation {} committed {}; last cycle {} of {} blocks changed, {} sent",
+        status.source,
+        status.dest,
+        status.generation,
+        format_time(status.committed_at),
+        last.blocks_changed,
+        last.blocks_scanned,
+        human_bytes(last.bytes_sent)
+    )
+}
+
+fn describe_receiver(state: &ReceiverState) -> String {
+    let target = &state.target;
+    let committed = state.committed_generation;
+    if state.condition == Condition::Consistent {
+        return format!(
+            "receiver {target}: consistent at generation {committed} (committed {}; {} written by the last cycle)",
+            state.committed_at.map_or_else(|| "never".into(), format_time),
+            human_bytes(state.last_cycle_bytes_written)
+        );
+    }
+    let detail = serde_json::to_value(state.condition)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    format!(
+        "receiver {target}: MID-CYCLE ({detail}, applying generation {}); last consistent generation {committed}{}",
+        state
+            .applying_generation
+            .map_or_else(|| "null".into(), |g| g.to_string()),
+        state
+            .last_error
+            .as_deref()
+            .map(|e| format!("; last error: {e}"))
+            .unwrap_or_default()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    const T: u64 = 1_796_128_447;
+
+    fn receiver(condition: Condition) -> ReceiverState {
+        let mut state = ReceiverState::new(Path::new("/srv/mirror.img"));
+        state.condition = condition;
+        state.committed_generation = 4;
+        state.committed_root = "ab".repeat(32);
+        state.block_size = 65536;
+        state.device_size = 8 << 20;
+        state.updated_at = T;
+        state.committed_at = Some(T);
+        state.last_cycle_bytes_written = 3 << 20;
+        state
+    }
+
+    fn sender() -> SenderStatus {
+        SenderStatus {
+            source: "/dev/vg0/data".into(),
+            source_identity: "lvm:vg0/data".into(),
+            dest: "tls://backup:7300".into(),
+            generation: 7,
+            root: "cd".repeat(32),
+            committed_at: T,
+            last_cycle: json!({"generation": 7, "blocks_changed": 3, "blocks_scanned": 128,
+                               "bytes_sent": 200_000, "duration_ms": {"total": 5}}),
+        }
+    }
+
+    fn text(entries: &[StatusEntry]) -> String {
+        let mut buf = Vec::new();
+        write(&mut buf, Path::new("/st"), entries, false).unwrap();
+        String::from_utf8(buf).unwrap()
+    }
+
+    fn json_of(entries: &[StatusEntry]) -> Value {
+        let mut buf = Vec::new();
+        write(&mut buf, Path::new("/st"), entries, true).unwrap();
+        serde_json::from_slice(&buf).unwrap()
+    }
+
+    #[test]
+    fn text_lines() {
+        let stamp = format_time(T);
+        let mut interrupted = receiver(Condition::Interrupted);
+        interrupted.applying_generation = Some(5);
+        let mut failed = receiver(Condition::Applying);
+        failed.applying_generation = Some(5);
+        failed.last_error = Some("connection reset".into());
+        let entries = [
+            StatusEntry::Receiver(receiver(Condition::Consistent)),
+            StatusEntry::Receiver(interrupted),
+            StatusEntry::Receiver(failed),
+            StatusEntry::Sender(sender()),
+        ];
+        let expected = [
+            format!("receiver /srv/mirror.img: consistent at generation 4 (committed {stamp}; 3.0 MiB written by the last cycle)"),
+            "receiver /srv/mirror.img: MID-CYCLE (interrupted, applying generation 5); last consistent generation 4".into(),
+            "receiver /srv/mirror.img: MID-CYCLE (applying, applying generation 5); last consistent generation 4; last error: connection reset".into(),
+            format!("sender   /dev/vg0/data -> tls://backup:7300: generation 7 committed {stamp}; last cycle 3 of 128 blocks changed, 195.3 KiB sent"),
+        ];
+        assert_eq!(text(&entries), expected.join("\n") + "\n");
+    }
+
+    #[test]
+    fn text_of_a_receiver_never_committed_and_of_no_state() {
+        let mut fresh = receiver(Condition::Consistent);
+        fresh.committed_at = None;
+        fresh.committed_generation = 0;
+        let line = describe(&StatusEntry::Receiver(fresh));
+        assert!(line.contains("(committed never;"), "{line}");
+        assert_eq!(text(&[]), "no state in /st\n");
+    }
+
+    #[test]
+    fn json_shape() {
+        let mut mid = receiver(Condition::Interrupted);
+        mid.applying_generation = Some(5);
+        let entries = [
+            StatusEntry::Receiver(receiver(Condition::Consistent)),
+            StatusEntry::Receiver(mid),
+            StatusEntry::Sender(sender()),
+        ];
+        let all = json_of(&entries);
+        let expected_consistent = json!({
+            "format": 1, "target": "/srv/mirror.img", "condition": "consistent",
+            "detail": "consistent", "role": "receiver", "committed_generation": 4,
+            "committed_root": "ab".repeat(32), "applying_generation": null,
+            "block_size": 65536, "device_size": 8 << 20, "updated_at": T, "committed_at": T,
+            "last_cycle_bytes_written": 3 << 20, "last_error": null,
+        });
+        assert_eq!(all[0], expected_consistent);
+        assert_eq!(all[1]["condition"], "mid-cycle");
+        assert_eq!(all[1]["detail"], "interrupted");
+        assert_eq!(all[1]["applying_generation"], 5);
+        let expected_sender = json!({
+            "role": "sender", "source": "/dev/vg0/data", "source_identity": "lvm:vg0/data",
+            "dest": "tls://backup:7300", "generation": 7, "root": "cd".repeat(32),
+            "committed_at": T, "last_cycle": sender().last_cycle,
+        });
+        assert_eq!(all[2], expected_sender);
+        assert_eq!(json_of(&[]), json!([]));
+    }
+
+    #[test]
+    fn json_is_the_pretty_printed_array() {
+        let entries = [StatusEntry::Sender(sender())];
+        let mut buf = Vec::new();
+        write(&mut buf, Path::new("/st"), &entries, true).unwrap();
+        let values: Vec<Value> = entries.iter().map(|e| e.to_json().unwrap()).collect();
+        let expected = serde_json::to_string_pretty(&values).unwrap() + "\n";
+        assert_eq!(String::from_utf8(buf).unwrap(), expected);
+    }
+
+    /// A writer whose reader went away after `left` bytes.
+    struct Closing {
+        left: usize,
+    }
+
+    impl Write for Closing {
+        fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+            if self.left == 0 {
+                return Err(io::ErrorKind::BrokenPipe.into());
+            }
+            let n = data.len().min(self.left);
+            self.left -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_reader_that_goes_away_ends_the_output_quietly() {
+        let entries = vec![StatusEntry::Sender(sender()); 50];
+        let result = write(
+            &mut Closing { left: 100 },
+            Path::new("/st"),
+            &entries,
+            false,
+        );
+        assert!(out::finished(result).is_ok());
+    }
+}
