@@ -24,6 +24,8 @@ pub mod blockdiff;
 pub mod cli;
 pub mod daemon;
 pub mod device;
+#[cfg(test)]
+mod engine_tests;
 pub mod faults;
 pub mod progress;
 pub mod receiver;

@@ -26,6 +26,10 @@ pub struct Power {
     points: AtomicU64,
     cut_at: Option<u64>,
     lost: AtomicBool,
+    /// While set, a target `sync` hangs (a very slow fsync) and then fails.
+    stall: AtomicBool,
+    /// A target `sync` is hanging.
+    stalled: AtomicBool,
 }
 
 impl Power {
@@ -35,7 +39,25 @@ impl Power {
             points: AtomicU64::new(0),
             cut_at,
             lost: AtomicBool::new(false),
+            stall: AtomicBool::new(false),
+            stalled: AtomicBool::new(false),
         })
+    }
+
+    /// Makes target syncs hang (`true`) until released (`false`); a released hung sync fails,
+    /// making nothing durable.
+    pub fn stall_syncs(&self, stall: bool) {
+        self.stall.store(stall, Ordering::SeqCst);
+    }
+
+    /// Whether a target sync is hanging now.
+    pub fn sync_stalled(&self) -> bool {
+        self.stalled.load(Ordering::SeqCst)
+    }
+
+    /// Cuts the power now.
+    pub fn cut(&self) {
+        self.lost.store(true, Ordering::SeqCst);
     }
 
     /// Sync points reached so far (including the one the power went out at).
@@ -155,6 +177,14 @@ impl BlockTarget for CrashTarget {
     }
 
     fn sync(&self) -> Result<(), TargetError> {
+        if self.power.stall.load(Ordering::SeqCst) {
+            self.power.stalled.store(true, Ordering::SeqCst);
+            while self.power.stall.load(Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            self.power.stalled.store(false, Ordering::SeqCst);
+            return Err(self.io(io::Error::other("sync abandoned (simulated)")));
+        }
         self.power.sync_point().map_err(|e| self.io(e))?;
         let mut images = self.images.lock().expect("images lock");
         images.durable = images.written.clone();
