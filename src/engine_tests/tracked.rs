@@ -27,7 +27,7 @@ fn the_scan_reads_only_what_the_tracker_reports() {
     let counter = asked.clone();
     let tracker = Arc::new(Given::new(move |_since| {
         counter.fetch_add(1, Ordering::SeqCst);
-        Changes::Ranges(RangeSet::from_ranges([100..200]))
+        Changes::Ranges(RangeSet::from_ranges(std::iter::once(100..200)))
     }));
 
     // First cycle: no committed manifest of ours, so the tracker is not asked.
