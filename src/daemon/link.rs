@@ -1,7 +1,10 @@
-//! Opening a session to a destination: an in-process receiver for a local path, `ssh` for
-//! `ssh://`, mutual TLS for `tls://`. Returns a handshaken [`Endpoint`] plus whatever must be
-//! kept alive and shut down with it (the local receiver task, the ssh child). The only module
-//! that knows both sides: it wires a local receiver to the sender.
+//! Opening a session to a destination: an in-process receiver for a local path; anything else
+//! through its transport's [`Dialer`] (`ssh` for `ssh://`, mutual TLS for `tls://`). Returns a
+//! handshaken [`Endpoint`] plus whatever must be kept alive and shut down with it (the local
+//! receiver task, the dialer's [`Finisher`], e.g. the ssh child). The only module that knows
+//! both sides: it wires a local receiver to the sender.
+//!
+//! [`Dialer`]: crate::transport::Dialer
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -11,8 +14,11 @@ use crate::progress::NoProgress;
 use crate::receiver::{self, ReceiverConfig};
 use crate::transport::dest::Destination;
 use crate::transport::ssh::SshOptions;
-use crate::transport::tls::{self, Identity};
-use crate::transport::{local, Connection, Endpoint, EndpointOptions, TransportError};
+use crate::transport::tls::Identity;
+use crate::transport::{
+    dialer_for, local, Connection, DialConfig, DialError, Dialed, Endpoint, EndpointOptions,
+    Finisher, TransportError,
+};
 
 /// How to reach the destination, beyond its address.
 #[derive(Clone)]
@@ -26,35 +32,42 @@ pub struct LinkConfig {
     pub ssh: SshOptions,
 }
 
+impl LinkConfig {
+    /// What the destination's dialer needs (TLS identity and pin, ssh options).
+    pub fn dial_config(&self) -> DialConfig {
+        DialConfig {
+            tls: self.tls.clone(),
+            ssh: self.ssh.clone(),
+        }
+    }
+}
+
 /// Why a destination could not be reached.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
     #[error(transparent)]
-    Tls(#[from] tls::TlsError),
-    #[error(transparent)]
-    Ssh(#[from] crate::transport::ssh::SshError),
+    Dial(#[from] DialError),
     #[error(transparent)]
     Transport(#[from] TransportError),
     #[error(transparent)]
     Receive(#[from] receiver::ReceiveError),
-    #[error("tls:// destinations need --identity DIR and --peer FINGERPRINT")]
-    MissingIdentity,
 }
 
 impl LinkError {
     pub fn is_transient(&self) -> bool {
         match self {
+            LinkError::Dial(e) => e.is_transient(),
             LinkError::Transport(e) => e.is_transient(),
-            LinkError::Tls(e) => e.is_transient(),
-            _ => false,
+            LinkError::Receive(e) => e.is_transient(),
         }
     }
 }
 
 enum Peer {
+    /// The in-process receiver serving a local path.
     Local(tokio::task::JoinHandle<Result<(), receiver::ReceiveError>>),
-    Ssh(Box<crate::transport::ssh::SshChild>),
-    Tls,
+    /// A dialed destination and what to finish after its stream (nothing for TLS).
+    Remote(Option<Box<dyn Finisher>>),
 }
 
 /// An open session to a destination.
@@ -84,19 +97,10 @@ impl Link {
                 });
                 (ours, Peer::Local(task))
             }
-            Destination::Tls { host, port } => {
-                let (identity, peer) = config.tls.as_ref().ok_or(LinkError::MissingIdentity)?;
-                (tls::connect(host, *port, identity, *peer).await?, Peer::Tls)
-            }
-            Destination::Ssh {
-                user,
-                host,
-                port,
-                path,
-            } => {
-                let crate::transport::ssh::SshConnection { stream, child } =
-                    crate::transport::ssh::spawn(user.as_deref(), host, *port, path, &config.ssh)?;
-                (stream, Peer::Ssh(Box::new(child)))
+            remote => {
+                let dialer = dialer_for(remote, &config.dial_config())?;
+                let Dialed { stream, finisher } = dialer.dial().await?;
+                (stream, Peer::Remote(finisher))
             }
         };
         let mut conn = Connection::new(stream);
@@ -137,8 +141,8 @@ impl Link {
         drop(endpoint);
         match peer {
             Peer::Local(task) => task.await.expect("receiver task panicked")?,
-            Peer::Ssh(child) => child.finish().await?,
-            Peer::Tls => {}
+            Peer::Remote(Some(finisher)) => finisher.finish().await?,
+            Peer::Remote(None) => {}
         }
         Ok(())
     }

@@ -6,6 +6,8 @@
 //! remote POSIX shell. ssh's stderr is inherited, so ssh's own errors and the remote
 //! receiver's error line reach the user directly. Shutting the stream down closes ssh's stdin
 //! (end of input for the remote receiver); dropping the stream does too.
+//!
+//! [`SshDialer`] is the `ssh://` [`Dialer`]: its [`Finisher`] is the ssh process.
 
 use std::io;
 use std::pin::Pin;
@@ -16,7 +18,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-use super::BoxStream;
+use super::dialer::{BoxFuture, DialError, Dialed, Dialer, Finisher};
+use super::{BoxStream, IoCause};
 
 /// How long [`SshChild::finish`] waits for ssh to exit before killing it.
 pub const FINISH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -47,17 +50,20 @@ impl Default for SshOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum SshError {
     #[error("invalid --ssh-command {text:?}: {cause}")]
-    BadSshCommand { text: String, cause: String },
+    BadSshCommand { text: String, cause: &'static str },
     #[error("invalid remote command {text:?}: {cause}")]
-    BadRemoteCommand { text: String, cause: String },
+    BadRemoteCommand { text: String, cause: &'static str },
     #[error("invalid ssh host {host:?}: {cause}")]
-    BadHost { host: String, cause: String },
-    #[error("invalid remote path {path:?}: {cause}")]
-    BadPath { path: String, cause: String },
-    #[error("cannot run {program}: {cause}{hint}")]
+    BadHost { host: String, cause: &'static str },
+    #[error("invalid remote path {path:?}: {source}")]
+    BadPath {
+        path: String,
+        source: shlex::QuoteError,
+    },
+    #[error("cannot run {program}: {source}{hint}")]
     Spawn {
         program: String,
-        cause: String,
+        source: IoCause,
         hint: &'static str,
     },
     #[error("ssh could not connect to {host} (exit 255)")]
@@ -66,10 +72,26 @@ pub enum SshError {
     RemoteFailed { host: String, code: i32 },
     #[error("ssh to {host} was killed by signal {signal}")]
     Killed { host: String, signal: i32 },
-    #[error("cannot wait for ssh to {host}: {cause}")]
-    Wait { host: String, cause: String },
+    #[error("cannot wait for ssh to {host}: {source}")]
+    Wait { host: String, source: io::Error },
+    #[error("cannot wait for ssh to {host}: unexpected status {status}")]
+    UnexpectedStatus { host: String, status: ExitStatus },
     #[error("ssh to {host} did not exit within {secs} s; killed it")]
     Timeout { host: String, secs: u64 },
+}
+
+impl SshError {
+    /// True when trying again later may succeed. ssh exits 255 for its own failures, which
+    /// are mostly the network's (connection refused, reset or timed out; also a failed
+    /// login, which it does not tell apart), and an ssh that does not exit is stuck on the
+    /// network. A bad command line, a missing ssh program or a failed remote receiver
+    /// (whose own error is shown) stay failed.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            SshError::CouldNotConnect { .. } | SshError::Timeout { .. }
+        )
+    }
 }
 
 /// A running ssh: the byte stream to the remote receiver plus the process to reap.
@@ -103,10 +125,7 @@ impl SshChild {
         let host = self.host.clone();
         match tokio::time::timeout(FINISH_TIMEOUT, self.child.wait()).await {
             Ok(Ok(status)) => check_status(&host, status),
-            Ok(Err(e)) => Err(SshError::Wait {
-                host,
-                cause: e.to_string(),
-            }),
+            Ok(Err(source)) => Err(SshError::Wait { host, source }),
             Err(_) => {
                 let _ = self.child.kill().await;
                 Err(SshError::Timeout {
@@ -131,10 +150,7 @@ fn check_status(host: &str, status: ExitStatus) -> Result<(), SshError> {
         (Some(255), _) => Err(SshError::CouldNotConnect { host }),
         (Some(code), _) => Err(SshError::RemoteFailed { host, code }),
         (None, Some(signal)) => Err(SshError::Killed { host, signal }),
-        (None, None) => Err(SshError::Wait {
-            host,
-            cause: format!("unexpected status {status}"),
-        }),
+        (None, None) => Err(SshError::UnexpectedStatus { host, status }),
     }
 }
 
@@ -161,9 +177,9 @@ pub fn build_command_line(
 }
 
 fn split_ssh_command(text: &str) -> Result<Vec<String>, SshError> {
-    let bad = |cause: &str| SshError::BadSshCommand {
+    let bad = |cause| SshError::BadSshCommand {
         text: text.to_string(),
-        cause: cause.to_string(),
+        cause,
     };
     match shlex::split(text) {
         None => Err(bad("unbalanced quotes or trailing backslash")),
@@ -182,7 +198,7 @@ fn check_host(host: &str) -> Result<(), SshError> {
     };
     Err(SshError::BadHost {
         host: host.to_string(),
-        cause: cause.to_string(),
+        cause,
     })
 }
 
@@ -190,9 +206,9 @@ fn check_host(host: &str) -> Result<(), SshError> {
 /// `REMOTE... receive --stdio --create [--state-dir DIR] -- PATH`. A missing remote file target is created sparse, as for a local destination.
 fn remote_line(opts: &SshOptions, path: &str) -> Result<String, SshError> {
     let remote_command = &opts.remote_command;
-    let bad_remote = |cause: &str| SshError::BadRemoteCommand {
+    let bad_remote = |cause| SshError::BadRemoteCommand {
         text: remote_command.to_string(),
-        cause: cause.to_string(),
+        cause,
     };
     let mut words = match shlex::split(remote_command) {
         None => return Err(bad_remote("unbalanced quotes or trailing backslash")),
@@ -204,9 +220,9 @@ fn remote_line(opts: &SshOptions, path: &str) -> Result<String, SshError> {
         words.extend(["--state-dir".to_string(), dir.clone()]);
     }
     words.extend(["--".to_string(), path.to_string()]);
-    shlex::try_join(words.iter().map(String::as_str)).map_err(|e| SshError::BadPath {
+    shlex::try_join(words.iter().map(String::as_str)).map_err(|source| SshError::BadPath {
         path: path.to_string(),
-        cause: e.to_string(),
+        source,
     })
 }
 
@@ -227,7 +243,7 @@ pub fn spawn(
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| spawn_error(&args[0], &e))?;
+        .map_err(|e| spawn_error(&args[0], e))?;
     let stdin = child.stdin.take().expect("stdin is piped");
     let stdout = child.stdout.take().expect("stdout is piped");
     let stream: BoxStream = Box::new(SshStream {
@@ -239,6 +255,41 @@ pub fn spawn(
         host: host.to_string(),
     };
     Ok(SshConnection { stream, child })
+}
+
+/// Dials `ssh://[USER@]HOST[:PORT]/PATH`: each dial runs ssh (see [`spawn`]); the stream
+/// is ssh's stdio and the [`Finisher`] its process, whose exit status is checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SshDialer {
+    pub user: Option<String>,
+    pub host: String,
+    pub port: Option<u16>,
+    pub path: String,
+    pub options: SshOptions,
+}
+
+impl Dialer for SshDialer {
+    fn dial(&self) -> BoxFuture<'_, Result<Dialed, DialError>> {
+        Box::pin(async move {
+            let SshConnection { stream, child } = spawn(
+                self.user.as_deref(),
+                &self.host,
+                self.port,
+                &self.path,
+                &self.options,
+            )?;
+            Ok(Dialed {
+                stream,
+                finisher: Some(Box::new(child)),
+            })
+        })
+    }
+}
+
+impl Finisher for SshChild {
+    fn finish(self: Box<Self>) -> BoxFuture<'static, Result<(), DialError>> {
+        Box::pin(async move { SshChild::finish(*self).await.map_err(DialError::from) })
+    }
 }
 
 /// ssh's stdout and stdin as one stream. Unlike a plain pipe, shutting it down really closes
@@ -289,19 +340,14 @@ impl AsyncWrite for SshStream {
     }
 }
 
-fn spawn_error(program: &str, e: &io::Error) -> SshError {
-    let text = e.to_string();
-    let cause = match text.find(" (os error ") {
-        Some(at) => text[..at].to_string(),
-        None => text,
-    };
+fn spawn_error(program: &str, e: io::Error) -> SshError {
     let hint = match e.kind() {
         io::ErrorKind::NotFound => " (install openssh-client or set --ssh-command)",
         _ => "",
     };
     SshError::Spawn {
         program: program.to_string(),
-        cause,
+        source: e.into(),
         hint,
     }
 }
@@ -429,6 +475,11 @@ mod tests {
             "cannot run /nonexistent/ssh: No such file or directory \
              (install openssh-client or set --ssh-command)"
         );
+        assert!(!error.is_transient());
+        let SshError::Spawn { source, .. } = &error else {
+            panic!("{error:?}");
+        };
+        assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
     }
 
     #[tokio::test]
@@ -447,14 +498,12 @@ mod tests {
         assert_eq!(got, b"hi");
         echo.finish().await.unwrap();
         let failing = spawn(None, "h", None, "/x", &run("exit 255")).unwrap();
-        assert_eq!(
-            failing.finish().await.unwrap_err().to_string(),
-            "ssh could not connect to h (exit 255)"
-        );
+        let error = failing.finish().await.unwrap_err();
+        assert_eq!(error.to_string(), "ssh could not connect to h (exit 255)");
+        assert!(error.is_transient());
         let remote = spawn(None, "h", None, "/x", &run("exit 3")).unwrap();
-        assert!(matches!(
-            remote.finish().await,
-            Err(SshError::RemoteFailed { code: 3, .. })
-        ));
+        let error = remote.finish().await.unwrap_err();
+        assert!(matches!(error, SshError::RemoteFailed { code: 3, .. }));
+        assert!(!error.is_transient());
     }
 }
