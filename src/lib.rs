@@ -1,21 +1,28 @@
 //! blkmirror: continuous block-device mirroring by snapshots and verified deltas.
 //!
-//! One cycle, as data flows:
+//! One cycle, as data flows (docs/architecture.md has the whole map):
 //!
 //! ```text
-//! source ──snapshot──> frozen view ──> reader ──> hasher (BLAKE3, rayon) ──> diff vs base manifest
-//!                                                                               │ changed blocks, zero runs
-//! target <── receiver (verify, pwrite, fsync, commit) <── frames <── transport <── zstd
+//! source ─snapshot─> frozen view ─tracker: ranges─> scan (read ahead, BLAKE3) ─> plan vs base
+//!                                                                                   │ delta::Op
+//! target <─ receiver (verify, write, fsync, commit) <─ frames <─ endpoint <─ packing (zstd, 4 KiB)
 //! ```
 //!
-//! * [`snapshot`] freezes the source: LVM classic or thin snapshot, reflink clone, or `none`.
-//! * [`blockdiff`] owns the manifest format, the block reader, the parallel scan, the pure diff
-//!   and 4 KiB refinement; [`differ`] turns scanned chunks into messages on the sender.
-//! * [`transport`] owns the wire: frame encode/decode, local, ssh and mutual-TLS streams.
-//! * [`sender`] runs one cycle end to end; [`receiver`] applies one (with [`apply`]);
-//!   [`daemon`] loops cycles; [`link`] opens a session to a destination.
-//! * [`target`] is where blocks land (file or block device); [`state`] persists both sides' state.
-//! * [`cli`] turns arguments into configs and implements progress with indicatif or JSON.
+//! * [`snapshot`] freezes the source (LVM classic or thin snapshot, reflink clone, or `none`);
+//!   [`tracker`] says which ranges of the frozen view may have changed ([`tracker::FullScan`]:
+//!   all of them).
+//! * [`source`] opens and reads sources (read-ahead, `verify`'s compare); [`device`] says what a
+//!   path is.
+//! * [`blockdiff`] owns the manifest, the scan over a set of ranges, the pure diff and plan,
+//!   4 KiB refinement and [`blockdiff::delta::Op`], the engines' unit of change.
+//! * [`sender`] runs one cycle end to end on its own thread; [`receiver`] applies them to a
+//!   [`target::BlockTarget`], keeping its state in a [`state::ReceiverStore`].
+//! * [`transport`] owns the wire: frames, the [`transport::Endpoint`] the engines use, a dialer
+//!   per transport (ssh, mutual TLS), and the in-process pair for local destinations.
+//! * [`daemon`] loops cycles, handles signals and backoff; [`daemon::link`] is the one place
+//!   that wires both sides together (a local destination's in-process receiver).
+//! * [`state`] persists both sides' state; [`cli`] turns arguments into configs and renders
+//!   progress and status. [`error`] states the error policy every module follows.
 //!
 //! One cycle is one generation: the sender commits its manifest for generation N only after the
 //! receiver acknowledged that N is durable. Until then the receiver's state says "applying N".
@@ -26,6 +33,7 @@ pub mod daemon;
 pub mod device;
 #[cfg(test)]
 mod engine_tests;
+pub mod error;
 pub mod faults;
 pub mod progress;
 pub mod receiver;

@@ -13,33 +13,57 @@ use std::sync::Arc;
 use crate::progress::NoProgress;
 use crate::receiver::{self, ReceiverConfig};
 use crate::transport::dest::Destination;
+use crate::transport::ssh::SshDialer;
 use crate::transport::ssh::SshOptions;
 use crate::transport::tls::Identity;
+use crate::transport::tls::TlsDialer;
 use crate::transport::{
-    dialer_for, local, Connection, DialConfig, DialError, Dialed, Endpoint, EndpointOptions,
-    Finisher, TransportError,
+    local, Connection, DialError, Dialed, Dialer, Endpoint, EndpointOptions, Finisher,
+    TransportError,
 };
 
 /// How to reach the destination, beyond its address.
 #[derive(Clone)]
 pub struct LinkConfig {
+    /// Where to mirror to.
     pub dest: Destination,
     /// State dir for an in-process receiver (local destinations).
     pub state_dir: PathBuf,
+    /// Threads of an in-process receiver.
     pub threads: usize,
     /// Our TLS identity and the receiver's pinned fingerprint (`tls://`).
     pub tls: Option<(Arc<Identity>, [u8; 32])>,
+    /// How to run ssh (`ssh://`).
     pub ssh: SshOptions,
 }
 
-impl LinkConfig {
-    /// What the destination's dialer needs (TLS identity and pin, ssh options).
-    pub fn dial_config(&self) -> DialConfig {
-        DialConfig {
-            tls: self.tls.clone(),
-            ssh: self.ssh.clone(),
+/// The dialer of a remote destination: TLS for `tls://` (which needs an identity and a pin),
+/// ssh for `ssh://`. `None` for a local path: its receiver runs in this process.
+pub fn dialer_for(config: &LinkConfig) -> Result<Option<Box<dyn Dialer>>, LinkError> {
+    Ok(Some(match &config.dest {
+        Destination::Local(_) => return Ok(None),
+        Destination::Tls { host, port } => {
+            let (identity, pinned) = config.tls.clone().ok_or(LinkError::MissingIdentity)?;
+            Box::new(TlsDialer {
+                host: host.clone(),
+                port: *port,
+                identity,
+                pinned,
+            })
         }
-    }
+        Destination::Ssh {
+            user,
+            host,
+            port,
+            path,
+        } => Box::new(SshDialer {
+            user: user.clone(),
+            host: host.clone(),
+            port: *port,
+            path: path.clone(),
+            options: config.ssh.clone(),
+        }),
+    }))
 }
 
 /// Why a destination could not be reached.
@@ -51,6 +75,8 @@ pub enum LinkError {
     Transport(#[from] TransportError),
     #[error(transparent)]
     Receive(#[from] receiver::ReceiveError),
+    #[error("tls:// destinations need --identity DIR and --peer FINGERPRINT")]
+    MissingIdentity,
 }
 
 impl LinkError {
@@ -59,6 +85,7 @@ impl LinkError {
             LinkError::Dial(e) => e.is_transient(),
             LinkError::Transport(e) => e.is_transient(),
             LinkError::Receive(e) => e.is_transient(),
+            LinkError::MissingIdentity => false,
         }
     }
 }
@@ -97,8 +124,8 @@ impl Link {
                 });
                 (ours, Peer::Local(task))
             }
-            remote => {
-                let dialer = dialer_for(remote, &config.dial_config())?;
+            _ => {
+                let dialer = dialer_for(config)?.expect("a remote destination");
                 let Dialed { stream, finisher } = dialer.dial().await?;
                 (stream, Peer::Remote(finisher))
             }
@@ -145,5 +172,33 @@ impl Link {
             Peer::Remote(None) => {}
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::dest::parse_destination;
+
+    fn config(dest: &str) -> LinkConfig {
+        LinkConfig {
+            dest: parse_destination(dest).unwrap(),
+            state_dir: PathBuf::from("/nonexistent"),
+            threads: 1,
+            tls: None,
+            ssh: SshOptions::default(),
+        }
+    }
+
+    #[test]
+    fn local_paths_have_no_dialer_and_tls_needs_an_identity() {
+        assert!(dialer_for(&config("/dev/sdb")).unwrap().is_none());
+        assert!(dialer_for(&config("ssh://h/x")).unwrap().is_some());
+        let tls = dialer_for(&config("tls://host:9000")).err().unwrap();
+        assert_eq!(
+            tls.to_string(),
+            "tls:// destinations need --identity DIR and --peer FINGERPRINT"
+        );
+        assert!(!tls.is_transient());
     }
 }

@@ -1,7 +1,8 @@
 //! The wire: frame encoding ([`frame`]), a framed [`Connection`] over any async byte stream,
 //! and the streams themselves: in-process ([`local`]), `ssh` child stdio ([`ssh`]) and mutual
 //! TLS over TCP with pinned certificate fingerprints ([`tls`]). [`dest`] parses `DEST` URLs;
-//! [`dialer`] opens a stream to a remote destination, one [`Dialer`] per transport.
+//! [`dialer`] is the seam that opens a stream to a remote destination (each transport has its
+//! [`Dialer`]).
 //!
 //! Nothing here knows about cycles or targets. The engines run on their own threads and see a
 //! connection as an [`Endpoint`]: blocking `send` and `recv` with bounds, pumped by async
@@ -20,7 +21,7 @@ pub mod tls;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use connection::{Connection, FrameReader, FrameWriter};
-pub use dialer::{dialer_for, DialConfig, DialError, Dialed, Dialer, Finisher};
+pub use dialer::{BoxFuture, DialError, Dialed, Dialer, Finisher};
 pub use endpoint::{Endpoint, EndpointOptions};
 pub use error::{IoCause, TransportError};
 

@@ -286,6 +286,13 @@ impl Dialer for SshDialer {
     }
 }
 
+impl From<SshError> for DialError {
+    fn from(error: SshError) -> Self {
+        let transient = error.is_transient();
+        DialError::new(error, transient)
+    }
+}
+
 impl Finisher for SshChild {
     fn finish(self: Box<Self>) -> BoxFuture<'static, Result<(), DialError>> {
         Box::pin(async move { SshChild::finish(*self).await.map_err(DialError::from) })
@@ -355,6 +362,41 @@ fn spawn_error(program: &str, e: io::Error) -> SshError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn ssh_dialer_streams_and_finishes() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // `sh -c SCRIPT` ignores the ssh-style arguments after it ($0, $1, ...).
+        let dialer = SshDialer {
+            user: None,
+            host: "h".into(),
+            port: None,
+            path: "x".into(),
+            options: SshOptions {
+                ssh_command: "sh -c 'cat; exit 3'".into(),
+                ..SshOptions::default()
+            },
+        };
+        let Dialed {
+            mut stream,
+            finisher,
+        } = dialer.dial().await.unwrap();
+        stream.write_all(b"hi").await.unwrap();
+        stream.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        stream.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"hi");
+        drop(stream);
+        let error = finisher.expect("ssh has a process").finish().await;
+        let error = error.expect_err("ssh exited 3");
+        assert!(
+            matches!(
+                error.downcast_ref::<SshError>(),
+                Some(SshError::RemoteFailed { code: 3, .. })
+            ),
+            "{error:?}"
+        );
+    }
 
     fn line(
         user: Option<&str>,

@@ -40,6 +40,13 @@ impl Dialer for TlsDialer {
     }
 }
 
+impl From<TlsError> for DialError {
+    fn from(error: TlsError) -> Self {
+        let transient = error.is_transient();
+        DialError::new(error, transient)
+    }
+}
+
 fn client_config(identity: &Identity, peer: [u8; 32]) -> Result<rustls::ClientConfig, TlsError> {
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider()))
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -131,6 +138,28 @@ mod tests {
     use super::super::testing::{new_identity, serve_one, server_for};
     use super::*;
     use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn tls_dialer_reports_a_refused_connection_as_transient() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::transport::tls::keygen(dir.path()).unwrap();
+        let identity = crate::transport::tls::load_identity(dir.path()).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let dialer = TlsDialer {
+            host: "127.0.0.1".into(),
+            port,
+            identity: Arc::new(identity),
+            pinned: [0; 32],
+        };
+        let error = dialer.dial().await.err().unwrap();
+        assert_eq!(
+            error.to_string(),
+            format!("cannot connect to 127.0.0.1:{port}: connection refused")
+        );
+        assert!(error.is_transient());
+    }
 
     #[tokio::test]
     async fn mutual_handshake_exchanges_bytes() {
