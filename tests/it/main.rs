@@ -3,8 +3,10 @@
 //! by concern.
 //!
 //! Test names carry their suite, so a suite is selected by its prefix:
-//! `cargo nextest run tls::`, `cargo nextest run -E 'test(/^fault_injection::/)'`, or with
-//! plain cargo `cargo test --test it tls::`. Real LVM runs in a QEMU guest:
+//! `cargo nextest run --test it tls::`, `cargo nextest run -E 'test(/^fault_injection::/)'`,
+//! or with plain cargo `cargo test --test it tls::`. (Without `--test it`, nextest's
+//! substring filter `tls::` also matches the library's unit tests `transport::tls::tests::*`;
+//! so do `ssh::` and `reflink::`.) Real LVM runs in a QEMU guest:
 //! `cargo nextest run lvm_guest::` (see `lvm_guest` and `ci/guest/README.md`).
 //!
 //! Needs root (loop devices, mounts, sshd on 127.0.0.1) and the Debian packages that
