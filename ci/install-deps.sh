@@ -3,13 +3,14 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 apt-get update
-# openssh-server/-client: sshd + ssh + ssh-keygen for tests/ssh.rs and the rsync benchmark;
-# e2fsprogs xfsprogs btrfs-progs: real filesystems on loop devices (reflink tests, benchmark
-# fixture); util-linux mount: losetup, mount, unshare; rsync, time, python3: tests/bench_small.rs.
+# openssh-server/-client: sshd + ssh + ssh-keygen for tests/it/ssh.rs and the rsync
+# benchmark; e2fsprogs xfsprogs btrfs-progs: real filesystems on loop devices (reflink tests,
+# benchmark fixture); util-linux mount: losetup, mount, unshare; rsync, time, python3:
+# tests/it/bench_small.rs.
 apt-get install -y --no-install-recommends \
     openssh-server openssh-client e2fsprogs xfsprogs btrfs-progs util-linux mount coreutils \
     rsync time python3
-# The QEMU guest of tests/lvm_guest.rs (real LVM: the host kernel has no device-mapper), booted
+# The QEMU guest of tests/it/lvm_guest.rs (real LVM: the host kernel has no device-mapper), booted
 # by ci/guest/run-in-guest.sh: QEMU, Debian's kernel with its modules, a static busybox for the
 # guest's initramfs (built by the script), lvm2 and the thin-pool tools used inside the guest.
 # The kernel package wants some initramfs generator: where none is installed, tiny-initramfs

@@ -13,9 +13,9 @@
 # status (125 if the guest ended without reporting one, e.g. a kernel panic or the timeout).
 #
 # The LVM acceptance tests in one command (see ci/guest/README.md):
-#   cargo nextest run --test lvm_guest      (or: cargo test --test lvm_guest -- --nocapture)
-# Its host test `lvm_acceptance_in_guest` runs, in one boot:
-#   ci/guest/run-in-guest.sh target/debug/deps/lvm_guest-HASH --ignored --test-threads=1 --nocapture
+#   cargo nextest run lvm_guest::      (or: cargo test --test it lvm_guest:: -- --nocapture)
+# Its host test `lvm_acceptance_in_guest` runs, in one boot, the integration test binary:
+#   ci/guest/run-in-guest.sh target/debug/deps/it-HASH --ignored --test-threads=1 --nocapture lvm_guest::
 #
 # Needs (Debian): qemu-system-x86 linux-image-amd64 busybox-static lvm2 thin-provisioning-tools
 # (installed by .ci/run). Environment knobs:

@@ -1,12 +1,10 @@
 //! Shipping granularity: a coarse manifest (64 KiB blocks) with changed blocks refined to the
 //! 4 KiB sub-blocks that really differ, checked end to end with the real binary.
 
-mod common;
-
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use common::{assert_identical, s, send_once};
+use crate::support::{assert_identical, s, send_once};
 
 const MIB: usize = 1 << 20;
 

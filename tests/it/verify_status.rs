@@ -1,13 +1,11 @@
 //! `verify` exit codes and output, `status` for both roles, and `demo`.
 
-mod common;
-
 use std::fs;
 use std::path::Path;
 
 use serde_json::Value;
 
-use common::*;
+use crate::support::*;
 
 #[test]
 fn verify_exit_codes() {

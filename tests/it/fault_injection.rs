@@ -8,10 +8,10 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
-mod common;
-
 use blkmirror::blockdiff::manifest::hash_block;
 use blkmirror::transport::frame::{Message, Preamble, PREAMBLE_LEN};
+
+use crate::support;
 
 const BS: usize = 65536;
 const SIZE: usize = 16 * BS;
@@ -25,7 +25,7 @@ struct RawSender {
 
 impl RawSender {
     fn start(target: &Path, state: &Path) -> Self {
-        let mut child = Command::new(common::bin())
+        let mut child = Command::new(support::bin())
             .args(["receive", "--stdio", "--create", "--state-dir"])
             .arg(state)
             .arg(target)
@@ -125,12 +125,12 @@ fn setup() -> Setup {
 
 /// One real cycle, after which the target equals the (quiescent) source.
 fn send_once(source: &Path, target: &Path, state: &Path) {
-    common::send_once(common::s(source), common::s(target), state, &[]);
-    common::assert_identical(source, target);
+    support::send_once(support::s(source), support::s(target), state, &[]);
+    support::assert_identical(source, target);
 }
 
 fn receiver_status(state: &Path) -> serde_json::Value {
-    common::status_entry(state, "receiver")
+    support::status_entry(state, "receiver")
 }
 
 fn error_lines(stderr: &str) -> Vec<&str> {

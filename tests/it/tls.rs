@@ -1,11 +1,9 @@
 //! Mutual TLS on 127.0.0.1 with `keygen` identities pinned by fingerprint: cycles, wrong
 //! fingerprints on either side, and one sender per target at a time.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 
-use common::*;
+use crate::support::*;
 
 #[test]
 fn keygen_writes_a_private_key_and_prints_its_fingerprint() {
@@ -179,7 +177,7 @@ fn second_concurrent_sender_is_refused() {
     out.assert_error(1, &[]);
     assert!(out.json_lines().is_empty(), "{out:?}");
 
-    first.signal(libc::SIGCONT);
+    first.signal(Signal::SIGCONT);
     let out = first.finish(RUN_TIMEOUT);
     out.assert_success();
     let cycles = out.json_lines();

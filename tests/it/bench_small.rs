@@ -14,6 +14,9 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
 /// Under nextest's 300 s kill (.config/nextest.toml), so the script's clean-up still runs.
 const TIMEOUT: Duration = Duration::from_secs(240);
 
@@ -92,10 +95,8 @@ fn small_benchmark_results_are_correct() {
         }
         if Instant::now() >= deadline {
             // SIGTERM first: the script's trap unmounts, detaches and stops its daemons.
-            // SAFETY: kill(2) on our own child, not yet reaped.
-            unsafe {
-                libc::kill(child.id() as i32, libc::SIGTERM);
-            }
+            // Our own child, not yet reaped.
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
             let grace = Instant::now() + Duration::from_secs(30);
             while child.try_wait().expect("try_wait").is_none() && Instant::now() < grace {
                 thread::sleep(Duration::from_millis(100));

@@ -1,11 +1,9 @@
 //! Block devices (file-backed loop devices) as source, as target, and both; several cycles,
 //! identical after each. Writes to a source device go through the device and are fsynced.
 
-mod common;
-
 use std::fs::File;
 
-use common::*;
+use crate::support::*;
 
 /// A sparse backing file of `len` bytes attached to a loop device.
 fn loop_over_new_file(t: &Scratch, name: &str, len: u64) -> LoopDevice {

@@ -8,10 +8,7 @@
 //! deleted when the cycle ends), the writer starts there, and the sender resumes while it
 //! writes. The target must then equal the source as it was before the writer started.
 
-mod common;
-
 use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,7 +16,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use common::*;
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::support::*;
 
 /// A filesystem made on a sparse file, on a loop device, mounted; unmounted and detached on
 /// drop (the mount is declared first, so it drops first).
@@ -92,7 +91,7 @@ fn leftovers(dir: &Path) -> Vec<String> {
 /// returns the clone's name with the sender STILL STOPPED. Panics if the sender exits first.
 fn stop_while_clone_exists(sender: &mut Proc, dir: &Path, prefix: &str) -> String {
     wait_for(RUN_TIMEOUT, "the sender's clone", || {
-        sender.signal(libc::SIGSTOP);
+        sender.signal(Signal::SIGSTOP);
         if !sender.wait_stopped() {
             panic!(
                 "the sender finished before its clone was seen in {}\n{}",
@@ -103,7 +102,7 @@ fn stop_while_clone_exists(sender: &mut Proc, dir: &Path, prefix: &str) -> Strin
         if let Some(name) = names_with(dir, prefix).into_iter().next() {
             return Some(name);
         }
-        sender.signal(libc::SIGCONT);
+        sender.signal(Signal::SIGCONT);
         thread::sleep(Duration::from_millis(1));
         None
     })
@@ -183,7 +182,7 @@ fn mirror_with_writes_during_cycle(
     wait_for(RUN_TIMEOUT, "the writer's first writes", || {
         (writer.writes() >= 3).then_some(())
     });
-    sender.signal(libc::SIGCONT);
+    sender.signal(Signal::SIGCONT);
     let out = sender.finish(RUN_TIMEOUT);
     let writes = writer.finish();
     out.assert_success();
@@ -284,9 +283,11 @@ fn stale_clone_of_a_killed_sender_is_removed_at_next_start_and_only_ours() {
         .unwrap();
     let held = format!("blkmirror-snap-{key}-1");
     std::fs::write(snapshots.join(&held), b"in use").unwrap();
-    let holder = File::open(snapshots.join(&held)).unwrap();
-    // SAFETY: flock(2) on a descriptor we own.
-    assert_eq!(unsafe { libc::flock(holder.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let holder = Flock::lock(
+        File::open(snapshots.join(&held)).unwrap(),
+        FlockArg::LockExclusive,
+    )
+    .unwrap_or_else(|(_, errno)| panic!("flock {held}: {errno}"));
 
     random_writes(&src, &mut Rng::new(42), 20, 4 * KIB, 256 * KIB);
     let out = run(&send_args(&src, &tgt, &state, &[]));
@@ -312,8 +313,8 @@ fn sigterm_mid_cycle_deletes_the_clone() {
     let tgt = t.path("target.img");
     let mut sender = Proc::blkmirror("sender", &send_args(&src, &tgt, &state, &[]));
     let clone = stop_while_clone_exists(&mut sender, &snapshots, "blkmirror-snap-");
-    sender.signal(libc::SIGTERM);
-    sender.signal(libc::SIGCONT);
+    sender.signal(Signal::SIGTERM);
+    sender.signal(Signal::SIGCONT);
     let out = sender.finish(RUN_TIMEOUT);
     // A requested stop is a success (issue 8): exit 0, said on stderr.
     out.assert_success();

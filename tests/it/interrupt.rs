@@ -7,11 +7,9 @@
 //! sender ever finished a cycle within one slice, the test fails saying so rather than passing
 //! vacuously.
 
-mod common;
-
 use serde_json::Value;
 
-use common::*;
+use crate::support::*;
 
 struct Setup {
     t: Scratch,
@@ -133,7 +131,7 @@ fn receiver_killed_mid_cycle_then_restarted_converges() {
     let mut sender = Proc::blkmirror("sender", &x.sender_args(&receiver));
     freeze_mid_cycle(&x.rstate, &mut sender, || true);
     receiver.proc.kill9();
-    sender.signal(libc::SIGCONT);
+    sender.signal(Signal::SIGCONT);
     let out = sender.finish(RUN_TIMEOUT);
     out.assert_error(1, &[]);
     assert!(out.json_lines().is_empty(), "{out:?}");

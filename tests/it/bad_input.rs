@@ -7,13 +7,11 @@
 //!
 //! Not covered: an unreadable source (chmod 000 does not stop root, and the tests run as root).
 
-mod common;
-
 use std::fs;
 use std::net::TcpListener;
 use std::path::PathBuf;
 
-use common::*;
+use crate::support::*;
 
 /// A 2 MiB random source and an existing 2 MiB target holding other bytes.
 struct Fixture {

@@ -4,11 +4,9 @@
 //!
 //! The source is quiescent between cycles, so after each cycle the target must equal it.
 
-mod common;
-
 use std::fs::OpenOptions;
 
-use common::*;
+use crate::support::*;
 
 /// Asserts the invariants of cycle `next` following `prev`, given the exact set of blocks whose
 /// content changed (`None` when the count is not well defined, e.g. a zero-extended tail).

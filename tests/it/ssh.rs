@@ -1,14 +1,12 @@
-//! `ssh://` destinations through a private sshd on 127.0.0.1 (see `common::Sshd`), with
+//! `ssh://` destinations through a private sshd on 127.0.0.1 (see `support::Sshd`), with
 //! `--remote-command` set to this build's binary.
 //!
 //! The remote receiver's state goes to the test's temp dir through `--remote-state-dir` (as
 //! root it would otherwise default to /var/lib/blkmirror, shared by every test and run).
 
-mod common;
-
 use serde_json::Value;
 
-use common::*;
+use crate::support::*;
 
 #[test]
 fn sshd_harness_accepts_key_login() {

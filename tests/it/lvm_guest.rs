@@ -2,21 +2,22 @@
 //!
 //! Two kinds of tests live here:
 //! - `lvm_acceptance_in_guest`, a normal host test: it boots the guest with
-//!   `ci/guest/run-in-guest.sh`, runs THIS test binary inside with `--ignored --test-threads=1`,
-//!   and asserts that every ignored test listed on the host passed in the guest. Without the
-//!   guest tooling it fails, saying how to install it.
+//!   `ci/guest/run-in-guest.sh`, runs THIS test binary inside with `--ignored --test-threads=1`
+//!   and the filter `lvm_guest::` (the binary holds every suite; only this module's ignored
+//!   tests are meant for the guest), and asserts that every ignored test of this module listed
+//!   on the host passed in the guest. Without the guest tooling it fails, saying how to install
+//!   it.
 //! - the `#[ignore]` tests: the acceptance tests proper. They need root, device-mapper and
 //!   lvm2, so they only run in the guest (they refuse to run elsewhere). Each one makes its own
 //!   volume group on the guest's scratch disk `/dev/vda` (one test at a time holds it), runs
 //!   the real binary, and removes the volume group when done, whatever happens.
 //!
-//! Developer command (the whole suite, a few minutes): `cargo nextest run --test lvm_guest`
-//! (or `cargo test --test lvm_guest -- --nocapture` to watch the guest's output as it runs).
+//! Developer command (the whole suite, a few minutes): `cargo nextest run lvm_guest::`
+//! (or `cargo test --test it lvm_guest:: -- --nocapture` to watch the guest's output as it
+//! runs).
 //!
 //! Waiting is always polling a condition with a deadline; every process a test starts is
 //! stopped by PID (the `Proc` guard), every LV by name.
-
-mod common;
 
 use std::fs::{self, OpenOptions};
 use std::io::Read;
@@ -28,9 +29,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use nix::fcntl::OFlag;
 use serde_json::Value;
 
-use common::*;
+use crate::support::*;
 
 /// Prefix of every snapshot LV blkmirror makes.
 const SNAP_PREFIX: &str = "blkmirror-snap-";
@@ -49,19 +51,37 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The names of this binary's ignored tests, listed on the host.
+/// The test-name prefix of this module's tests, `lvm_guest::`: the filter that selects them
+/// out of the one integration test binary, on the host and in the guest.
+fn suite_filter() -> String {
+    let (_crate, module) = module_path!()
+        .split_once("::")
+        .expect("a module of the test binary");
+    format!("{module}::")
+}
+
+/// The names of this module's ignored tests, listed on the host.
 fn ignored_tests(exe: &Path) -> Vec<String> {
+    let filter = suite_filter();
     let out = run_program(
         s(exe),
-        &["--list", "--ignored", "--format", "terse"],
+        &["--list", "--ignored", "--format", "terse", &filter],
         Duration::from_secs(60),
     );
     out.assert_success();
-    out.stdout
+    let names: Vec<String> = out
+        .stdout
         .iter()
         .filter_map(|l| l.strip_suffix(": test"))
         .map(str::to_string)
-        .collect()
+        .collect();
+    for name in &names {
+        assert!(
+            name.starts_with(&filter),
+            "the filter {filter:?} listed {name:?}, a test of another suite\n{out:?}"
+        );
+    }
+    names
 }
 
 /// Fails (does not skip) when the tooling the guest needs is not installed.
@@ -109,7 +129,13 @@ fn lvm_acceptance_in_guest() {
     let mut guest = Proc::spawn_in(
         "guest",
         s(&script),
-        &[s(&exe), "--ignored", "--test-threads=1", "--nocapture"],
+        &[
+            s(&exe),
+            "--ignored",
+            "--test-threads=1",
+            "--nocapture",
+            &suite_filter(),
+        ],
         Some(&repo()),
     );
     // Echo the guest's output as it comes (seen live with --nocapture; otherwise the test
@@ -136,7 +162,7 @@ fn lvm_acceptance_in_guest() {
         }
         if Instant::now() >= deadline {
             // SIGTERM lets the script stop QEMU (SIGKILL, from the guard, would orphan it).
-            guest.signal(libc::SIGTERM);
+            guest.signal(Signal::SIGTERM);
             guest.wait_exit(Duration::from_secs(60));
             panic!("the guest run did not end within {GUEST_TIMEOUT:?}");
         }
@@ -187,7 +213,7 @@ static LVM_LOCK: Mutex<()> = Mutex::new(());
 fn require_guest() {
     assert!(
         std::env::var_os(IN_GUEST_ENV).is_some(),
-        "this test runs inside the QEMU guest; run `cargo nextest run --test lvm_guest` \
+        "this test runs inside the QEMU guest; run `cargo nextest run lvm_guest::` \
          (the host test lvm_acceptance_in_guest boots the guest and runs it there)"
     );
     assert!(
@@ -559,7 +585,7 @@ impl Writer {
             let size = size_of(&dev);
             let f = OpenOptions::new()
                 .write(true)
-                .custom_flags(libc::O_DSYNC)
+                .custom_flags(OFlag::O_DSYNC.bits())
                 .open(&dev)
                 .unwrap_or_else(|e| panic!("writer: open {}: {e}", dev.display()));
             let mut rng = Rng::new(seed);
@@ -780,8 +806,8 @@ fn sigterm_mid_cycle(test: &str, kind: Kind) {
     fill_random(&x.origin, LV_MIB);
     let mut sender = x.sender(&[]);
     x.freeze_mid_cycle(&mut sender);
-    sender.signal(libc::SIGTERM);
-    sender.signal(libc::SIGCONT);
+    sender.signal(Signal::SIGTERM);
+    sender.signal(Signal::SIGCONT);
     let out = sender.finish(RUN_TIMEOUT);
     assert_eq!(
         out.code(),
@@ -835,7 +861,7 @@ fn classic_snapshot_overflow_aborts_cleanly() {
     let mut sender = x.sender(&["--snapshot-size", "4M"]);
     x.freeze_mid_cycle(&mut sender);
     fill_random(&x.origin, 16);
-    sender.signal(libc::SIGCONT);
+    sender.signal(Signal::SIGCONT);
     let out = sender.finish(RUN_TIMEOUT);
     note_error(&out.assert_error(1, &["overflow", "--snapshot-size"]));
     assert!(out.json_lines().is_empty(), "{out:?}");
