@@ -220,7 +220,7 @@ fn scan_ahead<E>(
                 zero,
             })?;
             progress.advance(Stage::Scan, chunk.data().len() as u64, 0);
-            crate::faults::delay("BLKMIRROR_FAULT_SCAN_DELAY_MS");
+            crate::faults::delay_unless("BLKMIRROR_FAULT_SCAN_DELAY_MS", cancel);
             Ok(())
         },
     );

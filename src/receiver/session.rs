@@ -227,6 +227,7 @@ impl Session {
     /// long sync runs (the abort then treats what this cycle wrote as in doubt).
     pub(super) fn sync_target(&self) -> Result<(), ReceiveError> {
         let target = self.target.clone().expect("opened");
+        tracing::debug!("target sync started");
         let (done, result) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             crate::faults::delay("BLKMIRROR_FAULT_SYNC_DELAY_MS");

@@ -137,6 +137,7 @@ fn lvm_acceptance_in_guest() {
             &suite_filter(),
         ],
         Some(&repo()),
+        &[],
     );
     // Echo the guest's output as it comes (seen live with --nocapture; otherwise the test
     // runner shows it on failure).

@@ -129,7 +129,7 @@ fn assert_sender_entry(state: &Path, generation: u64, src: &Path, dest_part: &st
 #[test]
 fn demo_runs_to_completion() {
     let t = Scratch::new("demo");
-    let out = Proc::spawn_in("demo", bin(), &["demo"], Some(t.root())).finish(RUN_TIMEOUT);
+    let out = Proc::spawn_in("demo", bin(), &["demo"], Some(t.root()), &[]).finish(RUN_TIMEOUT);
     out.assert_success();
     assert!(
         !out.stdout.is_empty() || !out.stderr.is_empty(),

@@ -80,21 +80,24 @@ pub enum Stream {
 impl Proc {
     /// Spawns `program args...` with stdin closed and both outputs captured.
     pub fn spawn<S: AsRef<OsStr>>(name: &str, program: &str, args: &[S]) -> Proc {
-        Self::spawn_in(name, program, args, None)
+        Self::spawn_in(name, program, args, None, &[])
     }
 
+    /// Spawns in `cwd` (if given) with extra environment variables `env`.
     pub fn spawn_in<S: AsRef<OsStr>>(
         name: &str,
         program: &str,
         args: &[S],
         cwd: Option<&Path>,
+        env: &[(&str, &str)],
     ) -> Proc {
         let mut cmd = Command::new(program);
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .env("NO_COLOR", "1");
+            .env("NO_COLOR", "1")
+            .envs(env.iter().copied());
         if let Some(cwd) = cwd {
             cmd.current_dir(cwd);
         }
@@ -123,6 +126,11 @@ impl Proc {
     /// Spawns the binary under test.
     pub fn blkmirror<S: AsRef<OsStr>>(name: &str, args: &[S]) -> Proc {
         Self::spawn(name, bin(), args)
+    }
+
+    /// Spawns the binary under test with extra environment variables (fault injection).
+    pub fn blkmirror_env<S: AsRef<OsStr>>(name: &str, args: &[S], env: &[(&str, &str)]) -> Proc {
+        Self::spawn_in(name, bin(), args, None, env)
     }
 
     pub fn pid(&self) -> i32 {

@@ -112,6 +112,17 @@ impl Receiver {
         listen: &str,
         extra: &[String],
     ) -> Result<Receiver, String> {
+        Self::try_start_with(target, state, listen, extra, &[])
+    }
+
+    /// Like [`Receiver::try_start_at`], with extra environment variables (fault injection).
+    pub fn try_start_with(
+        target: &Path,
+        state: &Path,
+        listen: &str,
+        extra: &[String],
+        env: &[(&str, &str)],
+    ) -> Result<Receiver, String> {
         let mut args: Vec<String> = vec![
             "receive".into(),
             s(target).into(),
@@ -121,7 +132,7 @@ impl Receiver {
             s(state).into(),
         ];
         args.extend(extra.iter().cloned());
-        let mut proc = Proc::blkmirror("receiver", &args);
+        let mut proc = Proc::blkmirror_env("receiver", &args, env);
         let deadline = Instant::now() + READY_TIMEOUT;
         let line = loop {
             if let Some(first) = proc.stdout_lines().into_iter().next() {
