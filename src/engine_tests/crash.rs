@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use crate::blockdiff::manifest::{block_len, hash_block, BlockHash, UNKNOWN_HASH};
 use crate::state::{Condition, ReceiverStore};
-use crate::target::{BlockTarget, CrashStore, CrashTarget, Power, StoreImage};
+use crate::state::{CrashStore, StoreImage};
+use crate::target::{BlockTarget, CrashTarget, Power};
 use crate::tracker::FullScan;
 
 use super::{manifest_of, Rig, Rng};

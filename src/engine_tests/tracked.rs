@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::blockdiff::ranges::RangeSet;
-use crate::target::{BlockTarget, CrashStore, MemTarget, Power, StoreImage};
+use crate::state::{CrashStore, StoreImage};
+use crate::target::{BlockTarget, MemTarget, Power};
 use crate::tracker::{Changes, FullScan, Given};
 
 use super::Rig;

@@ -5,10 +5,12 @@
 //! and destinations. Receiver: `STATE/targets/<key(target path)>/{state.json,manifest,lock}`.
 //! Formats: `docs/format.md`.
 
+mod crash;
 pub mod manifest_file;
 pub mod receiver;
 pub mod sender;
 
+pub use crash::{CrashStore, StoreImage};
 pub use receiver::{Condition, DirStore, ReceiverPaths, ReceiverState, ReceiverStore};
 pub use sender::{SenderPaths, SenderStatus};
 

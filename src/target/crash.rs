@@ -1,8 +1,8 @@
 //! Power loss, simulated (fault injection for the crash-consistency tests, after redb's
 //! crash-testing backend). A [`CrashTarget`] keeps two images: what was *written* (what reads
 //! see) and what is *durable* (what survives a crash: the written image as of the last
-//! successful `sync`). A [`CrashStore`] keeps the receiver's state record and manifest the
-//! same way: each save is atomic and durable, or did not happen.
+//! successful `sync`). Its companion [`crate::state::CrashStore`] keeps the receiver's state
+//! record and manifest the same way: each save is atomic and durable, or did not happen.
 //!
 //! Both count their sync points (a target `sync`, a state or manifest save) on one shared
 //! [`Power`]. At the chosen point the power goes out: that sync does not happen, and every
@@ -14,9 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::blockdiff::manifest::{Manifest, ManifestError};
 use crate::device::DeviceKind;
-use crate::state::{ReceiverState, ReceiverStore};
 
 use super::mem::{out_of_range, span};
 use super::{BlockTarget, TargetError};
@@ -70,7 +68,7 @@ impl Power {
         self.lost.load(Ordering::SeqCst)
     }
 
-    fn check(&self) -> io::Result<()> {
+    pub(crate) fn check(&self) -> io::Result<()> {
         if self.is_lost() {
             return Err(io::Error::other("power lost (simulated)"));
         }
@@ -78,7 +76,7 @@ impl Power {
     }
 
     /// A sync is about to make things durable: it may not, if this is the cut point.
-    fn sync_point(&self) -> io::Result<()> {
+    pub(crate) fn sync_point(&self) -> io::Result<()> {
         self.check()?;
         let point = self.points.fetch_add(1, Ordering::SeqCst);
         if Some(point) == self.cut_at {
@@ -192,76 +190,6 @@ impl BlockTarget for CrashTarget {
     }
 }
 
-/// The durable records of a [`CrashStore`], kept by a test across simulated reboots.
-#[derive(Clone, Debug, Default)]
-pub struct StoreImage {
-    /// The state record as saved (JSON), if any.
-    pub state: Option<Vec<u8>>,
-    /// The manifest as saved (its file format), if any.
-    pub manifest: Option<Vec<u8>>,
-}
-
-/// A receiver store whose saves are sync points on a [`Power`].
-pub struct CrashStore {
-    location: PathBuf,
-    power: Arc<Power>,
-    image: Arc<Mutex<StoreImage>>,
-}
-
-impl CrashStore {
-    /// A store over `image` (shared with the test, which keeps it across reboots).
-    pub fn new(power: Arc<Power>, image: Arc<Mutex<StoreImage>>) -> Self {
-        CrashStore {
-            location: PathBuf::from("(crash store)"),
-            power,
-            image,
-        }
-    }
-
-    fn image(&self) -> std::sync::MutexGuard<'_, StoreImage> {
-        self.image.lock().expect("store lock")
-    }
-}
-
-impl ReceiverStore for CrashStore {
-    fn location(&self) -> &Path {
-        &self.location
-    }
-
-    fn load_state(&self) -> io::Result<Option<ReceiverState>> {
-        self.power.check()?;
-        match &self.image().state {
-            Some(bytes) => serde_json::from_slice(bytes)
-                .map(Some)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
-            None => Ok(None),
-        }
-    }
-
-    fn save_state(&mut self, state: &ReceiverState) -> io::Result<()> {
-        let bytes = serde_json::to_vec(state)?;
-        self.power.sync_point()?;
-        self.image().state = Some(bytes);
-        Ok(())
-    }
-
-    fn load_manifest(&self) -> Result<Option<Manifest>, ManifestError> {
-        self.power.check()?;
-        match &self.image().manifest {
-            Some(bytes) => Manifest::decode(&mut &bytes[..], bytes.len() as u64).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    fn save_manifest(&mut self, manifest: &Manifest) -> io::Result<()> {
-        let mut bytes = Vec::new();
-        manifest.encode(&mut bytes)?;
-        self.power.sync_point()?;
-        self.image().manifest = Some(bytes);
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,20 +209,5 @@ mod tests {
         );
         assert_eq!(target.durable_image(), vec![1, 1, 0, 0, 0, 0, 0, 0]);
         assert_eq!(power.points(), 2);
-    }
-
-    #[test]
-    fn store_saves_are_atomic_sync_points() {
-        let power = Power::new(Some(1));
-        let image = Arc::new(Mutex::new(StoreImage::default()));
-        let mut store = CrashStore::new(power.clone(), image.clone());
-        let mut state = ReceiverState::new(Path::new("/t"));
-        state.committed_generation = 1;
-        store.save_state(&state).unwrap();
-        state.committed_generation = 2;
-        assert!(store.save_state(&state).is_err());
-        let rebooted = CrashStore::new(Power::new(None), image);
-        let loaded = rebooted.load_state().unwrap().unwrap();
-        assert_eq!(loaded.committed_generation, 1);
     }
 }

@@ -1,7 +1,8 @@
 //! Where the receiver's blocks land, behind one trait: [`BlockTarget`]. Implementations:
 //! [`FileTarget`] (a regular file kept sparse, or a block device opened exclusively),
 //! [`MemTarget`] (bytes in memory, for tests and tools) and [`CrashTarget`] (a fault
-//! injector that models power loss between writes, syncs and state commits).
+//! injector that models power loss between writes and syncs; its state-store companion is
+//! [`crate::state::CrashStore`]).
 //!
 //! A target knows nothing of manifests, hashes or the protocol: it stores bytes.
 //!
@@ -29,7 +30,7 @@ use std::path::{Path, PathBuf};
 
 use crate::device::DeviceKind;
 
-pub use crash::{CrashStore, CrashTarget, Power, StoreImage};
+pub use crash::{CrashTarget, Power};
 pub use file::{check_path, FileTarget};
 pub use mem::MemTarget;
 
