@@ -57,6 +57,16 @@ pub enum ProgressMode {
     Never,
 }
 
+/// `--tracker`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrackerArg {
+    /// The snapshot provider's tracker, where it has one; else a full scan.
+    Auto,
+    /// Read and hash the whole source every cycle.
+    FullScan,
+}
+
+/// `--read-mode`.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadModeArg {
     /// Direct reads ahead ("direct" names the same).
@@ -99,6 +109,12 @@ pub struct SendArgs {
     /// the origin LV, at least 64M, capped by the volume group's free space.
     #[arg(long, value_name = "SIZE", value_parser = snapshot_size_arg)]
     pub snapshot_size: Option<u64>,
+    /// How to find what changed since the last committed cycle. auto: from the snapshot
+    /// provider (reflink: compare the extent maps of the previous and the current clone, which
+    /// keeps the previous cycle's clone between cycles); full-scan: read and hash everything
+    /// every cycle.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub tracker: TrackerArg,
     /// Shell command run just before each snapshot (e.g. "fsfreeze -f /srv").
     #[arg(long)]
     pub pre_snapshot: Option<String>,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use super::args::{threads_or_default, ReadModeArg, SendArgs};
+use super::args::{threads_or_default, ReadModeArg, SendArgs, TrackerArg};
 use super::out::outln;
 use super::{block_on, make_progress, usage, CliError};
 use crate::daemon::link::LinkConfig;
@@ -33,9 +33,15 @@ pub fn run(args: SendArgs) -> Result<i32, CliError> {
     if let Destination::Local(path) = &dest {
         check_local_dest(&args.source, path)?;
     }
+    let provider: Arc<dyn crate::snapshot::SnapshotProvider> = Arc::from(snapshot_provider(&args)?);
+    let tracker: Arc<dyn crate::tracker::ChangeTracker> = match args.tracker {
+        TrackerArg::Auto => crate::tracker::for_provider(&*provider),
+        TrackerArg::FullScan => Arc::new(crate::tracker::FullScan),
+    };
+    tracing::debug!(tracker = tracker.name(), "change tracker");
     let engines = crate::daemon::Engines {
-        provider: Arc::from(snapshot_provider(&args)?),
-        tracker: Arc::new(crate::tracker::FullScan),
+        provider,
+        tracker,
         progress,
     };
     let json = args.json;

@@ -9,7 +9,7 @@
 pub mod link;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -17,7 +17,8 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use crate::progress::Progress;
 use crate::sender::{run_cycle, CycleConfig, CycleContext, CycleReport, SendError};
 use crate::snapshot::SnapshotProvider;
-use crate::tracker::ChangeTracker;
+use crate::state::SenderPaths;
+use crate::tracker::{ChangeTracker, KeptViews};
 use link::{Link, LinkConfig, LinkError};
 
 /// When to stop.
@@ -101,7 +102,13 @@ pub async fn run(
         .num_threads(config.threads)
         .build()
         .map_err(DaemonError::Threads)?;
+    let identity = crate::sender::source_identity(&config.cycle.source).map_err(SendError::from)?;
+    let paths = SenderPaths::new(&config.cycle.state_dir, &identity, &config.cycle.dest);
     let ctx = CycleContext {
+        kept: Arc::new(Mutex::new(KeptViews::new(
+            paths.kept.clone(),
+            engines.provider.clone(),
+        ))),
         provider: engines.provider,
         tracker: engines.tracker,
         pool: Arc::new(pool),
@@ -109,7 +116,8 @@ pub async fn run(
         stop: stop.clone(),
     };
     let (provider, source) = (ctx.provider.clone(), config.cycle.source.clone());
-    tokio::task::spawn_blocking(move || provider.cleanup_stale(&source))
+    let spare = KeptViews::spared(&paths.kept);
+    tokio::task::spawn_blocking(move || provider.cleanup_stale(&source, &spare))
         .await
         .expect("stale clean-up panicked")?;
     let mut link: Option<Link> = None;

@@ -135,8 +135,14 @@ impl Rig {
             compress_level: 1,
             read_mode: Default::default(),
         };
+        let provider: Arc<dyn crate::snapshot::SnapshotProvider> = Arc::new(NoSnapshot::default());
+        let kept = self.state.join("kept");
         let ctx = CycleContext {
-            provider: Arc::new(NoSnapshot::default()),
+            kept: Arc::new(std::sync::Mutex::new(crate::tracker::KeptViews::new(
+                kept,
+                provider.clone(),
+            ))),
+            provider,
             tracker,
             pool: Arc::new(
                 rayon::ThreadPoolBuilder::new()

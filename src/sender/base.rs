@@ -19,7 +19,8 @@ pub(crate) struct DestCycle {
     /// The generation this cycle commits.
     pub generation: u64,
     /// When the base is our committed manifest: what it describes (a tracker may be asked).
-    pub since: Option<Since>,
+    /// Else why not.
+    pub since: Result<Since, String>,
     /// What the receiver said of its target.
     pub condition: TargetCondition,
     /// The receiver refines.
@@ -33,7 +34,14 @@ pub(crate) fn begin(
     identity: &str,
     (block_size, device_size): (u32, u64),
 ) -> Result<DestCycle, SendError> {
-    let ours = load_own_manifest(paths, identity, block_size, device_size);
+    let (ours, why_not) = match load_own_manifest(paths, identity, block_size, device_size) {
+        Ok(Some(manifest)) => (Some(manifest), String::new()),
+        Ok(None) => (None, "no committed manifest of ours yet".to_string()),
+        Err(reason) => (
+            None,
+            format!("our committed manifest is unusable: {reason}"),
+        ),
+    };
     let own_generation = ours.as_ref().map_or(0, |m| m.generation);
     endpoint.send(Message::CycleStart {
         generation: own_generation + 1,
@@ -52,7 +60,7 @@ pub(crate) fn begin(
     let generation = (own_generation + 1).max(their_generation + 1);
     let refine = endpoint.peer_capabilities() & CAP_REFINE != 0;
     if let Some(manifest) = ours.as_ref().filter(|m| m.root() == their_root) {
-        let since = Some(Since {
+        let since = Ok(Since {
             generation: manifest.generation,
             root: their_root,
         });
@@ -65,32 +73,35 @@ pub(crate) fn begin(
             refine,
         });
     }
-    if ours.is_some() {
+    let why_not = if ours.is_some() {
         tracing::info!(
             our_generation = own_generation,
             their_generation,
             "receiver's root differs from our manifest: comparing against the receiver's manifest"
         );
-    }
+        format!("the receiver's root differs from our committed generation {own_generation}")
+    } else {
+        why_not
+    };
     Ok(DestCycle {
         base: fetch_manifest(endpoint, (block_size, device_size))?,
         base_name: "receiver",
         generation,
-        since: None,
+        since: Err(why_not),
         condition,
         refine,
     })
 }
 
-/// Our committed manifest, if it is usable for this source as it is now. Says why not.
+/// Our committed manifest, if it is usable for this source as it is now; else why not.
 fn load_own_manifest(
     paths: &SenderPaths,
     identity: &str,
     block_size: u32,
     device_size: u64,
-) -> Option<Manifest> {
+) -> Result<Option<Manifest>, String> {
     let reason = match crate::state::manifest_file::load(&paths.manifest) {
-        Ok(None) => return None,
+        Ok(None) => return Ok(None),
         Ok(Some(m)) if m.source_identity != *blake3::hash(identity.as_bytes()).as_bytes() => {
             "it belongs to another source".to_string()
         }
@@ -101,10 +112,10 @@ fn load_own_manifest(
             )
         }
         Ok(Some(m)) if m.device_size != device_size => format!(
-            "the source was {} bytes and is now {device_size}",
+            "the source changed size from {} to {device_size} bytes",
             m.device_size
         ),
-        Ok(Some(m)) => return Some(m),
+        Ok(Some(m)) => return Ok(Some(m)),
         Err(e) => e.to_string(),
     };
     tracing::warn!(
@@ -112,7 +123,7 @@ fn load_own_manifest(
         %reason,
         "not using the saved manifest: falling back to a full comparison against the receiver"
     );
-    None
+    Err(reason)
 }
 
 /// Receives the receiver's manifest for the cycle's geometry, with bounds.

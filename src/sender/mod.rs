@@ -17,7 +17,7 @@ pub use report::{CycleReport, StageDurations};
 pub use error::Violation;
 
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::blockdiff::manifest::Manifest;
@@ -28,7 +28,7 @@ use crate::progress::Progress;
 use crate::snapshot::{FrozenView, SnapshotError, SnapshotProvider};
 use crate::source::{BlockSource, ReadMode, SourceError};
 use crate::state::{SenderPaths, SenderStatus};
-use crate::tracker::{ChangeTracker, Changes};
+use crate::tracker::{ChangeTracker, Changes, KeptViews};
 use crate::transport::frame::{Message, TargetCondition};
 use crate::transport::Endpoint;
 
@@ -68,6 +68,8 @@ pub struct CycleContext {
     pub progress: Arc<dyn Progress>,
     /// Set on a requested stop: the cycle ends within a fraction of a second.
     pub stop: Arc<AtomicBool>,
+    /// The previous cycle's snapshot, when the tracker compares against one.
+    pub kept: Arc<Mutex<KeptViews>>,
 }
 
 /// Stable identity of a source: its kind and canonical path.
@@ -122,13 +124,18 @@ pub fn run_cycle(
     let dest = base::begin(endpoint, &paths, &frozen.identity, geometry)?;
     tracing::Span::current().record("generation", dest.generation);
     let handshake_time = started.elapsed() - snapshot_time;
-    let (ranges, full_scan_reason) = ranges_to_scan(&*ctx.tracker, &frozen, &dest);
+    let (ranges, full_scan_reason) = ranges_to_scan(ctx, &frozen, &dest);
     let scan_start = Instant::now();
     let (manifest, stats) = scan_and_ship(endpoint, config, ctx, &frozen, &ranges, &dest)?;
     let scan_time = scan_start.elapsed();
     let commit_start = Instant::now();
     let manifest = commit(endpoint, &paths, &frozen, &dest, manifest)?;
-    frozen.view.release()?;
+    if ctx.tracker.keeps_previous() {
+        let mut kept = ctx.kept.lock().expect("kept views lock");
+        kept.keep(frozen.view, dest.generation, manifest.root())?;
+    } else {
+        frozen.view.release()?;
+    }
     let mut report = CycleReport {
         generation: dest.generation,
         source: config.source.display().to_string(),
@@ -161,21 +168,43 @@ pub fn run_cycle(
     Ok(report)
 }
 
-/// What to read: the tracker's ranges when the base is our own committed manifest, else
-/// everything (and why, when a tracker could have said less).
+/// What to read: the tracker's ranges when the base is our own committed manifest (and the
+/// tracker's previous snapshot of it is there, when it needs one), else everything, and why
+/// when a tracker could have said less.
 fn ranges_to_scan(
-    tracker: &dyn ChangeTracker,
+    ctx: &CycleContext,
     frozen: &Frozen,
     dest: &DestCycle,
 ) -> (RangeSet, Option<String>) {
+    let tracker = &*ctx.tracker;
     let everything = RangeSet::full(frozen.source.size());
-    let Some(since) = &dest.since else {
-        let reason = (tracker.name() != "full-scan")
-            .then(|| "the receiver's state is not our committed generation".to_string());
-        return (everything, reason);
+    let full_scan = tracker.name() == "full-scan";
+    let since = match &dest.since {
+        Ok(since) => since,
+        Err(why) => return (everything, (!full_scan).then(|| why.clone())),
     };
-    match tracker.changed(&frozen.view, since) {
-        Changes::Ranges(ranges) => (ranges, None),
+    let mut kept = ctx.kept.lock().expect("kept views lock");
+    let previous = match tracker.keeps_previous() {
+        true => match kept.previous(since) {
+            Ok(view) => Some(view),
+            Err(reason) => {
+                tracing::info!(tracker = tracker.name(), %reason, "full scan this cycle");
+                return (everything, Some(reason));
+            }
+        },
+        false => None,
+    };
+    match tracker.changed(previous, &frozen.view, since) {
+        Changes::Ranges(ranges) => {
+            tracing::debug!(
+                tracker = tracker.name(),
+                ranges = ranges.range_count(),
+                bytes = ranges.total_len(),
+                first = ?ranges.iter().take(8).collect::<Vec<_>>(),
+                "changed ranges"
+            );
+            (ranges, None)
+        }
         Changes::Everything { reason } => {
             if let Some(reason) = &reason {
                 tracing::warn!(tracker = tracker.name(), %reason, "full scan this cycle");

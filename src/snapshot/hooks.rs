@@ -47,8 +47,12 @@ impl SnapshotProvider for Hooked {
         self.inner.name()
     }
 
-    fn cleanup_stale(&self, source: &Path) -> Result<(), SnapshotError> {
-        self.inner.cleanup_stale(source)
+    fn cleanup_stale(&self, source: &Path, spare: &[String]) -> Result<(), SnapshotError> {
+        self.inner.cleanup_stale(source, spare)
+    }
+
+    fn reopen(&self, name: &str) -> Result<Option<FrozenView>, SnapshotError> {
+        self.inner.reopen(name)
     }
 
     fn freeze(&self, source: &Path, stop: &AtomicBool) -> Result<FrozenView, SnapshotError> {

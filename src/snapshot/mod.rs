@@ -181,6 +181,9 @@ pub struct FrozenView {
     /// Polled during the cycle and checked once more after the last read, before the cycle
     /// may commit: data read from an invalidated snapshot must never be committed.
     pub health: Option<HealthFn>,
+    /// The snapshot's name (an LV name, a clone's file name), when it has one: what a kept
+    /// snapshot is recorded and found again by ([`SnapshotProvider::reopen`]).
+    pub name: Option<String>,
     release: Option<ReleaseFn>,
 }
 
@@ -190,8 +193,22 @@ impl FrozenView {
             path,
             consistency,
             health: None,
+            name: None,
             release,
         }
+    }
+
+    /// Names the snapshot (see [`FrozenView::name`]).
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Takes the release out: the view no longer releases itself when dropped, and whoever
+    /// holds the returned function decides when the snapshot goes (a kept snapshot outlives
+    /// the process; a later start finds it by name).
+    pub fn disarm(&mut self) -> Option<ReleaseFn> {
+        self.release.take()
     }
 
     /// Adds a validity check (see [`FrozenView::health`]).
@@ -247,9 +264,16 @@ pub struct SnapshotOptions {
 pub trait SnapshotProvider: Send + Sync {
     fn name(&self) -> &'static str;
     /// Removes snapshots of this source left behind by a crashed run (only this program's,
-    /// only this source's). Called once before the first cycle.
-    fn cleanup_stale(&self, _source: &Path) -> Result<(), SnapshotError> {
+    /// only this source's), except those named in `spare` (kept on purpose: the previous
+    /// cycle's snapshot a change tracker compares against). Called once before the first
+    /// cycle.
+    fn cleanup_stale(&self, _source: &Path, _spare: &[String]) -> Result<(), SnapshotError> {
         Ok(())
+    }
+    /// Finds a snapshot this provider took and kept (by [`FrozenView::name`]): a view of it
+    /// whose release removes it, or `None` when it is gone or unusable.
+    fn reopen(&self, _name: &str) -> Result<Option<FrozenView>, SnapshotError> {
+        Ok(None)
     }
     /// Freezes `source` for one cycle. Long steps that may be abandoned safely (hooks) end
     /// early when `stop` is set, with [`SnapshotError::Stopped`].

@@ -1,6 +1,9 @@
 //! Names of the snapshots and clones this program makes: a fixed prefix, a key of the source's
-//! identity and a time stamp (`blkmirror-snap-<16 hex>-<unix seconds>`), so that a restarted
-//! sender can recognise, and remove, exactly the leftovers of its own source and nothing else.
+//! identity and a time stamp (`blkmirror-snap-<16 hex>-<unix microseconds>`), so that a
+//! restarted sender can recognise, and remove, exactly the leftovers of its own source and
+//! nothing else. Two runs of the sender never pick the same name in practice (microseconds);
+//! the providers still refuse to replace an existing snapshot, since one may be kept on purpose
+//! for the change tracker.
 
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -42,7 +45,8 @@ pub fn is_own(name: &str, key: &str) -> bool {
     !key.is_empty() && !stamp.is_empty() && stamp.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// Hands out snapshot names, unique within the process even for two cycles in one second.
+/// Hands out snapshot names, unique within the process even for two cycles in one
+/// microsecond.
 pub struct Namer {
     key: String,
     last: Mutex<u64>,
@@ -60,11 +64,12 @@ impl Namer {
         &self.key
     }
 
-    /// The next name: stamped with the current Unix time, or one more than the previous stamp.
+    /// The next name: stamped with the current Unix time in microseconds, or one more than
+    /// the previous stamp.
     pub fn next(&self) -> String {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+            .map_or(0, |d| d.as_micros() as u64);
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         *last = now.max(*last + 1);
         snapshot_name(&self.key, *last)

@@ -124,7 +124,7 @@ impl SnapshotProvider for Reflink {
         "reflink"
     }
 
-    fn cleanup_stale(&self, _source: &Path) -> Result<(), SnapshotError> {
+    fn cleanup_stale(&self, _source: &Path, spare: &[String]) -> Result<(), SnapshotError> {
         for dir in self.clone_dirs() {
             let entries = match std::fs::read_dir(&dir) {
                 Ok(entries) => entries,
@@ -142,7 +142,7 @@ impl SnapshotProvider for Reflink {
                 let name = entry.file_name();
                 let Some(name) = name.to_str() else { continue };
                 let is_file = entry.file_type().is_ok_and(|t| t.is_file());
-                if !is_file || !is_own(name, self.namer.key()) {
+                if !is_file || !is_own(name, self.namer.key()) || spare.iter().any(|s| s == name) {
                     continue;
                 }
                 remove_stale(&entry.path())?;
@@ -152,42 +152,81 @@ impl SnapshotProvider for Reflink {
     }
 
     fn freeze(&self, source: &Path, _stop: &AtomicBool) -> Result<FrozenView, SnapshotError> {
-        let name = self.namer.next();
         let partial = self.dir.join(self.file_name(&probe_name(self.namer.key())));
-        let path = self.dir.join(self.file_name(&name));
         let clone = clone_file(source, &partial).map_err(|f| failure(source, &self.dir, f))?;
-        if let Err(error) = std::fs::rename(&partial, &path) {
-            let _ = std::fs::remove_file(&partial);
-            return Err(SnapshotError::Io {
-                what: "cannot rename the clone",
-                path: partial,
+        // Never over a kept clone: a name that exists already is skipped.
+        let mut path = self.dir.join(self.file_name(&self.namer.next()));
+        let mut attempts = 0;
+        while let Err(errno) = rename_noreplace(&partial, &path) {
+            attempts += 1;
+            if errno != Errno::EEXIST || attempts >= 5 {
+                let _ = std::fs::remove_file(&partial);
+                return Err(SnapshotError::Io {
+                    what: "cannot rename the clone",
+                    path: partial,
+                    error: errno.into(),
+                    hint: "check the directory's permissions",
+                });
+            }
+            path = self.dir.join(self.file_name(&self.namer.next()));
+        }
+        tracing::debug!(clone = %path.display(), "reflink clone taken");
+        Ok(clone_view(clone, path))
+    }
+
+    fn reopen(&self, name: &str) -> Result<Option<FrozenView>, SnapshotError> {
+        if !is_own(name.trim_start_matches('.'), self.namer.key()) {
+            return Ok(None);
+        }
+        let path = self.dir.join(name);
+        match File::open(&path) {
+            Ok(clone) => Ok(Some(clone_view(clone, path))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(SnapshotError::Io {
+                what: "cannot open the kept clone",
+                path,
                 error,
                 hint: "check the directory's permissions",
-            });
+            }),
         }
-        let held = Flock::lock(clone, FlockArg::LockExclusiveNonblock).map_err(|(file, _)| file);
-        let removed = path.clone();
-        let release = move || {
-            let result = std::fs::remove_file(&removed);
-            drop(held);
-            match result {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                Err(error) => Err(SnapshotError::Io {
-                    what: "cannot delete the clone",
-                    path: removed,
-                    error,
-                    hint: "delete it by hand (the next start of the sender also removes it)",
-                }),
-            }
-        };
-        tracing::debug!(clone = %path.display(), "reflink clone taken");
-        Ok(FrozenView::new(
-            path,
-            Consistency::CrashConsistent,
-            Some(Box::new(release)),
-        ))
     }
+}
+
+/// Renames `from` to `to` unless `to` exists (`RENAME_NOREPLACE`).
+fn rename_noreplace(from: &Path, to: &Path) -> Result<(), Errno> {
+    nix::fcntl::renameat2(
+        None,
+        from,
+        None,
+        to,
+        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+    )
+}
+
+/// The view of a clone at `path`: held with an exclusive `flock` while in use (the stale
+/// clean-up of another sender skips it), deleted on release.
+fn clone_view(clone: File, path: PathBuf) -> FrozenView {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let held = Flock::lock(clone, FlockArg::LockExclusiveNonblock).map_err(|(file, _)| file);
+    let removed = path.clone();
+    let release = move || {
+        let result = std::fs::remove_file(&removed);
+        drop(held);
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(SnapshotError::Io {
+                what: "cannot delete the clone",
+                path: removed,
+                error,
+                hint: "delete it by hand (the next start of the sender also removes it)",
+            }),
+        }
+    };
+    FrozenView::new(path, Consistency::CrashConsistent, Some(Box::new(release))).with_name(name)
 }
 
 /// Clones `source` to a probe name in `dir` and deletes the probe.

@@ -10,9 +10,15 @@ use super::key;
 /// Where the sender keeps state for one (source, destination) pair.
 #[derive(Clone, Debug)]
 pub struct SenderPaths {
+    /// `STATE/sources/<key(source identity)>`.
     pub dir: PathBuf,
+    /// The manifest of what the receiver acknowledged.
     pub manifest: PathBuf,
+    /// The status record (`status` lists these).
     pub status: PathBuf,
+    /// The record of the snapshot kept for the change tracker (JSON; not named `.json`, so
+    /// `status` does not take it for a status record).
+    pub kept: PathBuf,
 }
 
 impl SenderPaths {
@@ -22,6 +28,7 @@ impl SenderPaths {
         SenderPaths {
             manifest: dir.join(format!("dest-{dest_key}.manifest")),
             status: dir.join(format!("dest-{dest_key}.json")),
+            kept: dir.join(format!("dest-{dest_key}.kept")),
             dir,
         }
     }

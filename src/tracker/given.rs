@@ -27,7 +27,7 @@ impl ChangeTracker for Given {
         "given"
     }
 
-    fn changed(&self, _view: &FrozenView, since: &Since) -> Changes {
+    fn changed(&self, _: Option<&FrozenView>, _: &FrozenView, since: &Since) -> Changes {
         (self.answer)(since)
     }
 }

@@ -10,12 +10,18 @@
 
 pub mod fiemap;
 mod given;
+pub mod kept;
+mod reflink;
+
+use std::sync::Arc;
 
 use crate::blockdiff::manifest::BlockHash;
 use crate::blockdiff::ranges::RangeSet;
-use crate::snapshot::FrozenView;
+use crate::snapshot::{FrozenView, SnapshotProvider};
 
 pub use given::Given;
+pub use kept::KeptViews;
+pub use reflink::ReflinkTracker;
 
 /// What the base manifest describes: the sender's committed generation and its root.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,10 +47,30 @@ pub enum Changes {
 
 /// Finds what changed since the generation the base manifest describes.
 pub trait ChangeTracker: Send + Sync {
-    /// Short name for figures and logs (`full-scan`, `thin-delta`, ...).
+    /// Short name for figures and logs (`full-scan`, `reflink-fiemap`, `thin-delta`, ...).
     fn name(&self) -> &'static str;
-    /// The ranges of `view` that may differ from the view of generation `since`.
-    fn changed(&self, view: &FrozenView, since: &Since) -> Changes;
+    /// Whether it compares against the previous cycle's snapshot, which must then be kept
+    /// alive between cycles ([`KeptViews`]).
+    fn keeps_previous(&self) -> bool {
+        false
+    }
+    /// The ranges of `current` that may differ from the view of generation `since`;
+    /// `previous` is that view when this tracker keeps one (and it could be found).
+    fn changed(
+        &self,
+        previous: Option<&FrozenView>,
+        current: &FrozenView,
+        since: &Since,
+    ) -> Changes;
+}
+
+/// The tracker for a provider's views: FIEMAP of reflink clones for `reflink`, else a full
+/// scan (the LVM trackers come with their providers' kept snapshots).
+pub fn for_provider(provider: &dyn SnapshotProvider) -> Arc<dyn ChangeTracker> {
+    match provider.name() {
+        "reflink" => Arc::new(ReflinkTracker::new()),
+        _ => Arc::new(FullScan),
+    }
 }
 
 /// Reads everything, every cycle: the fallback, and the tracker of sources nothing can track
@@ -56,7 +82,7 @@ impl ChangeTracker for FullScan {
         "full-scan"
     }
 
-    fn changed(&self, _view: &FrozenView, _since: &Since) -> Changes {
+    fn changed(&self, _: Option<&FrozenView>, _: &FrozenView, _: &Since) -> Changes {
         Changes::Everything { reason: None }
     }
 }

@@ -87,6 +87,31 @@ fn leftovers(dir: &Path) -> Vec<String> {
     all
 }
 
+/// The clones the reflink tracker keeps between cycles (one per destination), as recorded in
+/// the sender's state (`sources/*/dest-*.kept`).
+fn kept_clones(state: &Path) -> Vec<String> {
+    let mut kept = Vec::new();
+    for source in std::fs::read_dir(state.join("sources"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for file in std::fs::read_dir(source.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if file.path().extension().is_some_and(|e| e == "kept") {
+                let record: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(file.path()).unwrap()).unwrap();
+                kept.push(record["snapshot"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    kept.sort();
+    kept
+}
+
 /// Freezes `sender` (SIGSTOP) at a moment a complete clone named `prefix*` exists in `dir`;
 /// returns the clone's name with the sender STILL STOPPED. Panics if the sender exits first.
 fn stop_while_clone_exists(sender: &mut Proc, dir: &Path, prefix: &str) -> String {
@@ -163,8 +188,9 @@ const LEN: u64 = 64 * MIB;
 
 /// One cycle of `src` (on a reflink filesystem) to a target in `t` while a writer changes the
 /// source; the clone is looked for in `clone_dir` under `prefix`. Checks the target is the
-/// source as it was at snapshot time, that the clone is gone afterwards, and that a second
-/// cycle catches up with the writes.
+/// source as it was at snapshot time, that the clone is then the one kept for the change
+/// tracker (and nothing else is left), and that a second cycle catches up with the writes,
+/// keeping its own clone and removing the first.
 fn mirror_with_writes_during_cycle(
     t: &Scratch,
     src: &Path,
@@ -193,23 +219,33 @@ fn mirror_with_writes_during_cycle(
     assert_content(&tgt, &before, "target after a cycle with writes during it");
     assert_ne!(read_all(src), before, "the writer changed nothing");
     run(&["verify", s(src), s(&tgt)]).assert_code(1);
-    assert!(
-        !clone_dir.join(&clone).exists(),
-        "clone {clone} still exists after the cycle"
-    );
-    assert_eq!(leftovers(clone_dir), Vec::<String>::new(), "left behind");
     assert_eq!(
-        leftovers(&state.join("snapshots")),
-        Vec::<String>::new(),
-        "left behind in the state dir"
+        kept_clones(state),
+        vec![clone.clone()],
+        "the cycle's clone is kept"
     );
+    assert_eq!(leftovers(clone_dir), vec![clone.clone()], "left behind");
+    if clone_dir != state.join("snapshots") {
+        assert_eq!(leftovers(&state.join("snapshots")), Vec::<String>::new());
+    }
 
-    // The next cycle catches up.
+    // The next cycle catches up, reading only what the writer changed.
     let out = run(&send_args(src, &tgt, state, extra));
     out.assert_success();
+    let report = &out.json_lines()[0];
+    assert_eq!(report["tracker"], "reflink-fiemap", "{report}");
+    assert_eq!(
+        report["full_scan_reason"],
+        serde_json::Value::Null,
+        "{report}"
+    );
+    assert!(report["bytes_read"].as_u64().unwrap() < LEN / 2, "{report}");
     assert_identical(src, &tgt);
     run(&["verify", s(src), s(&tgt)]).assert_success();
-    assert_eq!(leftovers(clone_dir), Vec::<String>::new(), "left behind");
+    let kept = kept_clones(state);
+    assert_eq!(kept.len(), 1);
+    assert_ne!(kept[0], clone, "the first clone was released");
+    assert_eq!(leftovers(clone_dir), kept, "left behind");
 }
 
 #[test]
@@ -252,7 +288,8 @@ fn clones_go_next_to_the_source_when_the_state_dir_is_elsewhere() {
     // The state dir is on the scratch dir's filesystem, not on the xfs mount.
     let state = t.dir("state");
     mirror_with_writes_during_cycle(&t, &src, &state, &[], &images, ".blkmirror-snap-");
-    assert_eq!(names_with(&images, "."), Vec::<String>::new());
+    // Only the kept clone, hidden, is left next to the source.
+    assert_eq!(names_with(&images, "."), kept_clones(&state));
 }
 
 #[test]
@@ -294,9 +331,12 @@ fn stale_clone_of_a_killed_sender_is_removed_at_next_start_and_only_ours() {
     out.assert_success();
     assert_identical(&src, &tgt);
     assert!(!snapshots.join(&stale).exists(), "stale clone {stale} kept");
+    let mut expected = vec![foreign.to_string(), held.clone(), "keep-me".to_string()];
+    expected.extend(kept_clones(&state));
+    expected.sort();
     assert_eq!(
         names_with(&snapshots, ""),
-        vec![foreign.to_string(), held.clone(), "keep-me".to_string()],
+        expected,
         "the clean-up touched what is not ours, or in use"
     );
     drop(holder);
@@ -348,5 +388,104 @@ fn ext4_source_is_refused_with_a_way_out() {
 
     // The way out named in the message works.
     run(&send_args(&src, &tgt, &state, &["--snapshot", "none"])).assert_success();
+    assert_identical(&src, &tgt);
+}
+
+/// Cycle after cycle with the reflink tracker: each cycle reads only the 64 KiB blocks the
+/// writes touched (a byte count, not a timing), the target equals the source after every
+/// cycle, a hole punched in the source reaches the target, a size change falls back to a
+/// full scan and says why, and only the kept clone is left between cycles.
+fn tracker_cycles(kind: &str) {
+    let t = Scratch::new(&format!("reflink-tracker-{kind}"));
+    let fs = Fs::new(&t, kind);
+    let state = fs.dir("state");
+    let snapshots = state.join("snapshots");
+    let src = fs.path("vm.img");
+    let tgt = t.path("target.img");
+    write_random_file(&src, LEN, 71);
+    let mut rng = Rng::new(72);
+    let cycle = || {
+        let out = run(&send_args(&src, &tgt, &state, &[]));
+        out.assert_success();
+        assert_identical(&src, &tgt);
+        assert_eq!(leftovers(&snapshots), kept_clones(&state), "left behind");
+        out.json_lines()[0].clone()
+    };
+    let first = cycle();
+    assert_eq!(first["tracker"], "reflink-fiemap", "{first}");
+    assert_eq!(first["bytes_read"], LEN, "the first cycle reads everything");
+    for round in 0..6 {
+        let writes = random_writes(&src, &mut rng, 1 + round * 3, 4 * KIB, 64 * KIB);
+        if round == 2 {
+            let f = OpenOptions::new().write(true).open(&src).unwrap();
+            nix::fcntl::fallocate(
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+                    | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+                (8 * MIB) as i64,
+                (2 * MIB) as i64,
+            )
+            .unwrap();
+        }
+        let touched: std::collections::BTreeSet<u64> = writes
+            .iter()
+            .flat_map(|w| w.offset / BLOCK..(w.offset + w.len).div_ceil(BLOCK))
+            .chain(if round == 2 { 128..160 } else { 0..0 })
+            .collect();
+        let report = cycle();
+        assert_eq!(
+            report["full_scan_reason"],
+            serde_json::Value::Null,
+            "{report}"
+        );
+        let read = report["bytes_read"].as_u64().unwrap();
+        assert!(
+            read <= touched.len() as u64 * BLOCK,
+            "round {round}: read {read} bytes for {} touched blocks\n{report}",
+            touched.len()
+        );
+        assert!(
+            read > 0,
+            "round {round}: the writes were not seen\n{report}"
+        );
+    }
+    append_random(&src, &mut rng, 100 * KIB);
+    let grown = cycle();
+    let reason = grown["full_scan_reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("size"), "{grown}");
+    let after = cycle();
+    assert_eq!(
+        after["full_scan_reason"],
+        serde_json::Value::Null,
+        "{after}"
+    );
+    assert_eq!(
+        after["bytes_read"], 0,
+        "nothing changed: nothing read\n{after}"
+    );
+}
+
+#[test]
+fn reflink_tracker_on_xfs_reads_only_what_changed() {
+    tracker_cycles("xfs");
+}
+
+#[test]
+fn reflink_tracker_on_btrfs_reads_only_what_changed() {
+    tracker_cycles("btrfs");
+}
+
+#[test]
+fn full_scan_tracker_keeps_no_clone() {
+    let t = Scratch::new("reflink-full-scan");
+    let fs = Fs::new(&t, "xfs");
+    let state = fs.dir("state");
+    let src = fs.path("vm.img");
+    let tgt = t.path("target.img");
+    write_random_file(&src, 8 * MIB, 73);
+    let out = run(&send_args(&src, &tgt, &state, &["--tracker", "full-scan"]));
+    out.assert_success();
+    assert_eq!(out.json_lines()[0]["tracker"], "full-scan");
+    assert_eq!(leftovers(&state.join("snapshots")), Vec::<String>::new());
     assert_identical(&src, &tgt);
 }

@@ -203,15 +203,18 @@ fn is_busy(stderr: &str) -> bool {
     stderr.contains("in use") || stderr.contains("open")
 }
 
-/// Removes the snapshots named after our source key in `vg` (leftovers of a crash). A snapshot
-/// still open (another sender reading it) is left alone with a warning.
-pub fn cleanup_stale(vg: &str, key: &str) -> Result<(), SnapshotError> {
+/// Removes the snapshots named after our source key in `vg` (leftovers of a crash), but those
+/// in `spare`. A snapshot still open (another sender reading it) is left alone with a warning.
+pub fn cleanup_stale(vg: &str, key: &str, spare: &[String]) -> Result<(), SnapshotError> {
     let rows = lvs(
         "vg_name,lv_name,lv_attr",
         Some(vg),
         "check the volume group with `lvs`",
     )?;
     for lv in stale_snapshots(&rows, key) {
+        if spare.contains(&lv.lv) {
+            continue;
+        }
         let open = rows
             .iter()
             .find(|r| r.lv_name == lv.lv && r.vg_name == lv.vg)

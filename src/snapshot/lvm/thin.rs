@@ -78,8 +78,8 @@ impl SnapshotProvider for ThinLvm {
         "lvm-thin"
     }
 
-    fn cleanup_stale(&self, _source: &Path) -> Result<(), SnapshotError> {
-        super::cleanup_stale(&self.origin.vg, self.namer.key())
+    fn cleanup_stale(&self, _source: &Path, spare: &[String]) -> Result<(), SnapshotError> {
+        super::cleanup_stale(&self.origin.vg, self.namer.key(), spare)
     }
 
     fn freeze(&self, _source: &Path, _stop: &AtomicBool) -> Result<FrozenView, SnapshotError> {
