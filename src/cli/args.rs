@@ -115,6 +115,15 @@ pub struct SendArgs {
     /// every cycle.
     #[arg(long, value_enum, default_value = "auto")]
     pub tracker: TrackerArg,
+    /// How often a cycle hashes the whole source to check the change tracker: a duration
+    /// (24h, 30m) or a number of cycles (100cycles). Blocks an audit finds changed that the
+    /// tracker did not report are tracking faults: logged, counted, shipped.
+    #[arg(long, value_name = "DURATION|Ncycles", default_value = "24h", value_parser = crate::sender::audit::parse_every)]
+    pub audit_every: crate::sender::audit::AuditEvery,
+    /// Make every cycle of this run a full-hash audit (with --once: exit 3 when the tracker
+    /// missed something).
+    #[arg(long)]
+    pub audit: bool,
     /// Shell command run just before each snapshot (e.g. "fsfreeze -f /srv").
     #[arg(long)]
     pub pre_snapshot: Option<String>,

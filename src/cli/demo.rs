@@ -261,6 +261,7 @@ fn daemon_config(source: &Path, state: &Path, receiver: &DemoReceiver) -> Daemon
             state_dir: state.to_owned(),
             compress_level: 3,
             read_mode: Default::default(),
+            audit: Default::default(),
         },
         link: LinkConfig {
             dest: Destination::Tls {

@@ -13,6 +13,7 @@ use super::{block_on, make_progress, usage, CliError};
 use crate::daemon::link::LinkConfig;
 use crate::daemon::{DaemonConfig, Mode};
 use crate::receiver;
+use crate::sender::audit::AuditPolicy;
 use crate::sender::{source_identity, CycleConfig, CycleReport};
 use crate::snapshot::{self, SnapshotProvider};
 use crate::source::{BlockSource, ReadMode};
@@ -46,10 +47,18 @@ pub fn run(args: SendArgs) -> Result<i32, CliError> {
     };
     let json = args.json;
     let config = daemon_config(args, dest, tls);
+    let mut faults = 0;
     block_on(crate::daemon::run(config, engines, |report| {
+        faults += report.tracking_faults;
         print_report(report, json)
     }))?
     .map_err(|e| CliError::Runtime(e.into()))?;
+    if faults > 0 {
+        eprintln!(
+            "blkmirror: the change tracker missed {faults} changed blocks (tracking faults, shipped by the audit: the target is consistent); exit 3"
+        );
+        return Ok(3);
+    }
     Ok(0)
 }
 
@@ -134,6 +143,10 @@ fn daemon_config(args: SendArgs, dest: Destination, tls: Option<TlsPair>) -> Dae
                 ReadModeArg::Auto => ReadMode::Auto,
                 ReadModeArg::Cached => ReadMode::Cached,
                 ReadModeArg::Mmap => ReadMode::Mmap,
+            },
+            audit: AuditPolicy {
+                every: args.audit_every,
+                always: args.audit,
             },
         },
         link: LinkConfig {

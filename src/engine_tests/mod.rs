@@ -89,6 +89,8 @@ pub(crate) struct Rig {
     pub source: PathBuf,
     state: PathBuf,
     block_size: u32,
+    /// When cycles are audits (default: daily).
+    pub audit: std::cell::Cell<crate::sender::audit::AuditPolicy>,
 }
 
 impl Rig {
@@ -104,6 +106,7 @@ impl Rig {
             state: dir.path().join("sender-state"),
             _dir: dir,
             block_size,
+            audit: Default::default(),
         }
     }
 
@@ -134,6 +137,7 @@ impl Rig {
             state_dir: self.state.clone(),
             compress_level: 1,
             read_mode: Default::default(),
+            audit: self.audit.get(),
         };
         let provider: Arc<dyn crate::snapshot::SnapshotProvider> = Arc::new(NoSnapshot::default());
         let kept = self.state.join("kept");

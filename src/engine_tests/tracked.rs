@@ -76,3 +76,43 @@ fn the_scan_reads_only_what_the_tracker_reports() {
     assert!(target.contents() == source);
     assert_eq!(target.size(), SIZE as u64);
 }
+
+/// A tracker that misses a change is caught by the audit: the block it did not report is
+/// counted as a tracking fault and shipped, and the target converges.
+#[test]
+fn an_audit_catches_a_tracker_that_misses_a_change() {
+    let rig = Rig::new(BLOCK);
+    let mut source: Vec<u8> = (0..SIZE as u32).map(|i| (i * 11 % 251) as u8).collect();
+    std::fs::write(&rig.source, &source).unwrap();
+    let target = Arc::new(MemTarget::new(vec![0; SIZE]));
+    let image = Arc::new(Mutex::new(StoreImage::default()));
+    let store = || Box::new(CrashStore::new(Power::new(None), image.clone()));
+    let missing = Arc::new(Given::new(|_since| {
+        Changes::Ranges(RangeSet::from_ranges(std::iter::once(0..4096)))
+    }));
+    let (sent, _) = rig.cycle(target.clone(), store(), missing.clone());
+    assert!(
+        sent.unwrap().audit == false,
+        "the first cycle scans everything anyway"
+    );
+
+    source[10] ^= 1; // reported
+    source[3 * BLOCK as usize + 5] ^= 1; // missed
+    source[7 * BLOCK as usize] ^= 1; // missed, in another block
+    std::fs::write(&rig.source, &source).unwrap();
+    rig.audit.set(crate::sender::audit::AuditPolicy {
+        always: true,
+        ..Default::default()
+    });
+    let (sent, received) = rig.cycle(target.clone(), store(), missing);
+    let report = sent.unwrap();
+    received.unwrap();
+    assert!(report.audit, "{report:?}");
+    assert_eq!(report.bytes_read, SIZE as u64, "an audit reads everything");
+    assert_eq!(report.tracking_faults, 2, "{report:?}");
+    assert_eq!(report.blocks_changed, 3);
+    assert!(
+        target.contents() == source,
+        "the audit repaired what the tracker missed"
+    );
+}

@@ -4,6 +4,7 @@
 //! against our own base), scan and pack the changes ([`stream`], [`packing`]), and commit our
 //! manifest only after the receiver acknowledged the generation as durable.
 
+pub mod audit;
 mod base;
 mod error;
 mod health;
@@ -53,6 +54,8 @@ pub struct CycleConfig {
     pub compress_level: i32,
     /// How the scan reads the source.
     pub read_mode: ReadMode,
+    /// When a cycle hashes everything to check the change tracker.
+    pub audit: audit::AuditPolicy,
 }
 
 /// What every cycle of a run works with besides its configuration.
@@ -124,12 +127,22 @@ pub fn run_cycle(
     let dest = base::begin(endpoint, &paths, &frozen.identity, geometry)?;
     tracing::Span::current().record("generation", dest.generation);
     let handshake_time = started.elapsed() - snapshot_time;
-    let (ranges, full_scan_reason) = ranges_to_scan(ctx, &frozen, &dest);
+    let (tracked, full_scan_reason) = ranges_to_scan(ctx, &frozen, &dest);
+    let everything = RangeSet::full(frozen.source.size());
+    let audit = config.audit.due(&paths.audit, dest.generation) && tracked != everything;
+    let ranges = if audit { &everything } else { &tracked };
     let scan_start = Instant::now();
-    let (manifest, stats) = scan_and_ship(endpoint, config, ctx, &frozen, &ranges, &dest)?;
+    let (manifest, stats) = scan_and_ship(endpoint, config, ctx, &frozen, ranges, &dest)?;
+    let tracking_faults = match audit && full_scan_reason.is_none() {
+        true => audit::faults(&stats.changed, &tracked, config.block_size),
+        false => 0,
+    };
     let scan_time = scan_start.elapsed();
     let commit_start = Instant::now();
     let manifest = commit(endpoint, &paths, &frozen, &dest, manifest)?;
+    if *ranges == everything {
+        audit::record(&paths.audit, dest.generation);
+    }
     if ctx.tracker.keeps_previous() {
         let mut kept = ctx.kept.lock().expect("kept views lock");
         kept.keep(frozen.view, dest.generation, manifest.root())?;
@@ -153,6 +166,8 @@ pub fn run_cycle(
         tracker: ctx.tracker.name().to_string(),
         full_scan_reason,
         ranges_scanned: ranges.range_count() as u64,
+        audit,
+        tracking_faults,
         root: hex::encode(manifest.root()),
         duration_ms: StageDurations {
             snapshot: ms(snapshot_time),

@@ -19,6 +19,7 @@ use rayon::prelude::*;
 use crate::blockdiff::delta::{Op, Payload, RefineAnswer};
 use crate::blockdiff::manifest::{BlockHash, Manifest};
 use crate::blockdiff::plan::{plan_chunk, PlanOptions, Step};
+use crate::blockdiff::ranges::RangeSet;
 use crate::blockdiff::refine::{self, SUB_BLOCK};
 use crate::blockdiff::scan::ScannedChunk;
 use crate::progress::{Progress, Stage};
@@ -54,6 +55,8 @@ pub struct ChangeStats {
     pub blocks_refined: u64,
     /// Bytes of refined blocks the receiver already held.
     pub bytes_saved_by_refinement: u64,
+    /// The changed blocks themselves (block indices).
+    pub changed: RangeSet,
 }
 
 /// A refined run waiting for the receiver's answer.
@@ -126,6 +129,7 @@ impl<S: DeltaSink> Packer<S> {
                 Step::Zero { first_block, count } => {
                     self.stats.blocks_changed += count;
                     self.stats.blocks_zero += count;
+                    self.stats.changed.insert(first_block..first_block + count);
                     self.add_zero_run(first_block, count)?;
                     continue;
                 }
@@ -134,6 +138,7 @@ impl<S: DeltaSink> Packer<S> {
                 }
             };
             self.stats.blocks_changed += count;
+            self.stats.changed.insert(first_block..first_block + count);
             let offset = (first_block - chunk.first_block) as usize;
             let start = offset * block_size;
             let end = (start + count as usize * block_size).min(chunk.data.len());

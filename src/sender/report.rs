@@ -50,6 +50,10 @@ pub struct CycleReport {
     pub full_scan_reason: Option<String>,
     /// Ranges the scan read.
     pub ranges_scanned: u64,
+    /// This cycle was a scheduled (or requested) full-hash audit.
+    pub audit: bool,
+    /// Blocks an audit found changed that the tracker had not reported (shipped all the same).
+    pub tracking_faults: u64,
     /// The new root (hex).
     pub root: String,
     /// Milliseconds per stage.

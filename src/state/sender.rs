@@ -19,6 +19,8 @@ pub struct SenderPaths {
     /// The record of the snapshot kept for the change tracker (JSON; not named `.json`, so
     /// `status` does not take it for a status record).
     pub kept: PathBuf,
+    /// The record of the last full-hash cycle (JSON).
+    pub audit: PathBuf,
 }
 
 impl SenderPaths {
@@ -29,6 +31,7 @@ impl SenderPaths {
             manifest: dir.join(format!("dest-{dest_key}.manifest")),
             status: dir.join(format!("dest-{dest_key}.json")),
             kept: dir.join(format!("dest-{dest_key}.kept")),
+            audit: dir.join(format!("dest-{dest_key}.audit")),
             dir,
         }
     }
