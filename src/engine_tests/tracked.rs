@@ -91,10 +91,9 @@ fn an_audit_catches_a_tracker_that_misses_a_change() {
         Changes::Ranges(RangeSet::from_ranges(std::iter::once(0..4096)))
     }));
     let (sent, _) = rig.cycle(target.clone(), store(), missing.clone());
-    assert!(
-        sent.unwrap().audit == false,
-        "the first cycle scans everything anyway"
-    );
+    let first = sent.unwrap();
+    assert!(!first.audit, "the first cycle scans everything anyway");
+    assert_eq!(first.bytes_read, SIZE as u64);
 
     source[10] ^= 1; // reported
     source[3 * BLOCK as usize + 5] ^= 1; // missed
