@@ -14,6 +14,7 @@ use super::manifest::{block_count, hash_block, is_zero, zero_block_hash, BlockHa
 use super::ranges::RangeSet;
 use crate::progress::{Progress, Stage};
 use crate::source::readahead::{self, Chunk, ReadAheadError, ReadAheadOptions};
+use crate::source::throttle::Throttle;
 use crate::source::{BlockSource, ReadMode};
 
 /// Default bytes read per chunk.
@@ -29,6 +30,8 @@ pub struct ScanOptions {
     pub read_mode: ReadMode,
     /// Bytes per chunk; rounded to a whole number of blocks (at least one).
     pub chunk_bytes: usize,
+    /// A read-rate limit, when the scan must leave bandwidth to others.
+    pub throttle: Option<std::sync::Arc<Throttle>>,
 }
 
 impl ScanOptions {
@@ -37,6 +40,7 @@ impl ScanOptions {
             block_size,
             read_mode: ReadMode::default(),
             chunk_bytes: DEFAULT_CHUNK_BYTES,
+            throttle: None,
         }
     }
 
@@ -220,6 +224,9 @@ fn scan_ahead<E>(
                 zero,
             })?;
             progress.advance(Stage::Scan, chunk.data().len() as u64, 0);
+            if let Some(throttle) = &options.throttle {
+                throttle.admit(chunk.data().len() as u64, cancel);
+            }
             crate::faults::delay_unless("BLKMIRROR_FAULT_SCAN_DELAY_MS", cancel);
             Ok(())
         },
@@ -274,6 +281,9 @@ fn scan_mmap<E>(
             map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, data.len())
         };
         progress.advance(Stage::Scan, data.len() as u64, 0);
+        if let Some(throttle) = &options.throttle {
+            throttle.admit(data.len() as u64, cancel);
+        }
     }
     Ok(())
 }
@@ -334,9 +344,9 @@ mod tests {
         let expected: Vec<BlockHash> = data.chunks(4096).map(hash_block).collect();
         for mode in [ReadMode::Auto, ReadMode::Cached, ReadMode::Mmap] {
             let options = ScanOptions {
-                block_size: 4096,
                 read_mode: mode,
                 chunk_bytes: 65536,
+                ..ScanOptions::new(4096)
             };
             let hashes = hash_all(&source, &options, &pool, &cancel, &NoProgress).unwrap();
             assert_eq!(hashes, expected, "{mode:?}");

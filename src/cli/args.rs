@@ -48,6 +48,10 @@ pub enum Command {
     Status(StatusArgs),
     /// Build a sample volume, mirror it over TLS on loopback, change 1%, mirror again, verify.
     Demo(DemoArgs),
+    /// Re-hash a receiver's TARGET and compare with its manifest: exit 0 clean, 1 drifted
+    /// (the differing blocks are marked; the next cycle repairs them), 2 error or nothing to
+    /// compare against. Writes nothing to the target.
+    Scrub(ScrubArgs),
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,6 +128,10 @@ pub struct SendArgs {
     /// missed something).
     #[arg(long)]
     pub audit: bool,
+    /// Ask the receiver to re-hash its target against its manifest before the first cycle
+    /// (a scrub): blocks changed on the target outside blkmirror are then shipped again.
+    #[arg(long)]
+    pub rehash_target: bool,
     /// Shell command run just before each snapshot (e.g. "fsfreeze -f /srv").
     #[arg(long)]
     pub pre_snapshot: Option<String>,
@@ -191,6 +199,14 @@ pub struct ReceiveArgs {
     /// cores only add overhead).
     #[arg(long, value_name = "N", value_parser = threads_arg)]
     pub threads: Option<usize>,
+    /// With --listen: re-hash the target against its manifest this often while no sender is
+    /// connected (e.g. 24h); blocks changed outside blkmirror are marked for the next cycle
+    /// and `status` says "drifted". A sender connecting interrupts the scrub.
+    #[arg(long, value_name = "DURATION", value_parser = scrub_every_arg, requires = "listen")]
+    pub scrub_every: Option<std::time::Duration>,
+    /// At most RATE bytes per second read by scrubs (e.g. 100M); default: no limit.
+    #[arg(long, value_name = "RATE", value_parser = rate_arg, requires = "scrub_every")]
+    pub scrub_rate: Option<u64>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -202,6 +218,22 @@ pub struct KeygenArgs {
 pub struct VerifyArgs {
     pub source: PathBuf,
     pub target: PathBuf,
+}
+
+/// `scrub`.
+#[derive(clap::Args, Debug)]
+pub struct ScrubArgs {
+    /// The receiver's target (file or block device).
+    pub target: PathBuf,
+    /// The receiver's state directory (default /var/lib/blkmirror for root).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Read at most RATE bytes per second (e.g. 100M), to spare the disk; default: no limit.
+    #[arg(long, value_name = "RATE", value_parser = rate_arg)]
+    pub rate: Option<u64>,
+    /// Hashing threads, 1 to 1024 (default: all cores).
+    #[arg(long, value_name = "N", value_parser = threads_arg)]
+    pub threads: Option<usize>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -266,6 +298,20 @@ fn interval_arg(text: &str) -> Result<Duration, String> {
 
 fn snapshot_size_arg(text: &str) -> Result<u64, String> {
     size_between(text, MIN_SNAPSHOT_SIZE, MAX_SNAPSHOT_SIZE, "1M and 1P")
+}
+
+/// A scrub interval: 1 second to 1 year.
+fn scrub_every_arg(text: &str) -> Result<std::time::Duration, String> {
+    let every = parse_duration(text)?;
+    if !(1..=366 * 86400).contains(&every.as_secs()) {
+        return Err("must be between 1s and 366d".into());
+    }
+    Ok(every)
+}
+
+/// A rate in bytes per second: 1M to 1T.
+pub fn rate_arg(text: &str) -> Result<u64, String> {
+    size_between(text, 1 << 20, 1 << 40, "1M and 1T (bytes per second)")
 }
 
 fn demo_size_arg(text: &str) -> Result<u64, String> {

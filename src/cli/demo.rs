@@ -232,6 +232,7 @@ async fn start_receiver(dir: &Path, target: &Path) -> anyhow::Result<DemoReceive
         create: true,
         state_dir: dir.join("receiver-state"),
         threads: 2,
+        scrub: None,
     });
     let (stop, stop_rx) = oneshot::channel::<()>();
     let task = tokio::spawn(crate::receiver::listen::serve_tls(
@@ -262,6 +263,7 @@ fn daemon_config(source: &Path, state: &Path, receiver: &DemoReceiver) -> Daemon
             compress_level: 3,
             read_mode: Default::default(),
             audit: Default::default(),
+            rehash_target: false,
         },
         link: LinkConfig {
             dest: Destination::Tls {

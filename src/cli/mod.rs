@@ -12,6 +12,7 @@ pub mod keygen;
 pub mod out;
 pub mod progress;
 pub mod receive;
+pub mod scrub;
 pub mod send;
 pub mod status;
 pub mod verify;
@@ -80,6 +81,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Keygen(args) => keygen::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Status(args) => status::run(args),
+        Command::Scrub(args) => scrub::run(args),
         Command::Demo(DemoArgs { dir, size }) => {
             let progress = make_progress(ProgressMode::Auto);
             block_on(demo::run(dir, size, progress))??;

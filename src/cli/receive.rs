@@ -11,7 +11,7 @@ use super::args::{threads_or_default, ReceiveArgs};
 use super::out::outln;
 use super::{block_on, init_logging, usage, CliError};
 use crate::progress::NoProgress;
-use crate::receiver::{self, ReceiverConfig};
+use crate::receiver::{self, ReceiverConfig, ScrubSchedule};
 use crate::transport::tls;
 
 /// Runs `receive`.
@@ -24,6 +24,10 @@ pub fn run(args: ReceiveArgs) -> Result<i32, CliError> {
             .clone()
             .unwrap_or_else(crate::state::default_state_dir),
         threads: threads_or_default(args.threads),
+        scrub: args.scrub_every.map(|every| ScrubSchedule {
+            every,
+            rate: args.scrub_rate,
+        }),
     };
     init_logging(None);
     receiver::check_config(&config).map_err(|e| CliError::Runtime(e.into()))?;

@@ -148,6 +148,7 @@ fn daemon_config(args: SendArgs, dest: Destination, tls: Option<TlsPair>) -> Dae
                 every: args.audit_every,
                 always: args.audit,
             },
+            rehash_target: args.rehash_target,
         },
         link: LinkConfig {
             dest,

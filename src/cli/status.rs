@@ -87,6 +87,14 @@ fn describe_receiver(state: &ReceiverState) -> String {
             human_bytes(state.last_cycle_bytes_written)
         );
     }
+    if let (Condition::Drifted, Some(scrub)) = (state.condition, &state.last_scrub) {
+        return format!(
+            "receiver {target}: DRIFTED: {} of {} blocks differ from generation {committed} (found by a scrub at {}); the next cycle repairs them",
+            scrub.blocks_drifted,
+            scrub.blocks_checked,
+            format_time(scrub.at)
+        );
+    }
     let detail = serde_json::to_value(state.condition)
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))

@@ -116,6 +116,7 @@ impl Link {
                     create: true,
                     state_dir: config.state_dir.clone(),
                     threads: config.threads,
+                    scrub: None,
                 };
                 let stop = stop.clone();
                 let task = tokio::spawn(async move {

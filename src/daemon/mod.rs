@@ -92,7 +92,7 @@ const WIND_DOWN: Duration = Duration::from_secs(10);
 /// Runs cycles until the mode says stop or a signal comes; `on_report` sees every committed
 /// cycle.
 pub async fn run(
-    config: DaemonConfig,
+    mut config: DaemonConfig,
     engines: Engines,
     mut on_report: impl FnMut(&CycleReport),
 ) -> Result<Ended, DaemonError> {
@@ -130,8 +130,12 @@ pub async fn run(
         let wait = match outcome {
             Ok(report) => {
                 failures = 0;
+                // A re-hash is asked for once per run.
+                config.cycle.rehash_target = false;
                 tracing::info!(
                     generation = report.generation,
+                    tracker = %report.tracker,
+                    bytes_read = report.bytes_read,
                     blocks_changed = report.blocks_changed,
                     bytes_sent = report.bytes_sent,
                     ms = report.duration_ms.total,

@@ -138,6 +138,7 @@ impl Rig {
             compress_level: 1,
             read_mode: Default::default(),
             audit: self.audit.get(),
+            rehash_target: false,
         };
         let provider: Arc<dyn crate::snapshot::SnapshotProvider> = Arc::new(NoSnapshot::default());
         let kept = self.state.join("kept");

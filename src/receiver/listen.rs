@@ -1,7 +1,8 @@
 //! `receive --listen`: accepts mutual-TLS connections and serves each with the receiver. Only
 //! peers whose certificate fingerprint is allowed get past the handshake; the per-target lock
 //! makes a second concurrent sender get a clear refusal. On shutdown every session is asked
-//! to stop, records its aborted cycle as interrupted, and is waited for (bounded).
+//! to stop, records its aborted cycle as interrupted, and is waited for (bounded). With
+//! `--scrub-every`, the target is scrubbed periodically while no sender writes it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -10,7 +11,8 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 
 use crate::progress::NoProgress;
-use crate::receiver::{self, ReceiverConfig};
+use crate::receiver::scrub::{scrub_at, ScrubOutcome};
+use crate::receiver::{self, ReceiveError, ReceiverConfig, ScrubSchedule};
 use crate::transport::tls::{TlsError, TlsServer};
 
 /// How long shutdown waits for sessions to record their aborted cycles.
@@ -24,7 +26,13 @@ pub async fn serve_tls(
 ) -> Result<(), TlsError> {
     tokio::pin!(shutdown);
     let stop = Arc::new(AtomicBool::new(false));
+    // Set when a sender connects (or on shutdown): a scrub in progress gives way.
+    let scrub_cancel = Arc::new(AtomicBool::new(false));
     let mut sessions = JoinSet::new();
+    let scrubber = config.scrub.map(|schedule| {
+        let (config, cancel) = (config.clone(), scrub_cancel.clone());
+        tokio::spawn(scrub_periodically(config, schedule, cancel))
+    });
     loop {
         let (tcp, addr) = tokio::select! {
             accepted = server.accept_tcp() => match accepted {
@@ -37,6 +45,7 @@ pub async fn serve_tls(
             Some(_) = sessions.join_next(), if !sessions.is_empty() => continue,
             _ = &mut shutdown => break,
         };
+        scrub_cancel.store(true, Ordering::Relaxed);
         let server = server.clone();
         let config = config.clone();
         let stop = stop.clone();
@@ -56,6 +65,10 @@ pub async fn serve_tls(
         });
     }
     stop.store(true, Ordering::Relaxed);
+    scrub_cancel.store(true, Ordering::Relaxed);
+    if let Some(scrubber) = scrubber {
+        scrubber.abort();
+    }
     let drained = tokio::time::timeout(SHUTDOWN_WAIT, async {
         while sessions.join_next().await.is_some() {}
     })
@@ -64,4 +77,45 @@ pub async fn serve_tls(
         tracing::warn!("some sessions did not end within {SHUTDOWN_WAIT:?} of the stop");
     }
     Ok(())
+}
+
+/// Scrubs the target every `schedule.every` (after each scrub ends), giving way to senders:
+/// a connection sets `cancel`, which ends a scrub in progress; it is tried again next time.
+/// Ends when the task is dropped (shutdown aborts the wait; `cancel` ends a scrub).
+async fn scrub_periodically(
+    config: Arc<ReceiverConfig>,
+    schedule: ScrubSchedule,
+    cancel: Arc<AtomicBool>,
+) {
+    loop {
+        tokio::time::sleep(schedule.every).await;
+        cancel.store(false, Ordering::Relaxed);
+        let (scrubbing, flag) = (config.clone(), cancel.clone());
+        let scrubbed = tokio::task::spawn_blocking(move || {
+            scrub_at(
+                &scrubbing.target,
+                &scrubbing.state_dir,
+                scrubbing.threads,
+                schedule.rate,
+                &flag,
+                &NoProgress,
+            )
+        })
+        .await
+        .expect("scrub panicked");
+        match scrubbed {
+            Ok(ScrubOutcome::Drifted { blocks, drifted }) => {
+                tracing::warn!(
+                    blocks,
+                    drifted,
+                    "scrub: the target drifted; the next cycle repairs it"
+                )
+            }
+            Ok(outcome) => tracing::info!(?outcome, "scrub done"),
+            Err(ReceiveError::Stopped) => {
+                tracing::info!("scrub gave way to a sender; trying again later")
+            }
+            Err(e) => tracing::warn!(error = %e, "scrub failed"),
+        }
+    }
 }

@@ -11,8 +11,10 @@
 pub mod apply;
 mod changes;
 mod error;
+pub mod hashing;
 pub mod listen;
 mod prepare;
+pub mod scrub;
 mod session;
 
 pub use error::{ReceiveError, Violation};
@@ -39,8 +41,21 @@ pub struct ReceiverConfig {
     pub target: PathBuf,
     /// Create a missing target as a sparse file.
     pub create: bool,
+    /// Where the target's state and manifest live.
     pub state_dir: PathBuf,
+    /// Hashing and verification threads.
     pub threads: usize,
+    /// Scrub the target periodically while no sender is connected (`--scrub-every`).
+    pub scrub: Option<ScrubSchedule>,
+}
+
+/// When and how fast a listening receiver scrubs its target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScrubSchedule {
+    /// Between the end of one scrub and the start of the next.
+    pub every: std::time::Duration,
+    /// At most this many bytes read per second.
+    pub rate: Option<u64>,
 }
 
 /// Opens a session's target, or creates it.

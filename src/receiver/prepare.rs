@@ -5,15 +5,14 @@
 
 use std::sync::Arc;
 
-use crate::blockdiff::manifest::{block_len, hash_block, BlockHash, Manifest};
-use crate::blockdiff::scan::{hash_all, ScanOptions};
+use crate::blockdiff::manifest::{block_len, hash_block, Manifest};
 use crate::device::DeviceKind;
-use crate::source::BlockSource;
 use crate::state::Condition;
-use crate::target::{fit, BlockTarget, TargetError};
+use crate::target::{fit, BlockTarget};
 use crate::transport::frame::TargetCondition;
 
 use super::error::ReceiveError;
+use super::hashing::{hash_device, Hashing};
 use super::session::Session;
 
 impl Session {
@@ -110,58 +109,24 @@ impl Session {
         }
     }
 
-    /// Hashes the whole target: with the parallel direct-read scan when it is a file or a
-    /// device, else through the target itself. Stops early on a requested stop.
+    /// Hashes the whole target (stops early on a requested stop).
     fn hash_target(
         &self,
         target: &Arc<dyn BlockTarget>,
         block_size: u32,
         device_size: u64,
     ) -> Result<Manifest, ReceiveError> {
-        let io_error = |source: std::io::Error| {
-            ReceiveError::Target(TargetError::Io {
-                path: target.name().to_owned(),
-                source,
-            })
+        let hashing = Hashing {
+            block_size,
+            size: device_size,
+            pool: &self.pool,
+            stop: &self.parts.stop,
+            progress: &*self.parts.progress,
+            throttle: None,
         };
-        let hashes = match target.path() {
-            Some(path) => {
-                let source = BlockSource::open(path)
-                    .map_err(|e| io_error(std::io::Error::other(e)))?
-                    .limited_to(device_size);
-                hash_all(
-                    &source,
-                    &ScanOptions::new(block_size),
-                    &self.pool,
-                    &self.parts.stop,
-                    &*self.parts.progress,
-                )
-                .map_err(|e| match e {
-                    crate::blockdiff::scan::ScanError::Cancelled => ReceiveError::Stopped,
-                    other => io_error(std::io::Error::other(other)),
-                })?
-            }
-            None => hash_by_reading(&**target, block_size, device_size)?,
-        };
+        let hashes = hash_device(&**target, &hashing)?;
         Ok(Manifest::from_hashes(block_size, device_size, hashes))
     }
-}
-
-/// Hashes a target block by block through [`BlockTarget::read_at`].
-fn hash_by_reading(
-    target: &dyn BlockTarget,
-    block_size: u32,
-    device_size: u64,
-) -> Result<Vec<BlockHash>, ReceiveError> {
-    let count = crate::blockdiff::manifest::block_count(device_size, block_size);
-    let mut buf = vec![0u8; block_size as usize];
-    let mut hashes = Vec::with_capacity(count as usize);
-    for index in 0..count {
-        let len = block_len(device_size, block_size, index);
-        target.read_at(&mut buf[..len], index * block_size as u64)?;
-        hashes.push(hash_block(&buf[..len]));
-    }
-    Ok(hashes)
 }
 
 /// Re-hashes blocks from `first` to the end (after a size change).

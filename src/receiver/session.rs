@@ -22,6 +22,8 @@ use crate::transport::frame::Message;
 use crate::transport::{Endpoint, TransportError};
 
 use super::error::{ReceiveError, Violation};
+use super::hashing::{hash_device, Hashing};
+use super::scrub::scrub;
 use super::{TargetOpener, MAX_BLOCKS, MAX_DEVICE_SIZE};
 
 /// How often a wait on a long target operation looks at the stop flag.
@@ -96,6 +98,10 @@ pub fn run(endpoint: &Endpoint, parts: SessionParts) -> Result<(), ReceiveError>
             Err(TransportError::Closed) => return Ok(()),
             other => other?,
         };
+        if let Message::Rehash = message {
+            session.rehash()?;
+            continue;
+        }
         let Message::CycleStart {
             generation,
             device_size,
@@ -217,6 +223,37 @@ impl Session {
             self.state.condition = Condition::Interrupted;
         }
         let _ = self.save_state();
+    }
+
+    /// Scrubs the target now (the sender asked, before its next cycle): blocks that differ
+    /// from the manifest are marked, and the next cycle ships them.
+    fn rehash(&mut self) -> Result<(), ReceiveError> {
+        if self.target.is_none() {
+            if !self.parts.opener.exists() {
+                return Ok(());
+            }
+            self.target = Some(self.parts.opener.open(None)?);
+        }
+        let target = self.target.clone().expect("opened");
+        let outcome = scrub(&mut *self.parts.store, target.size(), |block_size, size| {
+            let hashing = Hashing {
+                block_size,
+                size,
+                pool: &self.pool,
+                stop: &self.parts.stop,
+                progress: &*self.parts.progress,
+                throttle: None,
+            };
+            hash_device(&*target, &hashing)
+        })?;
+        tracing::info!(?outcome, "target re-hashed at the sender's request");
+        // The scrub may have marked blocks and changed the state: read both again.
+        let reloaded = self.parts.store.load_state();
+        if let Some(state) = reloaded.map_err(|source| self.state_error(source))? {
+            self.state = state;
+        }
+        self.manifest = None;
+        Ok(())
     }
 
     fn stopped(&self) -> bool {

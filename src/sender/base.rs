@@ -5,7 +5,7 @@
 use crate::blockdiff::manifest::{block_count, root_of, BlockHash, Manifest};
 use crate::state::SenderPaths;
 use crate::tracker::Since;
-use crate::transport::frame::{Message, TargetCondition, CAP_REFINE};
+use crate::transport::frame::{Message, TargetCondition, CAP_REFINE, CAP_REHASH};
 use crate::transport::Endpoint;
 
 use super::error::{unexpected, SendError, Violation};
@@ -25,6 +25,16 @@ pub(crate) struct DestCycle {
     pub condition: TargetCondition,
     /// The receiver refines.
     pub refine: bool,
+}
+
+/// Asks the receiver to re-hash its target before the cycle (`send --rehash-target`).
+pub(crate) fn ask_rehash(endpoint: &Endpoint) -> Result<(), SendError> {
+    if endpoint.peer_capabilities() & CAP_REHASH == 0 {
+        return Err(SendError::Unsupported(
+            "the receiver cannot re-hash its target on request (--rehash-target): upgrade it",
+        ));
+    }
+    Ok(endpoint.send(Message::Rehash)?)
 }
 
 /// Opens the cycle: proposes the next generation, hears the receiver's state, picks the base.

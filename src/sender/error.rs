@@ -46,6 +46,9 @@ pub enum SendError {
     /// No random bytes for the cycle's refinement key.
     #[error("no random bytes for the refinement key: {0}")]
     Randomness(#[source] getrandom::Error),
+    /// The receiver cannot do what was asked.
+    #[error("{0}")]
+    Unsupported(&'static str),
     /// A stop was requested (signal) during the cycle.
     #[error("stopped on request")]
     Stopped,
@@ -61,7 +64,10 @@ impl SendError {
             SendError::Transport(e) => e.is_transient(),
             SendError::Snapshot(e) => e.is_transient(),
             SendError::Read { .. } | SendError::State { .. } | SendError::Randomness(_) => true,
-            SendError::Source(_) | SendError::Protocol(_) | SendError::Stopped => false,
+            SendError::Source(_)
+            | SendError::Protocol(_)
+            | SendError::Unsupported(_)
+            | SendError::Stopped => false,
         }
     }
 }

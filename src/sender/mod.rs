@@ -56,6 +56,8 @@ pub struct CycleConfig {
     pub read_mode: ReadMode,
     /// When a cycle hashes everything to check the change tracker.
     pub audit: audit::AuditPolicy,
+    /// Ask the receiver to re-hash its target (scrub) before the cycle.
+    pub rehash_target: bool,
 }
 
 /// What every cycle of a run works with besides its configuration.
@@ -124,6 +126,9 @@ pub fn run_cycle(
     let snapshot_time = started.elapsed();
     let paths = SenderPaths::new(&config.state_dir, &frozen.identity, &config.dest);
     let geometry = (config.block_size, frozen.source.size());
+    if config.rehash_target {
+        base::ask_rehash(endpoint)?;
+    }
     let dest = base::begin(endpoint, &paths, &frozen.identity, geometry)?;
     tracing::Span::current().record("generation", dest.generation);
     let handshake_time = started.elapsed() - snapshot_time;

@@ -8,6 +8,7 @@ use crate::device::{classify, size_of, DeviceError, DeviceKind};
 
 pub mod compare;
 pub mod readahead;
+pub mod throttle;
 
 use std::fs::File;
 use std::io;

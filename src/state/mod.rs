@@ -11,7 +11,7 @@ pub mod receiver;
 pub mod sender;
 
 pub use crash::{CrashStore, StoreImage};
-pub use receiver::{Condition, DirStore, ReceiverPaths, ReceiverState, ReceiverStore};
+pub use receiver::{Condition, DirStore, ReceiverPaths, ReceiverState, ReceiverStore, ScrubRecord};
 pub use sender::{SenderPaths, SenderStatus};
 
 use std::fs::{self, File};
@@ -181,11 +181,13 @@ impl Serialize for StatusEntry {
     }
 }
 
-/// `consistent`, or `mid-cycle` for a target that is being (or was being) written.
+/// `consistent`; `mid-cycle` for a target that is being (or was being) written; `drifted` for
+/// one a scrub found changed outside blkmirror.
 pub fn condition_summary(condition: Condition) -> &'static str {
     match condition {
         Condition::Consistent => "consistent",
         Condition::Applying | Condition::Interrupted => "mid-cycle",
+        Condition::Drifted => "drifted",
     }
 }
 

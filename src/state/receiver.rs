@@ -61,6 +61,9 @@ pub enum Condition {
     /// A cycle was aborted cleanly: the target is mid-cycle, but the saved manifest
     /// describes it exactly.
     Interrupted,
+    /// A scrub found blocks that differ from the committed generation (written outside
+    /// blkmirror, or rotted): the manifest marks them unknown, the next cycle ships them.
+    Drifted,
 }
 
 /// The receiver's state record for one target.
@@ -79,6 +82,20 @@ pub struct ReceiverState {
     pub last_cycle_bytes_written: u64,
     /// Why the last cycle did not commit, if it did not.
     pub last_error: Option<String>,
+    /// The last scrub's findings (absent until a scrub ran).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scrub: Option<ScrubRecord>,
+}
+
+/// What a scrub of the target found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScrubRecord {
+    /// Unix seconds when it ended.
+    pub at: u64,
+    /// Blocks compared with the manifest.
+    pub blocks_checked: u64,
+    /// Blocks that differed (marked unknown for the next cycle to repair).
+    pub blocks_drifted: u64,
 }
 
 impl ReceiverState {
@@ -96,6 +113,7 @@ impl ReceiverState {
             committed_at: None,
             last_cycle_bytes_written: 0,
             last_error: None,
+            last_scrub: None,
         }
     }
 }

@@ -15,8 +15,10 @@ pub const MAGIC: [u8; 8] = *b"BKMRWIRE";
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Capability bit: the peer understands Refine / RefineAnswer / Patch (4 KiB refinement).
 pub const CAP_REFINE: u64 = 1;
+/// Capability bit: the receiver understands `Rehash` (scrub the target before a cycle).
+pub const CAP_REHASH: u64 = 1 << 1;
 /// Capabilities this build offers.
-pub const CAPABILITIES: u64 = CAP_REFINE;
+pub const CAPABILITIES: u64 = CAP_REFINE | CAP_REHASH;
 /// Largest plaintext an extent may carry.
 pub const MAX_EXTENT_BYTES: u32 = 16 << 20;
 /// Most blocks in one extent (16 MiB of 4 KiB blocks).
@@ -158,6 +160,9 @@ pub enum Message {
     CycleEnd { generation: u64, root: BlockHash },
     /// Receiver made generation N durable.
     Committed { generation: u64, root: BlockHash },
+    /// Sender, between cycles: re-hash the target against its manifest before the next
+    /// cycle (only to a receiver that announced `CAP_REHASH`).
+    Rehash,
 }
 
 mod kind {
@@ -175,6 +180,7 @@ mod kind {
     pub const REFINE_ANSWER: u8 = 12;
     pub const PATCH: u8 = 13;
     pub const REFINE_KEY: u8 = 14;
+    pub const REHASH: u8 = 15;
 }
 
 impl Message {
@@ -185,6 +191,7 @@ impl Message {
             Message::CycleStart { .. } => "CycleStart",
             Message::TargetState { .. } => "TargetState",
             Message::ManifestRequest => "ManifestRequest",
+            Message::Rehash => "Rehash",
             Message::ManifestChunk { .. } => "ManifestChunk",
             Message::ManifestEnd { .. } => "ManifestEnd",
             Message::Extent { .. } => "Extent",
@@ -232,6 +239,7 @@ impl Message {
                 out.push(*condition as u8);
             }
             Message::ManifestRequest => out.push(kind::MANIFEST_REQUEST),
+            Message::Rehash => out.push(kind::REHASH),
             Message::ManifestChunk {
                 first_block,
                 hashes,
@@ -364,6 +372,7 @@ impl Message {
                 },
             },
             kind::MANIFEST_REQUEST => Message::ManifestRequest,
+            kind::REHASH => Message::Rehash,
             kind::MANIFEST_CHUNK => {
                 let first_block = r.u64()?;
                 let count = r.u32()?;
@@ -750,6 +759,7 @@ mod tests {
                 }
             }),
             Just(Message::ManifestRequest),
+            Just(Message::Rehash),
             (
                 any::<u64>(),
                 proptest::collection::vec(hash_strategy(), 1..20)

@@ -1,6 +1,6 @@
 //! Property tests of the decoders, through the public API:
 //!
-//! - every one of the 14 message types round-trips (encode then decode gives the value back,
+//! - every one of the 15 message types round-trips (encode then decode gives the value back,
 //!   the length prefix is the body's length, `Message::check_len` accepts it), over strategies
 //!   that respect the decoder's bounds and reach them (`MAX_EXTENT_BYTES`,
 //!   `MAX_EXTENT_BLOCKS`, `MAX_SUB_BLOCKS`, `MAX_MANIFEST_CHUNK`, `MAX_TEXT_LEN`, raw payload
@@ -407,7 +407,7 @@ fn every_bound_is_accepted_at_the_limit_and_refused_one_past_it() {
     // Types, emptiness and trailing bytes.
     assert_eq!(Message::decode(&[]), Err(FrameError::Empty));
     assert_eq!(Message::decode(&[0]), Err(FrameError::UnknownType(0)));
-    assert_eq!(Message::decode(&[15]), Err(FrameError::UnknownType(15)));
+    assert_eq!(Message::decode(&[16]), Err(FrameError::UnknownType(16)));
     let mut b = body(&Message::ManifestRequest);
     b.push(0);
     assert_eq!(Message::decode(&b), Err(FrameError::Trailing(1)));

@@ -4,7 +4,8 @@
 //!
 //! - `manifest-v1.bin`: a version-1 manifest (`Manifest::encode`): 5 blocks of 4096 bytes, the
 //!   last one short, generation 7, a source identity.
-//! - `protocol-v1/00-preamble.bin`: our 20-byte `Preamble`; `protocol-v1/NN-name.bin`: one
+//! - `protocol-v1/00-preamble.bin`: our 20-byte `Preamble` (`00-preamble-cap-refine-only.bin`:
+//!   the first builds' one, which must still decode); `protocol-v1/NN-name.bin`: one
 //!   whole frame (length prefix, type byte, body) of every `Message` type, `NN` being its type
 //!   byte on the wire (`docs/protocol.md` numbers them the same way).
 //! - `state-v1/*.json`: a sender status and two receiver states (consistent, interrupted) as
@@ -29,7 +30,7 @@ use std::path::{Path, PathBuf};
 
 use blkmirror::blockdiff::manifest::{hash_block, BlockHash, Manifest};
 use blkmirror::state::{write_json, Condition, ReceiverState, SenderStatus};
-use blkmirror::transport::frame::{Message, Preamble, TargetCondition, PREAMBLE_LEN};
+use blkmirror::transport::frame::{Message, Preamble, TargetCondition, CAP_REFINE, PREAMBLE_LEN};
 
 use crate::support::Scratch;
 
@@ -182,6 +183,7 @@ pub fn sample_receiver_state_consistent() -> ReceiverState {
         committed_at: Some(1_767_225_601),
         last_cycle_bytes_written: 4196,
         last_error: None,
+        last_scrub: None,
     }
 }
 
@@ -215,6 +217,7 @@ pub fn type_byte(message: &Message) -> u8 {
         Message::RefineAnswer { .. } => 12,
         Message::Patch { .. } => 13,
         Message::RefineKey { .. } => 14,
+        Message::Rehash => 15,
     }
 }
 
@@ -321,6 +324,7 @@ pub fn sample_frames() -> Vec<(&'static str, Message)> {
             },
         ),
         ("14-refine-key", Message::RefineKey { key: hash_of(70) }),
+        ("15-rehash", Message::Rehash),
     ]
 }
 
@@ -352,6 +356,12 @@ fn preamble_matches_its_fixture() {
     let decoded = Preamble::decode(&bytes).unwrap();
     assert_eq!(decoded, Preamble::ours());
     assert_eq!(decoded.version, 1);
+    // Capabilities are added without a new version: a preamble of the first builds, which
+    // offered only CAP_REFINE, still decodes as version 1.
+    let older =
+        std::fs::read(fixtures().join("protocol-v1/00-preamble-cap-refine-only.bin")).unwrap();
+    let older = Preamble::decode(older.as_slice().try_into().unwrap()).unwrap();
+    assert_eq!((older.version, older.capabilities), (1, CAP_REFINE));
 }
 
 #[test]
@@ -359,7 +369,7 @@ fn one_frame_of_every_message_type_matches_its_fixture() {
     let frames = sample_frames();
     let mut types: Vec<u8> = frames.iter().map(|(_, m)| type_byte(m)).collect();
     types.sort_unstable();
-    assert_eq!(types, (1..=14).collect::<Vec<u8>>(), "one frame per type");
+    assert_eq!(types, (1..=15).collect::<Vec<u8>>(), "one frame per type");
     for (name, message) in frames {
         let mut encoded = Vec::new();
         message.encode(&mut encoded);

@@ -25,6 +25,7 @@ mod loop_devices;
 mod lvm_guest;
 mod refinement;
 mod reflink;
+mod scrub;
 mod signals;
 mod ssh;
 mod tls;

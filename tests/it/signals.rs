@@ -86,12 +86,15 @@ fn sigterm_during_the_scan_records_an_interrupted_cycle() {
     let t = Scratch::new("signal-scan");
     let (src, tgt, state) = (t.path("src.img"), t.path("tgt.img"), t.dir("state"));
     write_random_file(&src, 32 * MIB, 82);
-    send_once(s(&src), s(&tgt), &state, &[]);
+    send_once(s(&src), s(&tgt), &state, &["--block-size", "4K"]);
     let before = read_all(&tgt);
     write_random_file(&src, 32 * MIB, 83);
 
     let mut args = send_args(s(&src), s(&tgt), &state);
-    args.push("--once".into());
+    // 4 KiB blocks ship whole, chunk by chunk (larger blocks over data are refined, and their
+    // patches may wait for the end of the scan): the target changes as soon as the first
+    // chunk is scanned.
+    args.extend(["--once", "--block-size", "4K"].map(String::from));
     // Each 8 MiB chunk of the scan is held 4 s: four chunks, 16 s.
     let env = [("BLKMIRROR_FAULT_SCAN_DELAY_MS", "4000")];
     let sender = Proc::blkmirror_env("sender", &args, &env);
@@ -106,7 +109,7 @@ fn sigterm_during_the_scan_records_an_interrupted_cycle() {
         receiver_detail(&state),
         ("mid-cycle".into(), "interrupted".into())
     );
-    let next = send_once(s(&src), s(&tgt), &state, &[]);
+    let next = send_once(s(&src), s(&tgt), &state, &["--block-size", "4K"]);
     assert_eq!(
         next.raw["target_condition"], "mid-cycle",
         "the next cycle trusted the recorded manifest (no re-hash): {:?}",
