@@ -18,6 +18,7 @@ pub mod reflink;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
+pub use command::find_program;
 pub use none::NoSnapshot;
 
 /// Which provider to use (`--snapshot`).

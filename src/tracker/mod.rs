@@ -12,6 +12,7 @@ pub mod fiemap;
 mod given;
 pub mod kept;
 mod reflink;
+pub mod thin_delta;
 
 use std::sync::Arc;
 
