@@ -8,6 +8,7 @@
 //! committed, and mean nothing against a manifest the receiver rebuilt. Any doubt is a full
 //! scan, with the reason in the cycle's figures.
 
+pub mod cow;
 pub mod fiemap;
 mod given;
 pub mod kept;
