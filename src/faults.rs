@@ -5,6 +5,8 @@
 //!
 //! * `BLKMIRROR_FAULT_SYNC_DELAY_MS`: the receiver's target fsync takes this much longer.
 //! * `BLKMIRROR_FAULT_SCAN_DELAY_MS`: the scan waits this long after each chunk.
+//! * `BLKMIRROR_FAULT_THIN_HOLD_DELAY_MS`: the thin tracker waits this long while it holds
+//!   the pool's metadata snapshot.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};

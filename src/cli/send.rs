@@ -36,7 +36,9 @@ pub fn run(args: SendArgs) -> Result<i32, CliError> {
     }
     let provider: Arc<dyn crate::snapshot::SnapshotProvider> = Arc::from(snapshot_provider(&args)?);
     let tracker: Arc<dyn crate::tracker::ChangeTracker> = match args.tracker {
-        TrackerArg::Auto => crate::tracker::for_provider(&*provider),
+        TrackerArg::Auto => {
+            crate::tracker::for_provider(&*provider, &args.source, &state_dir(&args))
+        }
         TrackerArg::FullScan => Arc::new(crate::tracker::FullScan),
     };
     tracing::debug!(tracker = tracker.name(), "change tracker");

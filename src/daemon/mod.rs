@@ -115,11 +115,14 @@ pub async fn run(
         progress: engines.progress,
         stop: stop.clone(),
     };
-    let (provider, source) = (ctx.provider.clone(), config.cycle.source.clone());
-    let spare = KeptViews::spared(&paths.kept);
-    tokio::task::spawn_blocking(move || provider.cleanup_stale(&source, &spare))
-        .await
-        .expect("stale clean-up panicked")?;
+    let (provider, tracker) = (ctx.provider.clone(), ctx.tracker.clone());
+    let (source, spare) = (config.cycle.source.clone(), KeptViews::spared(&paths.kept));
+    tokio::task::spawn_blocking(move || {
+        tracker.recover();
+        provider.cleanup_stale(&source, &spare)
+    })
+    .await
+    .expect("stale clean-up panicked")?;
     let mut link: Option<Link> = None;
     let mut failures = 0u32;
     loop {

@@ -149,6 +149,7 @@ pub enum LvmTool {
     Lvcreate,
     Lvchange,
     Lvremove,
+    Dmsetup,
 }
 
 impl LvmTool {
@@ -159,6 +160,7 @@ impl LvmTool {
             LvmTool::Lvcreate => "lvcreate",
             LvmTool::Lvchange => "lvchange",
             LvmTool::Lvremove => "lvremove",
+            LvmTool::Dmsetup => "dmsetup",
         }
     }
 }

@@ -8,7 +8,7 @@
 //! snapshot names (prefix + source key) in [`naming`]. What changed between two views is a
 //! change tracker's business ([`crate::tracker`]). See docs/snapshots.md.
 
-mod command;
+pub mod command;
 pub mod hooks;
 pub mod lvm;
 pub mod naming;

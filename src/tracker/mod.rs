@@ -8,22 +8,27 @@
 //! committed, and mean nothing against a manifest the receiver rebuilt. Any doubt is a full
 //! scan, with the reason in the cycle's figures.
 
+mod classic;
 pub mod cow;
 pub mod fiemap;
 mod given;
 pub mod kept;
 mod reflink;
+mod thin;
 pub mod thin_delta;
 
+use std::path::Path;
 use std::sync::Arc;
 
 use crate::blockdiff::manifest::BlockHash;
 use crate::blockdiff::ranges::RangeSet;
 use crate::snapshot::{FrozenView, SnapshotProvider};
 
+pub use classic::CowTracker;
 pub use given::Given;
 pub use kept::KeptViews;
 pub use reflink::ReflinkTracker;
+pub use thin::ThinTracker;
 
 /// What the base manifest describes: the sender's committed generation and its root.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,13 +69,40 @@ pub trait ChangeTracker: Send + Sync {
         current: &FrozenView,
         since: &Since,
     ) -> Changes;
+    /// Cleans up what a crashed run of this tracker left (called once at start).
+    fn recover(&self) {}
 }
 
-/// The tracker for a provider's views: FIEMAP of reflink clones for `reflink`, else a full
-/// scan (the LVM trackers come with their providers' kept snapshots).
-pub fn for_provider(provider: &dyn SnapshotProvider) -> Arc<dyn ChangeTracker> {
+/// The tracker for a provider's views of `source`: FIEMAP of reflink clones for `reflink`,
+/// `thin_delta` for `lvm-thin`, the COW table for `lvm`, else a full scan. `state_dir` holds
+/// what a tracker must record (a held thin-pool metadata snapshot).
+pub fn for_provider(
+    provider: &dyn SnapshotProvider,
+    source: &Path,
+    state_dir: &Path,
+) -> Arc<dyn ChangeTracker> {
+    let lv = || match crate::snapshot::lvm::find_source_lv(source) {
+        Ok(Some(lv)) => Some(lv),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot look the source LV up: full scans");
+            None
+        }
+    };
     match provider.name() {
         "reflink" => Arc::new(ReflinkTracker::new()),
+        "lvm-thin" => match lv() {
+            Some(lv) if !lv.row.pool_lv.is_empty() => {
+                let key = crate::state::key(&lv.lv.to_string());
+                let hold = state_dir.join("holds").join(format!("{key}.json"));
+                Arc::new(ThinTracker::new(&lv.lv, &lv.row.pool_lv, hold))
+            }
+            _ => Arc::new(FullScan),
+        },
+        "lvm" => match lv() {
+            Some(lv) => Arc::new(CowTracker::new(&lv.lv.vg)),
+            None => Arc::new(FullScan),
+        },
         _ => Arc::new(FullScan),
     }
 }

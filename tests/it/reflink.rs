@@ -87,31 +87,6 @@ fn leftovers(dir: &Path) -> Vec<String> {
     all
 }
 
-/// The clones the reflink tracker keeps between cycles (one per destination), as recorded in
-/// the sender's state (`sources/*/dest-*.kept`).
-fn kept_clones(state: &Path) -> Vec<String> {
-    let mut kept = Vec::new();
-    for source in std::fs::read_dir(state.join("sources"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        for file in std::fs::read_dir(source.path())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            if file.path().extension().is_some_and(|e| e == "kept") {
-                let record: serde_json::Value =
-                    serde_json::from_slice(&std::fs::read(file.path()).unwrap()).unwrap();
-                kept.push(record["snapshot"].as_str().unwrap().to_string());
-            }
-        }
-    }
-    kept.sort();
-    kept
-}
-
 /// Freezes `sender` (SIGSTOP) at a moment a complete clone named `prefix*` exists in `dir`;
 /// returns the clone's name with the sender STILL STOPPED. Panics if the sender exits first.
 fn stop_while_clone_exists(sender: &mut Proc, dir: &Path, prefix: &str) -> String {
@@ -220,7 +195,7 @@ fn mirror_with_writes_during_cycle(
     assert_ne!(read_all(src), before, "the writer changed nothing");
     run(&["verify", s(src), s(&tgt)]).assert_code(1);
     assert_eq!(
-        kept_clones(state),
+        kept_snapshots(state),
         vec![clone.clone()],
         "the cycle's clone is kept"
     );
@@ -242,7 +217,7 @@ fn mirror_with_writes_during_cycle(
     assert!(report["bytes_read"].as_u64().unwrap() < LEN / 2, "{report}");
     assert_identical(src, &tgt);
     run(&["verify", s(src), s(&tgt)]).assert_success();
-    let kept = kept_clones(state);
+    let kept = kept_snapshots(state);
     assert_eq!(kept.len(), 1);
     assert_ne!(kept[0], clone, "the first clone was released");
     assert_eq!(leftovers(clone_dir), kept, "left behind");
@@ -289,7 +264,7 @@ fn clones_go_next_to_the_source_when_the_state_dir_is_elsewhere() {
     let state = t.dir("state");
     mirror_with_writes_during_cycle(&t, &src, &state, &[], &images, ".blkmirror-snap-");
     // Only the kept clone, hidden, is left next to the source.
-    assert_eq!(names_with(&images, "."), kept_clones(&state));
+    assert_eq!(names_with(&images, "."), kept_snapshots(&state));
 }
 
 #[test]
@@ -332,7 +307,7 @@ fn stale_clone_of_a_killed_sender_is_removed_at_next_start_and_only_ours() {
     assert_identical(&src, &tgt);
     assert!(!snapshots.join(&stale).exists(), "stale clone {stale} kept");
     let mut expected = vec![foreign.to_string(), held.clone(), "keep-me".to_string()];
-    expected.extend(kept_clones(&state));
+    expected.extend(kept_snapshots(&state));
     expected.sort();
     assert_eq!(
         names_with(&snapshots, ""),
@@ -408,7 +383,7 @@ fn tracker_cycles(kind: &str) {
         let out = run(&send_args(&src, &tgt, &state, &[]));
         out.assert_success();
         assert_identical(&src, &tgt);
-        assert_eq!(leftovers(&snapshots), kept_clones(&state), "left behind");
+        assert_eq!(leftovers(&snapshots), kept_snapshots(&state), "left behind");
         out.json_lines()[0].clone()
     };
     let first = cycle();

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use super::report::{Attr, LvRow};
 use super::{require_source_lv, snapshot_row, wait_for_device, LvRef, SourceLv};
 use crate::snapshot::command::{lvm, LvmTool};
-use crate::snapshot::naming::{source_key, Namer};
+use crate::snapshot::naming::{is_own, source_key, Namer};
 use crate::snapshot::{Consistency, FrozenView, SnapshotError, SnapshotOptions, SnapshotProvider};
 use crate::units::human_bytes;
 
@@ -128,32 +128,57 @@ impl SnapshotProvider for ClassicLvm {
             "check the volume group's free space with `vgs`, or pass --snapshot none",
         )?;
         tracing::debug!(snapshot = %snap, cow = %human_bytes(size), "classic snapshot taken");
-        let removed = snap.clone();
-        let view = FrozenView::new(
-            snap.dev_path(),
-            Consistency::CrashConsistent,
-            Some(Box::new(move || super::remove(&removed))),
-        );
+        let view = classic_view(snap.clone());
         if !wait_for_device(&view.path) {
             return Err(SnapshotError::DeviceMissing {
                 lv: snap.to_string(),
                 path: view.path.clone(),
             });
         }
-        let warned = AtomicBool::new(false);
-        let health = Arc::new(move || {
-            let row = snapshot_row(&snap, "lv_name,lv_attr,lv_size,snap_percent")?;
-            if row
-                .snap_percent
-                .is_some_and(|p| (FILL_WARNING..100.0).contains(&p))
-                && !warned.swap(true, Ordering::Relaxed)
-            {
-                tracing::warn!(snapshot = %snap, percent = row.snap_percent, "the snapshot's COW space is filling up; raise --snapshot-size if it overflows");
-            }
-            classic_health(&snap, &row)
-        });
-        Ok(view.with_health(health))
+        Ok(view)
     }
+
+    fn reopen(&self, name: &str) -> Result<Option<FrozenView>, SnapshotError> {
+        if !is_own(name, self.namer.key()) {
+            return Ok(None);
+        }
+        let snap = LvRef::new(&self.origin.vg, name);
+        let Ok(row) = snapshot_row(&snap, "lv_name,lv_attr,lv_size,snap_percent") else {
+            return Ok(None);
+        };
+        if let Err(e) = classic_health(&snap, &row) {
+            // An overflowed snapshot is no use to anyone: remove it now.
+            tracing::warn!(snapshot = %snap, error = %e, "the kept snapshot is unusable; removing it");
+            super::remove(&snap)?;
+            return Ok(None);
+        }
+        let view = classic_view(snap);
+        Ok(wait_for_device(&view.path).then_some(view))
+    }
+}
+
+/// The view of classic snapshot `snap`: named, removed on release, its fill watched.
+fn classic_view(snap: LvRef) -> FrozenView {
+    let removed = snap.clone();
+    let view = FrozenView::new(
+        snap.dev_path(),
+        Consistency::CrashConsistent,
+        Some(Box::new(move || super::remove(&removed))),
+    )
+    .with_name(snap.lv.clone());
+    let warned = AtomicBool::new(false);
+    let health = Arc::new(move || {
+        let row = snapshot_row(&snap, "lv_name,lv_attr,lv_size,snap_percent")?;
+        if row
+            .snap_percent
+            .is_some_and(|p| (FILL_WARNING..100.0).contains(&p))
+            && !warned.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(snapshot = %snap, percent = row.snap_percent, "the snapshot's COW space is filling up; raise --snapshot-size if it overflows");
+        }
+        classic_health(&snap, &row)
+    });
+    view.with_health(health)
 }
 
 /// Is a classic snapshot, as `lvs` reports it, still good to read?

@@ -24,6 +24,9 @@ pub struct LvRow {
     pub lv_kernel_minor: Option<i64>,
     #[serde(deserialize_with = "percent")]
     pub snap_percent: Option<f64>,
+    /// A thin volume's device id in its pool (`thin_id`).
+    #[serde(deserialize_with = "number")]
+    pub thin_id: Option<u64>,
 }
 
 /// One `vgs` row.

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use super::report::{Attr, LvRow};
 use super::{require_source_lv, snapshot_row, wait_for_device, LvRef, SourceLv};
 use crate::snapshot::command::{lvm, LvmTool};
-use crate::snapshot::naming::{source_key, Namer};
+use crate::snapshot::naming::{is_own, source_key, Namer};
 use crate::snapshot::{Consistency, FrozenView, SnapshotError, SnapshotOptions, SnapshotProvider};
 
 /// Thin snapshots of one thin LV.
@@ -97,18 +97,9 @@ impl SnapshotProvider for ThinLvm {
             "check the thin pool's free space with `lvs`, or pass --snapshot none",
         )?;
         let lv = snap.lv.clone();
-        let path = snap.path();
-        let kept = snap.clone();
-        let view = FrozenView::new(
-            path,
-            Consistency::CrashConsistent,
-            Some(Box::new(move || kept.release())),
-        );
-        lvm(
-            LvmTool::Lvchange,
-            &["-ay".into(), "-K".into(), lv.arg()],
-            "check the thin pool with `lvs -a`, or pass --snapshot none",
-        )?;
+        // Until it is activated and checked, a failure must remove it.
+        let view = thin_view(snap);
+        activate(&lv)?;
         if !wait_for_device(&view.path) {
             return Err(SnapshotError::DeviceMissing {
                 lv: lv.to_string(),
@@ -116,9 +107,45 @@ impl SnapshotProvider for ThinLvm {
             });
         }
         tracing::debug!(snapshot = %lv, "thin snapshot taken");
-        let health = Arc::new(move || thin_health(&lv, &snapshot_row(&lv, "lv_name,lv_attr")?));
-        Ok(view.with_health(health))
+        Ok(view)
     }
+
+    fn reopen(&self, name: &str) -> Result<Option<FrozenView>, SnapshotError> {
+        if !is_own(name, self.namer.key()) {
+            return Ok(None);
+        }
+        let lv = LvRef::new(&self.origin.vg, name);
+        if snapshot_row(&lv, "lv_name,lv_attr").is_err() {
+            return Ok(None);
+        }
+        let view = thin_view(ThinSnapshot { lv: lv.clone() });
+        activate(&lv)?;
+        Ok(wait_for_device(&view.path).then_some(view))
+    }
+}
+
+/// Activates a thin snapshot (they carry the activation-skip flag).
+fn activate(lv: &LvRef) -> Result<(), SnapshotError> {
+    lvm(
+        LvmTool::Lvchange,
+        &["-ay".into(), "-K".into(), lv.arg()],
+        "check the thin pool with `lvs -a`, or pass --snapshot none",
+    )
+    .map(|_| ())
+}
+
+/// The view of thin snapshot `snap`: named, removed on release, its activation watched.
+fn thin_view(snap: ThinSnapshot) -> FrozenView {
+    let lv = snap.lv.clone();
+    let path = snap.path();
+    let view = FrozenView::new(
+        path,
+        Consistency::CrashConsistent,
+        Some(Box::new(move || snap.release())),
+    )
+    .with_name(lv.lv.clone());
+    let health = Arc::new(move || thin_health(&lv, &snapshot_row(&lv, "lv_name,lv_attr")?));
+    view.with_health(health)
 }
 
 /// Is a thin snapshot, as `lvs` reports it, still good to read?

@@ -181,3 +181,27 @@ pub fn assert_receiver_consistent(entry: &Value, generation: u64) {
         "consistent receiver still applying: {entry}"
     );
 }
+
+/// The snapshots (LV names, clone file names) the change tracker keeps between cycles, as
+/// recorded in the sender's state (`sources/*/dest-*.kept`), sorted.
+pub fn kept_snapshots(state: &Path) -> Vec<String> {
+    let mut kept = Vec::new();
+    let sources = std::fs::read_dir(state.join("sources"))
+        .into_iter()
+        .flatten();
+    for source in sources.flatten() {
+        for file in std::fs::read_dir(source.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if file.path().extension().is_some_and(|e| e == "kept") {
+                let record: Value = serde_json::from_slice(&std::fs::read(file.path()).unwrap())
+                    .unwrap_or_else(|e| panic!("{}: {e}", file.path().display()));
+                kept.push(record["snapshot"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    kept.sort();
+    kept
+}
