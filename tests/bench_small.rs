@@ -93,6 +93,7 @@ fn small_benchmark_results_are_correct() {
         if Instant::now() >= deadline {
             // SIGTERM first: the script's trap unmounts, detaches and stops its daemons.
             // SAFETY: kill(2) on our own child, not yet reaped.
+            #[allow(unsafe_code)]
             unsafe {
                 libc::kill(child.id() as i32, libc::SIGTERM);
             }

@@ -286,7 +286,9 @@ fn stale_clone_of_a_killed_sender_is_removed_at_next_start_and_only_ours() {
     std::fs::write(snapshots.join(&held), b"in use").unwrap();
     let holder = File::open(snapshots.join(&held)).unwrap();
     // SAFETY: flock(2) on a descriptor we own.
-    assert_eq!(unsafe { libc::flock(holder.as_raw_fd(), libc::LOCK_EX) }, 0);
+    #[allow(unsafe_code)]
+    let locked = unsafe { libc::flock(holder.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(locked, 0);
 
     random_writes(&src, &mut Rng::new(42), 20, 4 * KIB, 256 * KIB);
     let out = run(&send_args(&src, &tgt, &state, &[]));

@@ -236,6 +236,7 @@ fn scan_ahead<E>(
 }
 
 #[allow(clippy::too_many_arguments)]
+#[allow(unsafe_code)]
 fn scan_mmap<E>(
     source: &BlockSource,
     spans: &[Range<u64>],

@@ -201,6 +201,7 @@ fn probe(source: &Path, dir: &Path, key: &str, hidden: bool) -> Result<(), Clone
 }
 
 /// FICLONE of `source` into a new file `dest` (mode 0600); `dest` is removed on failure.
+#[allow(unsafe_code)]
 fn clone_file(source: &Path, dest: &Path) -> Result<File, CloneFailure> {
     let src = File::open(source).map_err(CloneFailure::Create)?;
     let dst = OpenOptions::new()
@@ -226,6 +227,7 @@ fn clone_file(source: &Path, dest: &Path) -> Result<File, CloneFailure> {
 
 /// btrfs refuses to clone between a NOCOW file (`chattr +C`, common for VM images) and a
 /// normal one: give the (still empty) clone the source's NOCOW flag. Best effort.
+#[allow(unsafe_code)]
 fn copy_nocow_flag(src: &File, dst: &File) {
     let mut flags: libc::c_int = 0;
     // SAFETY: the kernel writes one int into `flags`.

@@ -139,6 +139,7 @@ impl BlockSource {
 
     /// Maps the whole source read-only. The caller must not let the source shrink while
     /// mapped (a frozen view never does).
+    #[allow(unsafe_code)]
     pub fn map(&self) -> io::Result<memmap2::Mmap> {
         // SAFETY: the mapping is read-only and the scan reads a frozen view; a concurrent
         // truncation would raise SIGBUS, one reason the default reads instead of mapping.

@@ -275,6 +275,7 @@ fn read_fully(file: &File, buf: &mut [u8], offset: u64, want: usize) -> io::Resu
 
 /// Whether every page of `len` bytes at `offset` is in the page cache (`mincore` on a mapping
 /// that is never touched, so asking reads nothing). False when it cannot tell.
+#[allow(unsafe_code)]
 fn in_page_cache(file: &File, offset: u64, len: usize) -> bool {
     let page = page_size();
     let start = offset / page as u64 * page as u64;

@@ -160,6 +160,7 @@ impl BlockTarget for FileTarget {
 
     /// Punches a hole in a file, asks a device to zero the range, and falls back to writing
     /// zeros.
+    #[allow(unsafe_code)]
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), TargetError> {
         let fd = self.file.as_raw_fd();
         let done = match self.kind {

@@ -202,6 +202,7 @@ impl Proc {
     pub fn signal(&mut self, sig: i32) {
         if self.try_wait().is_none() {
             // SAFETY: plain kill(2) on our own, not yet reaped, child.
+            #[allow(unsafe_code)]
             unsafe {
                 libc::kill(self.pid(), sig);
             }
@@ -384,6 +385,7 @@ impl Drop for Proc {
     fn drop(&mut self) {
         if self.try_wait().is_none() {
             // SAFETY: kill(2) on our own child, which has not been reaped yet.
+            #[allow(unsafe_code)]
             unsafe {
                 libc::kill(self.pid(), libc::SIGKILL);
             }
