@@ -8,12 +8,15 @@
 //! target <── receiver (verify, pwrite, fsync, commit) <── frames <── transport <── zstd
 //! ```
 //!
-//! * [`snapshot`] freezes the source: LVM classic or thin snapshot, reflink clone, or `none`.
-//! * [`blockdiff`] owns the manifest format, the block reader, the parallel scan, the pure diff
-//!   and 4 KiB refinement; [`differ`] turns scanned chunks into messages on the sender.
+//! * [`snapshot`] freezes the source: LVM classic or thin snapshot, reflink clone, or `none`;
+//!   [`source`] reads the frozen view (reads ahead, direct I/O); [`tracker`] may say which
+//!   ranges changed.
+//! * [`blockdiff`] owns the manifest format, the parallel scan, the pure diff, planning and
+//!   4 KiB refinement; [`sender::packing`] turns scanned chunks into messages on the sender.
 //! * [`transport`] owns the wire: frame encode/decode, local, ssh and mutual-TLS streams.
-//! * [`sender`] runs one cycle end to end; [`receiver`] applies one (with [`apply`]);
-//!   [`daemon`] loops cycles; [`link`] opens a session to a destination.
+//! * [`sender`] runs one cycle end to end; [`receiver`] applies one (with
+//!   [`receiver::apply`]); [`daemon`] loops cycles; [`daemon::link`] opens a session to a
+//!   destination.
 //! * [`target`] is where blocks land (file or block device); [`state`] persists both sides' state.
 //! * [`cli`] turns arguments into configs and implements progress with indicatif or JSON.
 //!

@@ -23,12 +23,15 @@ use crate::transport::{
 /// How to reach the destination, beyond its address.
 #[derive(Clone)]
 pub struct LinkConfig {
+    /// Where to mirror to.
     pub dest: Destination,
     /// State dir for an in-process receiver (local destinations).
     pub state_dir: PathBuf,
+    /// Worker threads of an in-process receiver.
     pub threads: usize,
     /// Our TLS identity and the receiver's pinned fingerprint (`tls://`).
     pub tls: Option<(Arc<Identity>, [u8; 32])>,
+    /// How to run ssh (`ssh://`).
     pub ssh: SshOptions,
 }
 
@@ -45,15 +48,19 @@ impl LinkConfig {
 /// Why a destination could not be reached.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
+    /// The transport could not connect (or start ssh).
     #[error(transparent)]
     Dial(#[from] DialError),
+    /// The connection failed (handshake included).
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// The in-process receiver of a local destination failed.
     #[error(transparent)]
     Receive(#[from] receiver::ReceiveError),
 }
 
 impl LinkError {
+    /// True when a later attempt may succeed without the user changing anything.
     pub fn is_transient(&self) -> bool {
         match self {
             LinkError::Dial(e) => e.is_transient(),

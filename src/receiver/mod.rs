@@ -39,7 +39,9 @@ pub struct ReceiverConfig {
     pub target: PathBuf,
     /// Create a missing target as a sparse file.
     pub create: bool,
+    /// Where the target's state (`targets/<key>/`) is kept.
     pub state_dir: PathBuf,
+    /// Worker threads for hashing and verifying blocks (at least 1 is used).
     pub threads: usize,
 }
 

@@ -22,14 +22,33 @@ use super::naming::{is_own, probe_name, source_key, Namer};
 use super::{Consistency, FrozenView, SnapshotError, SnapshotOptions, SnapshotProvider};
 
 // FICLONE = _IOW(0x94, 9, int): make the destination share all the source's extents.
-nix::ioctl_write_int!(ficlone_ioctl, 0x94, 9);
+nix::ioctl_write_int!(
+    /// `ioctl(dest_fd, FICLONE, source_fd)`.
+    ///
+    /// # Safety
+    ///
+    /// Both descriptors must be open for the whole call.
+    ficlone_ioctl,
+    0x94,
+    9
+);
 // FS_IOC_GETFLAGS / FS_IOC_SETFLAGS: declared with `long`, but the kernel moves an `int`.
 nix::ioctl_read_bad!(
+    /// `ioctl(fd, FS_IOC_GETFLAGS, &mut flags)`: reads the inode flags (`chattr`'s).
+    ///
+    /// # Safety
+    ///
+    /// `fd` must be open and the pointer must point at a writable `c_int`.
     fs_ioc_getflags,
     nix::request_code_read!(b'f', 1, std::mem::size_of::<libc::c_long>()),
     libc::c_int
 );
 nix::ioctl_write_ptr_bad!(
+    /// `ioctl(fd, FS_IOC_SETFLAGS, &flags)`: sets the inode flags (`chattr`'s).
+    ///
+    /// # Safety
+    ///
+    /// `fd` must be open and the pointer must point at a readable `c_int`.
     fs_ioc_setflags,
     nix::request_code_write!(b'f', 2, std::mem::size_of::<libc::c_long>()),
     libc::c_int

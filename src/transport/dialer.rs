@@ -40,6 +40,7 @@ pub trait Finisher: Send {
 
 /// A freshly dialed stream, before the protocol handshake.
 pub struct Dialed {
+    /// The byte stream to the receiver.
     pub stream: BoxStream,
     /// Finish this after dropping `stream` (`None` when nothing outlives the stream, as
     /// for TLS). Dropping it unfinished ends the peer abruptly (ssh is killed).
@@ -58,12 +59,16 @@ pub struct DialConfig {
 /// Why a destination could not be dialed, or its peer did not end well.
 #[derive(Debug, thiserror::Error)]
 pub enum DialError {
+    /// Connecting or the TLS handshake failed.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// Starting ssh failed, or ssh ended badly.
     #[error(transparent)]
     Ssh(#[from] SshError),
+    /// A `tls://` destination without an identity and a pinned peer.
     #[error("tls:// destinations need --identity DIR and --peer FINGERPRINT")]
     MissingIdentity,
+    /// A local path was given to [`dialer_for`] (the path).
     #[error("{} is a local path: its receiver runs in this process, not through a dialer", .0.display())]
     Local(PathBuf),
 }
