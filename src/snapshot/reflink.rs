@@ -249,13 +249,13 @@ fn clone_file(source: &Path, dest: &Path) -> Result<File, CloneFailure> {
 #[allow(unsafe_code)]
 fn copy_nocow_flag(src: &File, dst: &File) {
     let mut flags: libc::c_int = 0;
-    // SAFETY: the kernel writes one int into `flags`.
+    // SAFETY: `src` is open for the whole call, and the kernel writes one int into `flags`.
     if unsafe { fs_ioc_getflags(src.as_raw_fd(), &mut flags) }.is_err() || flags & FS_NOCOW_FL == 0
     {
         return;
     }
     let mut dst_flags: libc::c_int = 0;
-    // SAFETY: as above; then the kernel reads one int.
+    // SAFETY: as above, for `dst`; then the kernel reads one int from `dst_flags`.
     unsafe {
         if fs_ioc_getflags(dst.as_raw_fd(), &mut dst_flags).is_ok() {
             dst_flags |= FS_NOCOW_FL;

@@ -172,7 +172,8 @@ impl BlockTarget for FileTarget {
                 len as i64,
             )
             .is_ok(),
-            // SAFETY: BLKZEROOUT reads a [start, len] pair from the pointer we pass.
+            // SAFETY: `fd` is this target's open block device for the whole call, and BLKZEROOUT
+            // reads one [start, len] pair of u64 from the pointer, a temporary that outlives it.
             DeviceKind::BlockDevice => unsafe { blkzeroout(fd, &[offset, len]) }.is_ok(),
         };
         if done {
