@@ -58,9 +58,9 @@ pub enum Command {
 pub enum ProgressMode {
     /// When stderr is a terminal.
     Auto,
-    /// Always.
+    /// Even when stderr is not a terminal.
     Always,
-    /// Never.
+    /// No bars.
     Never,
 }
 
