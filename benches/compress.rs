@@ -6,6 +6,9 @@
 //!
 //! Run: `cargo bench --bench compress` (or `-- --quick`).
 
+// `criterion_group!` defines an undocumented `pub fn`.
+#![allow(missing_docs)]
+
 #[path = "common/mod.rs"]
 mod common;
 use common::Rng;

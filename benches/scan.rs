@@ -7,6 +7,9 @@
 //! which must be a disk-backed or tmpfs file system with room for it; it is read once before
 //! measuring so every measured scan reads from the page cache.
 
+// `criterion_group!` defines an undocumented `pub fn`.
+#![allow(missing_docs)]
+
 #[path = "common/mod.rs"]
 mod common;
 use common::Rng;

@@ -13,6 +13,7 @@ pub enum Stage {
 }
 
 impl Stage {
+    /// The stage's name on a progress bar.
     pub fn label(&self) -> &'static str {
         match self {
             Stage::Scan => "scan",

@@ -8,17 +8,29 @@ use super::manifest::BlockHash;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Run {
     /// Blocks whose new content must be shipped.
-    Data { first_block: u64, count: u64 },
+    Data {
+        /// Index of the run's first block.
+        first_block: u64,
+        /// Number of blocks in the run (at least 1).
+        count: u64,
+    },
     /// Blocks that are now all zeros.
-    Zero { first_block: u64, count: u64 },
+    Zero {
+        /// Index of the run's first block.
+        first_block: u64,
+        /// Number of blocks in the run (at least 1).
+        count: u64,
+    },
 }
 
 impl Run {
+    /// Index of the run's first block, whatever its kind.
     pub fn first_block(&self) -> u64 {
         match *self {
             Run::Data { first_block, .. } | Run::Zero { first_block, .. } => first_block,
         }
     }
+    /// Number of blocks in the run, whatever its kind.
     pub fn count(&self) -> u64 {
         match *self {
             Run::Data { count, .. } | Run::Zero { count, .. } => count,

@@ -26,7 +26,9 @@ pub const READERS: usize = 4;
 /// How to scan.
 #[derive(Clone, Debug)]
 pub struct ScanOptions {
+    /// Bytes per hashed block (the manifest's block size).
     pub block_size: u32,
+    /// How to read the source (see [`ReadMode`]).
     pub read_mode: ReadMode,
     /// Bytes per chunk; rounded to a whole number of blocks (at least one).
     pub chunk_bytes: usize,
@@ -35,6 +37,7 @@ pub struct ScanOptions {
 }
 
 impl ScanOptions {
+    /// Options for `block_size`-byte blocks, the default read mode and chunk size.
     pub fn new(block_size: u32) -> Self {
         ScanOptions {
             block_size,
@@ -53,23 +56,33 @@ impl ScanOptions {
 
 /// One hashed chunk: blocks `first_block..first_block + hashes.len()`.
 pub struct ScannedChunk<'a> {
+    /// Index of the chunk's first block.
     pub first_block: u64,
+    /// The chunk's bytes, starting at block `first_block` (the last block may be short).
     pub data: &'a [u8],
+    /// One hash per block of `data`.
     pub hashes: &'a [BlockHash],
+    /// One flag per block of `data`: true when the block is all zeros.
     pub zero: &'a [bool],
 }
 
 /// Why a scan stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError<E> {
+    /// Reading the source failed.
     #[error("read error at byte {offset} of {path}: {source}")]
     Read {
+        /// The source's path, for the message.
         path: String,
+        /// Byte offset of the read that failed.
         offset: u64,
+        /// The error.
         source: std::io::Error,
     },
+    /// The cancel flag was set.
     #[error("cancelled")]
     Cancelled,
+    /// The sink returned this error; the scan stopped there.
     #[error("{0}")]
     Sink(E),
 }
@@ -117,6 +130,7 @@ pub struct ChunkHasher {
 }
 
 impl ChunkHasher {
+    /// A hasher for `block_size`-byte blocks (it precomputes the hash of an all-zero block).
     pub fn new(block_size: u32) -> Self {
         ChunkHasher {
             block_size,
@@ -243,6 +257,7 @@ fn scan_ahead<E>(
 }
 
 #[allow(clippy::too_many_arguments)]
+#[allow(unsafe_code)]
 fn scan_mmap<E>(
     source: &BlockSource,
     spans: &[Range<u64>],

@@ -23,6 +23,7 @@ pub const MAX_SNAPSHOT_SIZE: u64 = 1 << 50;
 /// Highest zstd level.
 pub const MAX_COMPRESS_LEVEL: i32 = 22;
 
+/// The whole command line.
 #[derive(Parser, Debug)]
 #[command(
     name = "blkmirror",
@@ -30,10 +31,12 @@ pub const MAX_COMPRESS_LEVEL: i32 = 22;
     about = "Mirror block devices and image files by snapshots and verified deltas"
 )]
 pub struct Cli {
+    /// The command to run.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The commands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Mirror SOURCE to DEST, cycle after cycle, shipping only changed blocks.
@@ -54,10 +57,14 @@ pub enum Command {
     Scrub(ScrubArgs),
 }
 
+/// When to draw progress bars (`--progress`).
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProgressMode {
+    /// When stderr is a terminal.
     Auto,
+    /// Even when stderr is not a terminal.
     Always,
+    /// No bars.
     Never,
 }
 
@@ -76,15 +83,18 @@ pub enum ReadModeArg {
     /// Direct reads ahead ("direct" names the same).
     #[value(alias = "direct")]
     Auto,
+    /// Reads through the page cache, ahead.
     Cached,
+    /// A memory map (regular files only; block devices are read cached).
     Mmap,
 }
 
+/// Options of `send`.
 #[derive(clap::Args, Debug)]
 pub struct SendArgs {
     /// Block device or image file to mirror.
     pub source: PathBuf,
-    /// Local path, tls://HOST:PORT, or ssh://[USER@]HOST[:PORT]/PATH (`-` is refused: write
+    /// Local path, tls://HOST:PORT, or `ssh://[USER@]HOST[:PORT]/PATH` (`-` is refused: write
     /// ./- for a file of that name).
     #[arg(value_parser = dest_arg)]
     pub dest: String,
@@ -173,6 +183,7 @@ pub struct SendArgs {
     pub read_mode: ReadModeArg,
 }
 
+/// Options of `receive`.
 #[derive(clap::Args, Debug)]
 pub struct ReceiveArgs {
     /// File or block device to write.
@@ -209,14 +220,20 @@ pub struct ReceiveArgs {
     pub scrub_rate: Option<u64>,
 }
 
+/// Options of `keygen`.
 #[derive(clap::Args, Debug)]
 pub struct KeygenArgs {
+    /// Directory for key.pem and cert.pem (created with mode 0700 if missing; an existing key
+    /// is never overwritten).
     pub dir: PathBuf,
 }
 
+/// Options of `verify`.
 #[derive(clap::Args, Debug)]
 pub struct VerifyArgs {
+    /// Block device or image file mirrored.
     pub source: PathBuf,
+    /// Its mirror (a block device may be larger than the source).
     pub target: PathBuf,
 }
 
@@ -236,8 +253,10 @@ pub struct ScrubArgs {
     pub threads: Option<usize>,
 }
 
+/// Options of `status`.
 #[derive(clap::Args, Debug)]
 pub struct StatusArgs {
+    /// The state directory to read (default /var/lib/blkmirror for root).
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
     /// Print a JSON array.
@@ -245,6 +264,7 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
+/// Options of `demo`.
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
     /// Keep the demo's files in DIR (default: a temporary directory, removed afterwards).

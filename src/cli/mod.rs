@@ -93,6 +93,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
 /// Writing to a closed pipe must fail with EPIPE (handled by [`out`]), not kill the process.
 /// Rust's runtime already ignores SIGPIPE in its binaries; this holds when the library's
 /// `main` is called from elsewhere too.
+#[allow(unsafe_code)]
 fn ignore_sigpipe() {
     use nix::sys::signal::{signal, SigHandler, Signal};
     // SAFETY: SIG_IGN installs no handler code, and nothing else sets SIGPIPE's disposition.

@@ -6,13 +6,13 @@
 //!   passes the outcome through [`finished`]: a closed pipe quietly ends the output and the
 //!   command keeps its own exit code; any other write error stays an error;
 //! * a long-running command (send's per-cycle reports, receive's "listening on", the demo's
-//!   narration) prints with [`line`]: once the reader has gone it stops printing and carries on
+//!   narration) prints with [`line()`]: once the reader has gone it stops printing and carries on
 //!   with its work, so a mirror never stops because a pipe reading its reports closed.
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Set when a [`line`] could not be written: nothing more is printed.
+/// Set when a [`line()`] could not be written: nothing more is printed.
 static SILENCED: AtomicBool = AtomicBool::new(false);
 
 /// Stdout, locked, for a command's output.

@@ -18,6 +18,7 @@ pub struct Bars {
 }
 
 impl Bars {
+    /// No bars yet; one appears per stage when it starts.
     pub fn new() -> Self {
         Bars {
             multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
@@ -26,6 +27,7 @@ impl Bars {
         }
     }
 
+    /// The bars' container, for a [`LogWriter`] to suspend them while it prints.
     pub fn multi(&self) -> MultiProgress {
         self.multi.clone()
     }
@@ -84,9 +86,11 @@ impl Progress for Bars {
 /// A tracing writer: buffers one event, then prints it with the bars suspended.
 #[derive(Clone)]
 pub struct LogWriter {
+    /// The bars to suspend while printing; `None` when there are none.
     pub multi: Option<MultiProgress>,
 }
 
+/// One log event being written: printed (bars suspended) when dropped.
 pub struct LogLine {
     buf: Vec<u8>,
     multi: Option<MultiProgress>,

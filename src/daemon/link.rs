@@ -29,7 +29,7 @@ pub struct LinkConfig {
     pub dest: Destination,
     /// State dir for an in-process receiver (local destinations).
     pub state_dir: PathBuf,
-    /// Threads of an in-process receiver.
+    /// Worker threads of an in-process receiver.
     pub threads: usize,
     /// Our TLS identity and the receiver's pinned fingerprint (`tls://`).
     pub tls: Option<(Arc<Identity>, [u8; 32])>,
@@ -69,17 +69,22 @@ pub fn dialer_for(config: &LinkConfig) -> Result<Option<Box<dyn Dialer>>, LinkEr
 /// Why a destination could not be reached.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
+    /// The transport could not connect (or start ssh).
     #[error(transparent)]
     Dial(#[from] DialError),
+    /// The connection failed (handshake included).
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// The in-process receiver of a local destination failed.
     #[error(transparent)]
     Receive(#[from] receiver::ReceiveError),
+    /// A `tls://` destination without an identity and a pinned peer.
     #[error("tls:// destinations need --identity DIR and --peer FINGERPRINT")]
     MissingIdentity,
 }
 
 impl LinkError {
+    /// True when a later attempt may succeed without the user changing anything.
     pub fn is_transient(&self) -> bool {
         match self {
             LinkError::Dial(e) => e.is_transient(),

@@ -41,9 +41,9 @@ pub struct ReceiverConfig {
     pub target: PathBuf,
     /// Create a missing target as a sparse file.
     pub create: bool,
-    /// Where the target's state and manifest live.
+    /// Where the target's state (`targets/<key>/`) is kept.
     pub state_dir: PathBuf,
-    /// Hashing and verification threads.
+    /// Worker threads for hashing and verifying blocks (at least 1 is used).
     pub threads: usize,
     /// Scrub the target periodically while no sender is connected (`--scrub-every`).
     pub scrub: Option<ScrubSchedule>,

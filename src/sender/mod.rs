@@ -1,7 +1,7 @@
 //! One cycle end to end, on the sending side, on a thread of its own: freeze the source, open
-//! the cycle with the destination and choose the base manifest ([`base`]: ours if the
+//! the cycle with the destination and choose the base manifest (`base`: ours if the
 //! receiver's root agrees, else the receiver's), ask the change tracker what to read (only
-//! against our own base), scan and pack the changes ([`stream`], [`packing`]), and commit our
+//! against our own base), scan and pack the changes (`stream`, [`packing`]), and commit our
 //! manifest only after the receiver acknowledged the generation as durable.
 
 pub mod audit;

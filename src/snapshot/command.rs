@@ -16,12 +16,16 @@ const SBIN_DIRS: [&str; 3] = ["/usr/sbin", "/sbin", "/usr/local/sbin"];
 /// What a finished program left.
 #[derive(Debug)]
 pub struct Ran {
+    /// How it ended.
     pub status: ExitStatus,
+    /// All it printed on stdout.
     pub stdout: String,
+    /// All it printed on stderr.
     pub stderr: String,
 }
 
 impl Ran {
+    /// Whether it exited 0.
     pub fn success(&self) -> bool {
         self.status.success()
     }
@@ -144,15 +148,22 @@ pub fn run_until_stopped(
 /// The lvm2 tools blkmirror calls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LvmTool {
+    /// `lvs`: report LVs.
     Lvs,
+    /// `vgs`: report volume groups.
     Vgs,
+    /// `lvcreate`: take snapshots.
     Lvcreate,
+    /// `lvchange`: activate thin snapshots.
     Lvchange,
+    /// `lvremove`: remove snapshots.
     Lvremove,
+    /// `dmsetup`: thin-pool status and metadata snapshots.
     Dmsetup,
 }
 
 impl LvmTool {
+    /// The program's name.
     pub fn name(self) -> &'static str {
         match self {
             LvmTool::Lvs => "lvs",

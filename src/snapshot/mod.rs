@@ -46,96 +46,196 @@ const NONE_RISK: &str =
 /// thing, the cause, what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
+    /// A provider failed for a reason of its own (the fake providers of tests use it).
     #[error("snapshot of {source_path} failed: {reason}")]
     Failed {
+        /// The source that was to be frozen.
         source_path: PathBuf,
+        /// Why, in words.
         reason: String,
     },
+    /// An lvm2 program was needed and is not installed.
     #[error("lvm2 is not installed ({program} not found): install lvm2 or use --snapshot none")]
-    LvmMissing { program: &'static str },
+    LvmMissing {
+        /// The program looked for (`lvs`, `lvcreate`...).
+        program: &'static str,
+    },
+    /// `--snapshot auto` on a block device, with no `lvs` to tell whether it is an LV.
     #[error("source {source_path} is a block device and lvm2 is not installed (lvs not found), so it cannot be snapshotted: install lvm2 if it is an LVM logical volume, or {NONE_RISK}")]
-    LvmMissingForDevice { source_path: PathBuf },
+    LvmMissingForDevice {
+        /// The block device given as source.
+        source_path: PathBuf,
+    },
+    /// An lvm2 command needs root: this process is not root, or lvm2 said so.
     #[error("LVM snapshots need root ({program}: {detail}): run `blkmirror send` as root, or use --snapshot none")]
     NotRoot {
+        /// The lvm2 program that was to run.
         program: &'static str,
+        /// This process's uid, or lvm2's own complaint.
         detail: String,
     },
+    /// An lvm2 command ran and failed.
     #[error("`{command}` failed ({status}): {stderr}; {hint}")]
     LvmCommand {
+        /// The command line, quoted for a shell.
         command: String,
+        /// How it ended: `exit N` or `killed by signal N`.
         status: String,
+        /// Its stderr, non-empty lines joined with "; ".
         stderr: String,
+        /// What the user may do about it.
         hint: &'static str,
     },
+    /// An lvm2 report (`lvs`, `vgs`) that could not be parsed or lacks what was asked for.
     #[error("cannot understand the output of `{command}` ({reason}): report this with your lvm2 version (`lvs --version`), or use --snapshot none")]
-    LvmOutput { command: String, reason: String },
+    LvmOutput {
+        /// The command line whose output it was.
+        command: String,
+        /// What was wrong with the output.
+        reason: String,
+    },
+    /// An lvm2 program could not be started.
     #[error(
         "cannot run `{command}`: {error}; check the lvm2 installation, or use --snapshot none"
     )]
     Spawn {
+        /// The command line, quoted for a shell.
         command: String,
+        /// The error of the spawn.
         error: std::io::Error,
     },
+    /// An lvm provider was asked for a source that is not an LV.
     #[error("source {source_path} is not an LVM logical volume: {hint}")]
     NotAnLv {
+        /// The source given.
         source_path: PathBuf,
+        /// What to use instead (depends on whether it is a device or a file).
         hint: &'static str,
     },
+    /// The source is an LV of a kind the chosen provider cannot snapshot.
     #[error("source {source_path} is LV {lv}, {what}: {hint}")]
     WrongLvKind {
+        /// The source given.
         source_path: PathBuf,
+        /// The LV, as `VG/LV`.
         lv: String,
+        /// The LV's kind in words, from its `lv_attr` (e.g. "a classic snapshot").
         what: &'static str,
+        /// What to use instead.
         hint: &'static str,
     },
+    /// A classic snapshot needs copy-on-write space, and the VG has none free.
     #[error("volume group {vg} has no free space for the copy-on-write store of a classic snapshot of {lv}: add space (vgextend) or shrink an LV, use a thin LV (--snapshot lvm-thin), or use --snapshot none")]
-    NoFreeSpace { vg: String, lv: String },
+    NoFreeSpace {
+        /// The volume group.
+        vg: String,
+        /// The origin LV, as `VG/LV`.
+        lv: String,
+    },
+    /// `--snapshot-size` asks for more copy-on-write space than the VG has free.
     #[error("--snapshot-size {wanted} is more than volume group {vg} has free ({free}): lower --snapshot-size, or free space in {vg}")]
     SizeTooLarge {
+        /// The volume group.
         vg: String,
+        /// The size asked for, human-readable (e.g. `8.0 GiB`).
         wanted: String,
+        /// The VG's free space, human-readable.
         free: String,
     },
+    /// The snapshot LV was created but its device node never appeared.
     #[error("snapshot {lv} was created but {path} did not appear: check udev and `lvs`, or use --snapshot none")]
-    DeviceMissing { lv: String, path: PathBuf },
+    DeviceMissing {
+        /// The snapshot LV, as `VG/LV`.
+        lv: String,
+        /// The device node waited for.
+        path: PathBuf,
+    },
+    /// A classic snapshot's copy-on-write space filled up: it no longer holds the old image.
     #[error("snapshot {lv} overflowed (COW space full at {size}): the origin changed more than the snapshot could hold during the cycle; raise --snapshot-size or shorten cycles")]
-    Overflowed { lv: String, size: String },
+    Overflowed {
+        /// The snapshot LV, as `VG/LV`.
+        lv: String,
+        /// The snapshot's size, human-readable (`?` when lvs did not say).
+        size: String,
+    },
+    /// The snapshot is in a state that cannot be read (inactive, invalid, suspended...).
     #[error("snapshot {lv} is {state}, no longer readable: the cycle was aborted (the target keeps its last generation); check `lvs` and the kernel log")]
-    Unusable { lv: String, state: &'static str },
+    Unusable {
+        /// The snapshot LV, as `VG/LV`.
+        lv: String,
+        /// Its state in words, from its `lv_attr` (e.g. "inactive").
+        state: &'static str,
+    },
+    /// The snapshot LV is gone during the cycle.
     #[error("snapshot {lv} disappeared during the cycle (removed from outside?): the cycle was aborted (the target keeps its last generation); the next cycle takes a new one")]
-    Vanished { lv: String },
+    Vanished {
+        /// The snapshot LV, as `VG/LV`.
+        lv: String,
+    },
+    /// The source's filesystem cannot share extents (FICLONE refused).
     #[error("source {source_path} is on a filesystem without reflink (FICLONE: {errno}): use an LVM source, put the image on xfs (reflink=1) or btrfs, or {NONE_RISK}")]
-    NoReflink { source_path: PathBuf, errno: String },
-    #[error("cannot clone {source_path} into {dir} (FICLONE: {errno}): check free space and permissions there, or use --snapshot none")]
-    CloneFailed {
+    NoReflink {
+        /// The image file given as source.
         source_path: PathBuf,
-        dir: PathBuf,
+        /// The C library's text for FICLONE's errno.
         errno: String,
     },
+    /// FICLONE works on this filesystem but this clone failed.
+    #[error("cannot clone {source_path} into {dir} (FICLONE: {errno}): check free space and permissions there, or use --snapshot none")]
+    CloneFailed {
+        /// The image file given as source.
+        source_path: PathBuf,
+        /// Where the clone was to go.
+        dir: PathBuf,
+        /// The C library's text for FICLONE's errno.
+        errno: String,
+    },
+    /// `--snapshot reflink` on something that is not a regular file.
     #[error("source {source_path} is not a regular file, and reflink clones image files: use --snapshot auto, lvm or lvm-thin for an LV, or {NONE_RISK}")]
-    NotAFile { source_path: PathBuf },
+    NotAFile {
+        /// The source given.
+        source_path: PathBuf,
+    },
+    /// `--snapshot auto` on a source that is neither a block device nor a regular file.
     #[error("source {source_path} is neither an LVM logical volume nor a regular file, so it cannot be snapshotted: use an LV (--snapshot lvm or lvm-thin) or an image file on xfs/btrfs (--snapshot reflink), or {NONE_RISK}")]
-    Unsupported { source_path: PathBuf },
+    Unsupported {
+        /// The source given.
+        source_path: PathBuf,
+    },
+    /// A file system operation on the source, a clone or the state dir failed.
     #[error("{what} {path}: {error}; {hint}")]
     Io {
+        /// What was being done, ending before the path (e.g. "cannot stat source").
         what: &'static str,
+        /// The path it was done on.
         path: PathBuf,
+        /// The error.
         error: std::io::Error,
+        /// What the user may do about it.
         hint: &'static str,
     },
+    /// A `--pre-snapshot` or `--post-snapshot` command exited with failure.
     #[error("{which}-snapshot hook `{command}` failed ({status}): {last_line}; the cycle was aborted: fix the command or drop --{which}-snapshot")]
     Hook {
+        /// `pre` or `post`.
         which: &'static str,
+        /// The shell command as given.
         command: String,
+        /// How it ended: `exit N` or `killed by signal N`.
         status: String,
+        /// The last line it wrote on stderr.
         last_line: String,
     },
+    /// A hook could not be started (no `sh`?).
     #[error(
         "cannot start the {which}-snapshot hook `{command}`: {error}; check that sh is installed"
     )]
     HookSpawn {
+        /// `pre` or `post`.
         which: &'static str,
+        /// The shell command as given.
         command: String,
+        /// The error of the spawn.
         error: std::io::Error,
     },
     /// A stop was requested while a hook ran (it was killed).
@@ -178,6 +278,7 @@ pub type HealthFn = std::sync::Arc<dyn Fn() -> Result<(), SnapshotError> + Send 
 pub struct FrozenView {
     /// Path to read the view from.
     pub path: PathBuf,
+    /// Point-in-time or live.
     pub consistency: Consistency,
     /// Polled during the cycle and checked once more after the last read, before the cycle
     /// may commit: data read from an invalidated snapshot must never be committed.
@@ -189,6 +290,7 @@ pub struct FrozenView {
 }
 
 impl FrozenView {
+    /// A view read from `path`; `release` (if any) runs when the view is released or dropped.
     pub fn new(path: PathBuf, consistency: Consistency, release: Option<ReleaseFn>) -> Self {
         FrozenView {
             path,
@@ -263,6 +365,7 @@ pub struct SnapshotOptions {
 
 /// A way to freeze a source.
 pub trait SnapshotProvider: Send + Sync {
+    /// The provider's `--snapshot` name (`lvm`, `lvm-thin`, `reflink`, `none`).
     fn name(&self) -> &'static str;
     /// Removes snapshots of this source left behind by a crashed run (only this program's,
     /// only this source's), except those named in `spare` (kept on purpose: the previous

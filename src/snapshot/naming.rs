@@ -53,6 +53,7 @@ pub struct Namer {
 }
 
 impl Namer {
+    /// A namer for the source whose key (see [`source_key`]) is `key`.
     pub fn new(key: String) -> Namer {
         Namer {
             key,
@@ -60,6 +61,7 @@ impl Namer {
         }
     }
 
+    /// The source key every name carries.
     pub fn key(&self) -> &str {
         &self.key
     }

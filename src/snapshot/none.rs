@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{Consistency, FrozenView, SnapshotError, SnapshotProvider};
 
+/// The `none` provider: hands out the live source as the view.
 #[derive(Default)]
 pub struct NoSnapshot {
     warned: AtomicBool,

@@ -15,18 +15,24 @@ const GRAIN: usize = 4096;
 /// What `verify` found.
 #[derive(Debug, Default)]
 pub struct VerifyReport {
+    /// Bytes of the source.
     pub source_size: u64,
+    /// Bytes of the target.
     pub target_size: u64,
     /// A size difference that alone makes the pair differ.
     pub size_mismatch: bool,
+    /// Byte ranges of the compared length that differ, in 4 KiB pieces merged when adjacent,
+    /// in ascending order.
     pub differing: Vec<Range<u64>>,
 }
 
 impl VerifyReport {
+    /// True when the sizes agree and no byte differs.
     pub fn identical(&self) -> bool {
         !self.size_mismatch && self.differing.is_empty()
     }
 
+    /// Total bytes of the differing ranges.
     pub fn differing_bytes(&self) -> u64 {
         self.differing.iter().map(|r| r.end - r.start).sum()
     }

@@ -42,18 +42,29 @@ impl ReadMode {
 /// Why a source cannot be read.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
+    /// Nothing at this path.
     #[error("source {0} does not exist")]
     Missing(PathBuf),
+    /// The path is a directory.
     #[error("source {0} is a directory; give an image file or a block device")]
     Directory(PathBuf),
+    /// The path is a socket, FIFO, character device...
     #[error("source {0} is neither a regular file nor a block device")]
     NotFileOrDevice(PathBuf),
+    /// Opening, sizing or reading it failed.
     #[error("cannot read source {path}: {source}")]
-    Unreadable { path: PathBuf, source: io::Error },
+    Unreadable {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
     /// The same problem with a device read in another role (`verify`'s target).
     #[error("{role} {}", .error.to_string().trim_start_matches("source "))]
     As {
+        /// The role that replaces "source" in the message (e.g. "target").
         role: &'static str,
+        /// The problem, as worded for a source.
         error: Box<SourceError>,
     },
 }
@@ -88,6 +99,7 @@ impl From<DeviceError> for SourceError {
 }
 
 impl BlockSource {
+    /// Opens a regular file or block device read-only and learns its size.
     pub fn open(path: &Path) -> Result<BlockSource, SourceError> {
         let kind = classify(path)?;
         let unreadable = |source| SourceError::Unreadable {
@@ -111,6 +123,7 @@ impl BlockSource {
         })
     }
 
+    /// Bytes to read: the source's size when opened, or less after [`BlockSource::limited_to`].
     pub fn size(&self) -> u64 {
         self.size
     }
@@ -121,14 +134,17 @@ impl BlockSource {
         self
     }
 
+    /// The path it was opened from.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// Regular file or block device.
     pub fn kind(&self) -> DeviceKind {
         self.kind
     }
 
+    /// The open file.
     pub fn file(&self) -> &File {
         &self.file
     }
@@ -140,6 +156,7 @@ impl BlockSource {
 
     /// Maps the whole source read-only. The caller must not let the source shrink while
     /// mapped (a frozen view never does).
+    #[allow(unsafe_code)]
     pub fn map(&self) -> io::Result<memmap2::Mmap> {
         // SAFETY: the mapping is read-only and the scan reads a frozen view; a concurrent
         // truncation would raise SIGBUS, one reason the default reads instead of mapping.

@@ -46,6 +46,7 @@ pub struct ReadAheadOptions {
 
 /// One chunk of the source: `data()` is `len` bytes read at `offset`.
 pub struct Chunk {
+    /// Byte offset in the source where `data()` starts.
     pub offset: u64,
     len: usize,
     buf: memmap2::MmapMut,
@@ -63,6 +64,7 @@ impl Chunk {
         })
     }
 
+    /// The chunk's bytes (holes read as zeros).
     pub fn data(&self) -> &[u8] {
         &self.buf[..self.len]
     }
@@ -79,8 +81,16 @@ impl Chunk {
 /// Why reading stopped.
 #[derive(Debug)]
 pub enum ReadAheadError<E> {
-    Read { offset: u64, source: io::Error },
+    /// A read failed (or a chunk buffer could not be mapped).
+    Read {
+        /// Byte offset of the chunk whose read failed (0 for a buffer).
+        offset: u64,
+        /// The error.
+        source: io::Error,
+    },
+    /// The cancel flag was set.
     Cancelled,
+    /// `consume` returned this error; reading stopped there.
     Consumer(E),
 }
 
@@ -275,6 +285,7 @@ fn read_fully(file: &File, buf: &mut [u8], offset: u64, want: usize) -> io::Resu
 
 /// Whether every page of `len` bytes at `offset` is in the page cache (`mincore` on a mapping
 /// that is never touched, so asking reads nothing). False when it cannot tell.
+#[allow(unsafe_code)]
 fn in_page_cache(file: &File, offset: u64, len: usize) -> bool {
     let page = page_size();
     let start = offset / page as u64 * page as u64;

@@ -14,13 +14,18 @@ use super::{create_dir_durable, key, now, read_json, write_json};
 /// Where the receiver keeps state for one target.
 #[derive(Clone, Debug)]
 pub struct ReceiverPaths {
+    /// `STATE/targets/<key>/`, the key made from the target path.
     pub dir: PathBuf,
+    /// `state.json`: the [`ReceiverState`] record.
     pub state: PathBuf,
+    /// `manifest`: the target's manifest.
     pub manifest: PathBuf,
+    /// `lock`: flocked by the session serving the target.
     pub lock: PathBuf,
 }
 
 impl ReceiverPaths {
+    /// The paths for `target` (as the receiver names it: absolute) under `state_dir`.
     pub fn new(state_dir: &Path, target: &Path) -> Self {
         let dir = state_dir
             .join("targets")
@@ -69,16 +74,27 @@ pub enum Condition {
 /// The receiver's state record for one target.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ReceiverState {
+    /// Format of this record: 1 (a receiver refuses a record of another format).
     pub format: u32,
+    /// The target path, as displayed.
     pub target: String,
+    /// Whether the target is consistent or mid-cycle.
     pub condition: Condition,
+    /// Last generation committed to the target; 0 if none.
     pub committed_generation: u64,
+    /// Manifest root after that commit, 64 hex digits; empty if none.
     pub committed_root: String,
+    /// The generation being (or last being) applied; `None` once it committed.
     pub applying_generation: Option<u64>,
+    /// Block size of the current or last cycle, in bytes.
     pub block_size: u32,
+    /// Source size announced by the current or last cycle, in bytes.
     pub device_size: u64,
+    /// Unix time (seconds) of the last save of this record.
     pub updated_at: u64,
+    /// Unix time (seconds) of the last commit; `None` if none.
     pub committed_at: Option<u64>,
+    /// Bytes written or zeroed on the target by the last cycle.
     pub last_cycle_bytes_written: u64,
     /// Why the last cycle did not commit, if it did not.
     pub last_error: Option<String>,
@@ -99,6 +115,7 @@ pub struct ScrubRecord {
 }
 
 impl ReceiverState {
+    /// The record of a target never served: `applying`, nothing committed.
     pub fn new(target: &Path) -> Self {
         ReceiverState {
             format: 1,
@@ -120,7 +137,7 @@ impl ReceiverState {
 
 /// Where a receiver keeps one target's state record and manifest. Every save is atomic and
 /// durable once it returns `Ok`: after a crash a load finds the old record or the new one,
-/// whole. [`DirStore`] keeps them as files; [`crate::target::CrashStore`] models power loss.
+/// whole. [`DirStore`] keeps them as files; [`crate::state::CrashStore`] models power loss.
 pub trait ReceiverStore: Send {
     /// Where the records live, for messages.
     fn location(&self) -> &Path;

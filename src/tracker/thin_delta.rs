@@ -1,6 +1,6 @@
 //! Reading `thin_delta -m --thin1 OLD --thin2 NEW METADATA`: which ranges of a thin volume
 //! differ between two thin devices of one pool, and which `thin_delta` versions may be
-//! trusted. Pure: the tool is run by [`super::thin`].
+//! trusted. Pure: the thin tracker runs the tool.
 //!
 //! The output is a flat, fixed shape (thin-provisioning-tools 0.7 to 0.9, and 1.0.6 on):
 //!

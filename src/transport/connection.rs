@@ -26,7 +26,9 @@ pub struct FrameWriter {
 /// A framed, versioned connection. Its halves can be driven concurrently (the sender reads
 /// refinement answers while it writes).
 pub struct Connection {
+    /// The reading half (1 MiB buffer).
     pub reader: FrameReader,
+    /// The writing half (1 MiB buffer).
     pub writer: FrameWriter,
     /// Capability bits the peer announced in its preamble.
     pub peer_capabilities: u64,
@@ -75,6 +77,7 @@ impl FrameWriter {
         Ok(())
     }
 
+    /// Writes out what is buffered.
     pub async fn flush(&mut self) -> Result<(), TransportError> {
         self.writer.flush().await?;
         Ok(())
@@ -89,6 +92,7 @@ impl FrameWriter {
 }
 
 impl Connection {
+    /// A connection over `stream`, before the handshake.
     pub fn new(stream: BoxStream) -> Self {
         let (read, write) = tokio::io::split(stream);
         Connection {
@@ -144,6 +148,7 @@ impl Connection {
         self.writer.send(message).await
     }
 
+    /// Writes out what is buffered.
     pub async fn flush(&mut self) -> Result<(), TransportError> {
         self.writer.flush().await
     }

@@ -17,12 +17,21 @@ pub enum Destination {
     /// A file or block device on this machine (receiver runs in-process).
     Local(PathBuf),
     /// A `blkmirror receive --listen` peer, reached over mutual TLS.
-    Tls { host: String, port: u16 },
+    Tls {
+        /// Host name or IP address, lowercased, IPv6 without brackets.
+        host: String,
+        /// TCP port.
+        port: u16,
+    },
     /// `blkmirror receive --stdio PATH` run on HOST through the system `ssh`.
     Ssh {
+        /// Remote login name; `None`: ssh's default.
         user: Option<String>,
+        /// Host name or IP address, lowercased, IPv6 without brackets.
         host: String,
+        /// ssh port; `None`: ssh's default.
         port: Option<u16>,
+        /// The target's path on the remote host.
         path: String,
     },
 }

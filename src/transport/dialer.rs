@@ -36,7 +36,7 @@ pub trait Finisher: Send {
 
 /// A freshly dialed stream, before the protocol handshake.
 pub struct Dialed {
-    /// The stream to speak the protocol over.
+    /// The byte stream to the receiver.
     pub stream: BoxStream,
     /// Finish this after dropping `stream` (`None` when nothing outlives the stream, as
     /// for TLS). Dropping it unfinished ends the peer abruptly (ssh is killed).

@@ -36,7 +36,7 @@ pub struct EndpointOptions {
     /// Give up when the peer sends nothing (or reads nothing) for this long; `None`: wait as
     /// long as the connection lives.
     pub idle: Option<Duration>,
-    /// Set to stop: blocked calls return [`TransportError::Stopped`] within [`POLL`].
+    /// Set to stop: blocked calls return [`TransportError::Stopped`] within 50 ms (`POLL`).
     pub stop: Arc<AtomicBool>,
 }
 

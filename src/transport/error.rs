@@ -9,24 +9,42 @@ use super::frame::FrameError;
 /// Why a connection failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
+    /// Reading or writing the stream failed.
     #[error("connection lost: {0}")]
     Io(#[from] io::Error),
+    /// The stream ended (at a frame boundary or inside a frame).
     #[error("peer closed the connection")]
     Closed,
+    /// The peer sent bytes that do not decode.
     #[error("bad frame from peer: {0}")]
     Frame(#[from] FrameError),
+    /// The peer's preamble has another protocol version.
     #[error("peer speaks protocol version {theirs}; this blkmirror speaks version {ours}")]
-    VersionMismatch { ours: u32, theirs: u32 },
+    VersionMismatch {
+        /// [`PROTOCOL_VERSION`](super::frame::PROTOCOL_VERSION).
+        ours: u32,
+        /// The version in the peer's preamble.
+        theirs: u32,
+    },
+    /// The peer sent `Refused` (its reason).
     #[error("peer refused: {0}")]
     Refused(String),
+    /// A message other than the one the protocol allows at this point.
     #[error("unexpected {got} from peer while waiting for {expected}")]
     Unexpected {
+        /// Name of the message received.
         got: &'static str,
+        /// What was awaited, in words.
         expected: &'static str,
     },
     /// The peer sent nothing (or read nothing) for longer than the configured bound.
     #[error("peer silent for {secs} s while {waiting}: giving up")]
-    PeerSilent { secs: u64, waiting: &'static str },
+    PeerSilent {
+        /// The bound, in seconds.
+        secs: u64,
+        /// What this side was waiting for, in words.
+        waiting: &'static str,
+    },
     /// A stop was requested (signal) while waiting on the peer.
     #[error("stopped on request")]
     Stopped,

@@ -37,11 +37,14 @@ pub const PREAMBLE_LEN: usize = 20;
 /// First bytes each side writes: magic, protocol version, capabilities.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Preamble {
+    /// The protocol version the peer speaks (sessions need equality).
     pub version: u32,
+    /// Capability bits ([`CAP_REFINE`]); unknown bits are ignored.
     pub capabilities: u64,
 }
 
 impl Preamble {
+    /// This build's preamble: [`PROTOCOL_VERSION`] and [`CAPABILITIES`].
     pub fn ours() -> Self {
         Preamble {
             version: PROTOCOL_VERSION,
@@ -49,6 +52,7 @@ impl Preamble {
         }
     }
 
+    /// The bytes on the wire: magic, version (u32 LE), capabilities (u64 LE).
     pub fn encode(&self) -> [u8; PREAMBLE_LEN] {
         let mut out = [0u8; PREAMBLE_LEN];
         out[..8].copy_from_slice(&MAGIC);
@@ -57,6 +61,7 @@ impl Preamble {
         out
     }
 
+    /// Reads a peer's preamble; only the magic is checked here, the version by the caller.
     pub fn decode(bytes: &[u8; PREAMBLE_LEN]) -> Result<Preamble, FrameError> {
         if bytes[..8] != MAGIC {
             return Err(FrameError::NotBlkmirror);
@@ -71,18 +76,35 @@ impl Preamble {
 /// Why bytes could not be decoded as a frame.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FrameError {
+    /// The preamble does not start with [`MAGIC`].
     #[error("peer is not a blkmirror endpoint (bad magic)")]
     NotBlkmirror,
+    /// A frame length over [`MAX_FRAME_LEN`].
     #[error("frame of {len} bytes exceeds the limit of {max}")]
-    TooLong { len: u64, max: u64 },
+    TooLong {
+        /// The length read from the wire.
+        len: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// A frame of length 0 (not even a type byte).
     #[error("empty frame")]
     Empty,
+    /// A type byte no message has.
     #[error("unknown frame type {0}")]
     UnknownType(u8),
+    /// The body ends before a field does.
     #[error("frame truncated: needed {needed} more bytes, {available} available")]
-    Truncated { needed: usize, available: usize },
+    Truncated {
+        /// Bytes the next field needs.
+        needed: usize,
+        /// Bytes left in the body.
+        available: usize,
+    },
+    /// Bytes left after the last field (how many).
     #[error("{0} trailing bytes after frame body")]
     Trailing(usize),
+    /// A field out of range (a count, a length, a flag byte; what, in words).
     #[error("invalid frame: {0}")]
     Invalid(String),
 }
@@ -102,64 +124,116 @@ pub enum TargetCondition {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
     /// Fatal refusal, either direction. Its encoding never changes across versions.
-    Refused { reason: String },
+    Refused {
+        /// Why, for humans (at most [`MAX_TEXT_LEN`] bytes are sent).
+        reason: String,
+    },
     /// Sender opens a cycle.
     CycleStart {
+        /// The generation proposed: the sender's committed generation + 1.
         generation: u64,
+        /// Bytes of the source for this cycle.
         device_size: u64,
+        /// Block size of this cycle, in bytes.
         block_size: u32,
         /// Root of the sender's committed manifest (None: it has none).
         base_root: Option<BlockHash>,
     },
     /// Receiver answers CycleStart.
     TargetState {
+        /// Last generation committed to the target; 0 if none.
         committed_generation: u64,
+        /// Root of the receiver's manifest as it is now, at this cycle's geometry.
         root: BlockHash,
+        /// Whether the target is consistent, mid-cycle, or was hashed.
         condition: TargetCondition,
     },
     /// Sender asks for the receiver's manifest (roots disagreed).
     ManifestRequest,
     /// A run of the receiver's block hashes.
     ManifestChunk {
+        /// Index of the first block whose hash this chunk carries.
         first_block: u64,
+        /// 1 to [`MAX_MANIFEST_CHUNK`] hashes, of consecutive blocks.
         hashes: Vec<BlockHash>,
     },
     /// End of the receiver's manifest.
-    ManifestEnd { root: BlockHash },
+    ManifestEnd {
+        /// Root of the manifest just sent.
+        root: BlockHash,
+    },
     /// Changed blocks: `hashes` of each plaintext block, `payload` zstd or raw.
     Extent {
+        /// First block of the extent.
         first_block: u64,
+        /// Plaintext bytes: the blocks' lengths summed, 1 to [`MAX_EXTENT_BYTES`].
         raw_len: u32,
+        /// Whether `payload` is one zstd frame (else it is the plaintext).
         compressed: bool,
+        /// BLAKE3 of each plaintext block, 1 to [`MAX_EXTENT_BLOCKS`] of them.
         hashes: Vec<BlockHash>,
+        /// The plaintext, or one zstd frame of it.
         payload: Vec<u8>,
     },
     /// Blocks that are now all zeros.
-    ZeroRun { first_block: u64, block_count: u64 },
+    ZeroRun {
+        /// First block of the run.
+        first_block: u64,
+        /// Number of blocks, at least 1.
+        block_count: u64,
+    },
     /// Sender: the key of this cycle's sub-block hashes (before the first `Refine`).
-    RefineKey { key: [u8; 32] },
+    RefineKey {
+        /// 32 random bytes, the BLAKE3 key of the cycle's sub-block hashes.
+        key: [u8; 32],
+    },
     /// Sender: these blocks changed; here are the keyed 4 KiB sub-block hashes of their new
     /// content.
     Refine {
+        /// First block of the run.
         first_block: u64,
+        /// Blocks in the run, 1 to [`MAX_EXTENT_BLOCKS`].
         block_count: u32,
+        /// One keyed short hash per 4 KiB sub-block of the run's new bytes (the last may be
+        /// short).
         sub_hashes: Vec<SubHash>,
     },
     /// Receiver: bit i set when sub-block i of the run differs on the target.
-    RefineAnswer { first_block: u64, bitmap: Vec<u8> },
+    RefineAnswer {
+        /// First block of the `Refine` answered.
+        first_block: u64,
+        /// Bit i (byte i/8, bit i%8) set: sub-block i differs.
+        bitmap: Vec<u8>,
+    },
     /// Sender: the differing sub-blocks of a refined run, with the run's block hashes.
     Patch {
+        /// First block of the refined run.
         first_block: u64,
+        /// BLAKE3 of each whole block of the run's new content.
         hashes: Vec<BlockHash>,
+        /// The `RefineAnswer` bitmap: which sub-blocks `payload` carries.
         bitmap: Vec<u8>,
+        /// Bytes of the selected sub-blocks, at most [`MAX_EXTENT_BYTES`].
         raw_len: u32,
+        /// Whether `payload` is one zstd frame (else it is the plaintext).
         compressed: bool,
+        /// The selected sub-blocks concatenated in order, or one zstd frame of them.
         payload: Vec<u8>,
     },
     /// Sender has sent all changes; the new root the target must reach.
-    CycleEnd { generation: u64, root: BlockHash },
+    CycleEnd {
+        /// The generation of this cycle.
+        generation: u64,
+        /// Root of the sender's new manifest.
+        root: BlockHash,
+    },
     /// Receiver made generation N durable.
-    Committed { generation: u64, root: BlockHash },
+    Committed {
+        /// The generation committed.
+        generation: u64,
+        /// The target's root after the commit.
+        root: BlockHash,
+    },
     /// Sender, between cycles: re-hash the target against its manifest before the next
     /// cycle (only to a receiver that announced `CAP_REHASH`).
     Rehash,

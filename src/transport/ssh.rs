@@ -49,35 +49,94 @@ impl Default for SshOptions {
 /// Why ssh could not be started or did not end well.
 #[derive(Debug, thiserror::Error)]
 pub enum SshError {
+    /// `--ssh-command` cannot be split into words, or is empty.
     #[error("invalid --ssh-command {text:?}: {cause}")]
-    BadSshCommand { text: String, cause: &'static str },
+    BadSshCommand {
+        /// The option's text.
+        text: String,
+        /// What is wrong with it.
+        cause: &'static str,
+    },
+    /// `--remote-command` cannot be split into words, or is empty.
     #[error("invalid remote command {text:?}: {cause}")]
-    BadRemoteCommand { text: String, cause: &'static str },
+    BadRemoteCommand {
+        /// The option's text.
+        text: String,
+        /// What is wrong with it.
+        cause: &'static str,
+    },
+    /// A host ssh would misread: empty, or starting with `-` (an option).
     #[error("invalid ssh host {host:?}: {cause}")]
-    BadHost { host: String, cause: &'static str },
+    BadHost {
+        /// The host as given.
+        host: String,
+        /// What is wrong with it.
+        cause: &'static str,
+    },
+    /// The remote command line cannot be quoted for the remote shell (a NUL byte).
     #[error("invalid remote path {path:?}: {source}")]
     BadPath {
+        /// The remote target path.
         path: String,
+        /// The quoting error.
         source: shlex::QuoteError,
     },
+    /// The ssh program could not be started.
     #[error("cannot run {program}: {source}{hint}")]
     Spawn {
+        /// The program (first word of `--ssh-command`).
         program: String,
+        /// The error of the spawn.
         source: IoCause,
+        /// What to do, with a leading space (empty when there is nothing to say).
         hint: &'static str,
     },
+    /// ssh exited 255: its own failure (connection or login).
     #[error("ssh could not connect to {host} (exit 255)")]
-    CouldNotConnect { host: String },
+    CouldNotConnect {
+        /// The remote host.
+        host: String,
+    },
+    /// ssh exited with the remote command's failing status.
     #[error("the remote command on {host} failed (exit {code}; its error is shown above)")]
-    RemoteFailed { host: String, code: i32 },
+    RemoteFailed {
+        /// The remote host.
+        host: String,
+        /// The exit status (neither 0 nor 255).
+        code: i32,
+    },
+    /// ssh was killed by a signal.
     #[error("ssh to {host} was killed by signal {signal}")]
-    Killed { host: String, signal: i32 },
+    Killed {
+        /// The remote host.
+        host: String,
+        /// The signal number.
+        signal: i32,
+    },
+    /// Waiting for ssh to exit failed.
     #[error("cannot wait for ssh to {host}: {source}")]
-    Wait { host: String, source: io::Error },
+    Wait {
+        /// The remote host.
+        host: String,
+        /// The error.
+        source: io::Error,
+    },
+    /// ssh ended with neither an exit code nor a signal.
     #[error("cannot wait for ssh to {host}: unexpected status {status}")]
-    UnexpectedStatus { host: String, status: ExitStatus },
+    UnexpectedStatus {
+        /// The remote host.
+        host: String,
+        /// The status as reported.
+        status: ExitStatus,
+    },
+    /// ssh did not exit within [`FINISH_TIMEOUT`] after the stream closed, and was killed.
     #[error("ssh to {host} did not exit within {secs} s; killed it")]
-    Timeout { host: String, secs: u64 },
+    Timeout {
+        /// The remote host.
+        host: String,
+        /// The timeout, in seconds.
+        secs: u64,
+    },
 }
 
 impl SshError {
@@ -100,7 +159,9 @@ impl SshError {
 /// `stream`, drop it (closing ssh's stdin), then `child.finish().await`. When the protocol
 /// fails with a closed connection, `finish` usually has the better explanation.
 pub struct SshConnection {
+    /// ssh's stdout and stdin, as one stream.
     pub stream: BoxStream,
+    /// The ssh process, to finish after dropping `stream`.
     pub child: SshChild,
 }
 
@@ -261,10 +322,15 @@ pub fn spawn(
 /// is ssh's stdio and the [`Finisher`] its process, whose exit status is checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SshDialer {
+    /// Remote login name (`-l`); `None`: ssh's default.
     pub user: Option<String>,
+    /// The remote host.
     pub host: String,
+    /// ssh port (`-p`); `None`: ssh's default.
     pub port: Option<u16>,
+    /// The target's path on the remote host.
     pub path: String,
+    /// The ssh program, the remote blkmirror and its state dir.
     pub options: SshOptions,
 }
 

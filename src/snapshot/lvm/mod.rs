@@ -21,11 +21,14 @@ pub use thin::ThinLvm;
 /// A logical volume by name: `VG/LV`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LvRef {
+    /// The volume group.
     pub vg: String,
+    /// The LV's name within it.
     pub lv: String,
 }
 
 impl LvRef {
+    /// `vg/lv`.
     pub fn new(vg: &str, lv: &str) -> LvRef {
         LvRef {
             vg: vg.to_string(),
@@ -38,6 +41,7 @@ impl LvRef {
         Path::new("/dev").join(&self.vg).join(&self.lv)
     }
 
+    /// `VG/LV`, as lvm2 commands take it.
     pub fn arg(&self) -> String {
         self.to_string()
     }
@@ -52,9 +56,13 @@ impl fmt::Display for LvRef {
 /// The LV a source device is, as `lvs` reports it.
 #[derive(Clone, Debug)]
 pub struct SourceLv {
+    /// Its name.
     pub lv: LvRef,
+    /// Its decoded `lv_attr`.
     pub attr: Attr,
+    /// Its size in bytes (0 when lvs did not say).
     pub size: u64,
+    /// The whole `lvs` row.
     pub row: LvRow,
 }
 
@@ -157,6 +165,8 @@ pub fn require_source_lv(source: &Path) -> Result<SourceLv, SnapshotError> {
     find_source_lv(source)?.ok_or_else(|| not_an_lv(source, is_device))
 }
 
+/// The error for a source that is no LV, with a hint that depends on whether it is a block
+/// device or a file.
 pub fn not_an_lv(source: &Path, is_device: bool) -> SnapshotError {
     SnapshotError::NotAnLv {
         source_path: source.to_owned(),

@@ -10,18 +10,28 @@ use serde::{Deserialize, Deserializer};
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct LvRow {
+    /// The volume group.
     pub vg_name: String,
+    /// The LV's name within its VG.
     pub lv_name: String,
+    /// The 10-character attribute string (see [`Attr`]).
     pub lv_attr: String,
+    /// Size in bytes.
     #[serde(deserialize_with = "number")]
     pub lv_size: Option<u64>,
+    /// The thin pool of a thin LV; empty otherwise.
     pub pool_lv: String,
+    /// The origin of a snapshot; empty otherwise.
     pub origin: String,
+    /// `/dev/VG/LV`; empty for hidden LVs.
     pub lv_path: String,
+    /// Kernel device major number (lvm2 reports -1 for an inactive LV).
     #[serde(deserialize_with = "signed")]
     pub lv_kernel_major: Option<i64>,
+    /// Kernel device minor number (lvm2 reports -1 for an inactive LV).
     #[serde(deserialize_with = "signed")]
     pub lv_kernel_minor: Option<i64>,
+    /// How full a snapshot's copy-on-write space is, in percent.
     #[serde(deserialize_with = "percent")]
     pub snap_percent: Option<f64>,
     /// A thin volume's device id in its pool (`thin_id`).
@@ -33,9 +43,12 @@ pub struct LvRow {
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct VgRow {
+    /// The volume group.
     pub vg_name: String,
+    /// Unallocated space, in bytes.
     #[serde(deserialize_with = "number")]
     pub vg_free: Option<u64>,
+    /// Physical extent size, in bytes (LVs are sized in whole extents).
     #[serde(deserialize_with = "number")]
     pub vg_extent_size: Option<u64>,
 }
@@ -115,6 +128,7 @@ pub struct Attr {
 }
 
 impl Attr {
+    /// Decodes an `lv_attr` string; `None` when it has fewer than 6 characters.
     pub fn parse(attr: &str) -> Option<Attr> {
         let bits: Vec<char> = attr.chars().collect();
         if bits.len() < 6 {
@@ -127,10 +141,12 @@ impl Attr {
         })
     }
 
+    /// A thin LV (volume type `V`).
     pub fn is_thin_volume(&self) -> bool {
         self.volume_type == 'V'
     }
 
+    /// Active (state `a`).
     pub fn is_active(&self) -> bool {
         self.state == 'a'
     }

@@ -27,10 +27,12 @@ pub struct ThinLvm {
 /// One cycle's thin snapshot.
 #[derive(Clone, Debug)]
 pub struct ThinSnapshot {
+    /// The snapshot LV.
     pub lv: LvRef,
 }
 
 impl ThinSnapshot {
+    /// Its device node, `/dev/VG/LV`.
     pub fn path(&self) -> PathBuf {
         self.lv.dev_path()
     }

@@ -22,9 +22,13 @@ use crate::transport::BoxStream;
 /// fingerprint is `pinned` (see [`connect`]). Nothing outlives the stream.
 #[derive(Clone, Debug)]
 pub struct TlsDialer {
+    /// The receiver's host name or IP address.
     pub host: String,
+    /// The receiver's TCP port.
     pub port: u16,
+    /// Our key and certificate.
     pub identity: Arc<Identity>,
+    /// SHA-256 of the receiver's certificate (`--peer`).
     pub pinned: [u8; 32],
 }
 

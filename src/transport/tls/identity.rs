@@ -17,7 +17,9 @@ const CERT_FILE: &str = "cert.pem";
 
 /// Our key and self-signed certificate.
 pub struct Identity {
+    /// The self-signed certificate (DER); its SHA-256 is the fingerprint peers pin.
     pub cert: CertificateDer<'static>,
+    /// The certificate's private key (ECDSA P-256 when made by `keygen`).
     pub key: PrivateKeyDer<'static>,
 }
 

@@ -41,63 +41,145 @@ pub const ACCEPTED: u8 = 0x01;
 /// Why key generation, loading, listening or a TLS connection failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// `keygen` could not make a key pair or certificate.
     #[error("cannot generate a TLS key: {source}")]
-    Generate { source: rcgen::Error },
+    Generate {
+        /// The generator's error.
+        source: rcgen::Error,
+    },
+    /// `keygen` found a key already there (it never overwrites one).
     #[error("{path} already exists; refusing to overwrite")]
-    KeyExists { path: PathBuf },
+    KeyExists {
+        /// The existing key file.
+        path: PathBuf,
+    },
+    /// `keygen` could not create the identity directory.
     #[error("cannot create directory {path}: {source}")]
-    CreateDir { path: PathBuf, source: IoCause },
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The error.
+        source: IoCause,
+    },
+    /// `keygen` could not write the key or the certificate.
     #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: IoCause },
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: IoCause,
+    },
+    /// The key or certificate file of an identity could not be read.
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: IoCause },
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: IoCause,
+    },
+    /// The key or certificate file holds no PEM object of the right kind.
     #[error("{path} does not contain a PEM {what}: {source}")]
     Parse {
+        /// The file.
         path: PathBuf,
+        /// `certificate` or `private key`.
         what: &'static str,
+        /// The PEM parser's error.
         source: rustls::pki_types::pem::Error,
     },
+    /// The identity's key is not the certificate's (or is of an unsupported kind).
     #[error("{key} does not match {cert}: {source}")]
     KeyMismatch {
+        /// The key file.
         key: PathBuf,
+        /// The certificate file.
         cert: PathBuf,
+        /// rustls's error.
         source: rustls::Error,
     },
+    /// rustls refused the client or server configuration.
     #[error("invalid TLS configuration: {source}")]
-    Config { source: rustls::Error },
+    Config {
+        /// rustls's error.
+        source: rustls::Error,
+    },
+    /// `--listen` is not `IP:PORT`.
     #[error("invalid listen address {text:?}: expected IP:PORT, e.g. 0.0.0.0:9000 or [::]:9000")]
-    BadListenAddr { text: String },
+    BadListenAddr {
+        /// The option's text.
+        text: String,
+    },
+    /// Another socket already listens on the address.
     #[error("address {addr} is already in use")]
-    AddrInUse { addr: SocketAddr },
+    AddrInUse {
+        /// The listen address.
+        addr: SocketAddr,
+    },
+    /// Listening failed for another reason.
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: IoCause },
+    Listen {
+        /// The listen address.
+        addr: SocketAddr,
+        /// The error.
+        source: IoCause,
+    },
+    /// The TCP connection (or resolving the host) failed.
     #[error("cannot connect to {addr}: {source}")]
-    Connect { addr: String, source: IoCause },
+    Connect {
+        /// `HOST:PORT` as dialed.
+        addr: String,
+        /// The error.
+        source: IoCause,
+    },
+    /// (Client side) the server's certificate is not the one `--peer` pins.
     #[error("server {addr} presented certificate {presented} but --peer expects {expected}")]
     ServerNotPinned {
+        /// `HOST:PORT` as dialed.
         addr: String,
+        /// Fingerprint of the certificate presented, `sha256:` + hex.
         presented: String,
+        /// Fingerprint pinned with `--peer`.
         expected: String,
     },
+    /// (Client side) the server refused our certificate.
     #[error(
         "TLS handshake with {addr} failed: the receiver rejected our certificate \
          (is our fingerprint in its --allow-peer list?)"
     )]
-    RejectedByServer { addr: String },
+    RejectedByServer {
+        /// `HOST:PORT` as dialed.
+        addr: String,
+    },
+    /// The handshake (or the confirmation byte) failed for another reason.
     #[error("TLS handshake with {addr} failed: {source}")]
     Handshake {
+        /// The peer's address.
         addr: String,
+        /// What went wrong.
         source: HandshakeCause,
     },
+    /// The handshake and confirmation took longer than [`HANDSHAKE_TIMEOUT`].
     #[error("TLS handshake with {addr} timed out after {secs} s")]
-    Timeout { addr: String, secs: u64 },
+    Timeout {
+        /// The peer's address.
+        addr: String,
+        /// The limit, in seconds.
+        secs: u64,
+    },
+    /// (Server side) a client presented a certificate that no `--allow-peer` pins.
     #[error("client {addr} presented certificate {fingerprint} which is not in --allow-peer")]
     ClientNotAllowed {
+        /// The client's address.
         addr: SocketAddr,
+        /// Fingerprint of its certificate, `sha256:` + hex.
         fingerprint: String,
     },
+    /// (Server side) a client presented no certificate.
     #[error("client {addr} presented no certificate; only clients in --allow-peer are accepted")]
-    ClientNoCertificate { addr: SocketAddr },
+    ClientNoCertificate {
+        /// The client's address.
+        addr: SocketAddr,
+    },
 }
 
 impl TlsError {

@@ -35,6 +35,7 @@ fn note(size: usize) {
 
 // SAFETY: every call is forwarded unchanged to `System`; `note` only touches thread-locals
 // that never allocate.
+#[allow(unsafe_code)]
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         note(layout.size());
