@@ -64,6 +64,8 @@ pub struct ScannedChunk<'a> {
     pub hashes: &'a [BlockHash],
     /// One flag per block of `data`: true when the block is all zeros.
     pub zero: &'a [bool],
+    /// Bytes of `data` read from the source (holes of a sparse file are not read).
+    pub bytes_read: u64,
 }
 
 /// Why a scan stopped.
@@ -236,6 +238,7 @@ fn scan_ahead<E>(
                 data: chunk.data(),
                 hashes,
                 zero,
+                bytes_read: chunk.bytes_from_source(),
             })?;
             progress.advance(Stage::Scan, chunk.data().len() as u64, 0);
             if let Some(throttle) = &options.throttle {
@@ -288,6 +291,7 @@ fn scan_mmap<E>(
             data,
             hashes: &hashes,
             zero: &zero,
+            bytes_read: data.len() as u64,
         })
         .map_err(ScanError::Sink)?;
         // Unmap what was read (it stays in the page cache) so the resident set stays bounded.

@@ -60,19 +60,40 @@ pub fn describe(entry: &StatusEntry) -> String {
 struct LastCycle {
     blocks_changed: u64,
     blocks_scanned: u64,
+    bytes_read: u64,
     bytes_sent: u64,
+    tracker: Option<String>,
+    full_scan_reason: Option<String>,
+    audit: bool,
+    tracking_faults: u64,
 }
 
 fn describe_sender(status: &SenderStatus) -> String {
     let last = LastCycle::deserialize(&status.last_cycle).unwrap_or_default();
+    let tracker = last
+        .tracker
+        .as_deref()
+        .map(|t| format!(" (tracker {t})"))
+        .unwrap_or_default();
+    let full_scan = last
+        .full_scan_reason
+        .as_deref()
+        .map(|why| format!("; full scan: {why}"))
+        .unwrap_or_default();
+    let audit = match last.tracking_faults {
+        0 if last.audit => "; audit found no tracking fault".to_string(),
+        0 => String::new(),
+        n => format!("; AUDIT FOUND {n} TRACKING FAULTS (blocks the tracker had missed; shipped)"),
+    };
     format!(
-        "sender   {} -> {}: generation {} committed {}; last cycle {} of {} blocks changed, {} sent",
+        "sender   {} -> {}: generation {} committed {}; last cycle {} of {} blocks changed, {} read{tracker}, {} sent{full_scan}{audit}",
         status.source,
         status.dest,
         status.generation,
         format_time(status.committed_at),
         last.blocks_changed,
         last.blocks_scanned,
+        human_bytes(last.bytes_read),
         human_bytes(last.bytes_sent)
     )
 }
@@ -141,7 +162,9 @@ mod tests {
             root: "cd".repeat(32),
             committed_at: T,
             last_cycle: json!({"generation": 7, "blocks_changed": 3, "blocks_scanned": 128,
-                               "bytes_sent": 200_000, "duration_ms": {"total": 5}}),
+                               "bytes_read": 3 << 20, "bytes_sent": 200_000,
+                               "tracker": "thin", "full_scan_reason": null,
+                               "duration_ms": {"total": 5}}),
         }
     }
 
@@ -165,17 +188,24 @@ mod tests {
         let mut failed = receiver(Condition::Applying);
         failed.applying_generation = Some(5);
         failed.last_error = Some("connection reset".into());
+        let mut fallen_back = sender();
+        fallen_back.last_cycle["bytes_read"] = json!(8 << 20);
+        fallen_back.last_cycle["full_scan_reason"] = json!("the kept snapshot vg0/s is gone");
+        fallen_back.last_cycle["audit"] = json!(true);
+        fallen_back.last_cycle["tracking_faults"] = json!(2);
         let entries = [
             StatusEntry::Receiver(receiver(Condition::Consistent)),
             StatusEntry::Receiver(interrupted),
             StatusEntry::Receiver(failed),
             StatusEntry::Sender(sender()),
+            StatusEntry::Sender(fallen_back),
         ];
         let expected = [
             format!("receiver /srv/mirror.img: consistent at generation 4 (committed {stamp}; 3.0 MiB written by the last cycle)"),
             "receiver /srv/mirror.img: MID-CYCLE (interrupted, applying generation 5); last consistent generation 4".into(),
             "receiver /srv/mirror.img: MID-CYCLE (applying, applying generation 5); last consistent generation 4; last error: connection reset".into(),
-            format!("sender   /dev/vg0/data -> tls://backup:7300: generation 7 committed {stamp}; last cycle 3 of 128 blocks changed, 195.3 KiB sent"),
+            format!("sender   /dev/vg0/data -> tls://backup:7300: generation 7 committed {stamp}; last cycle 3 of 128 blocks changed, 3.0 MiB read (tracker thin), 195.3 KiB sent"),
+            format!("sender   /dev/vg0/data -> tls://backup:7300: generation 7 committed {stamp}; last cycle 3 of 128 blocks changed, 8.0 MiB read (tracker thin), 195.3 KiB sent; full scan: the kept snapshot vg0/s is gone; AUDIT FOUND 2 TRACKING FAULTS (blocks the tracker had missed; shipped)"),
         ];
         assert_eq!(text(&entries), expected.join("\n") + "\n");
     }

@@ -94,8 +94,10 @@ pub fn source_identity(path: &std::path::Path) -> Result<String, SourceError> {
 /// The source frozen for one cycle.
 struct Frozen {
     identity: String,
-    view: FrozenView,
+    // Fields drop in order: the source's open file must close before the view's release
+    // (an LVM snapshot still open cannot be removed).
     source: BlockSource,
+    view: FrozenView,
 }
 
 impl Frozen {
@@ -148,11 +150,17 @@ pub fn run_cycle(
     if *ranges == everything {
         audit::record(&paths.audit, dest.generation);
     }
+    let Frozen {
+        identity,
+        source,
+        view,
+    } = frozen;
+    drop(source);
     if ctx.tracker.keeps_previous() {
         let mut kept = ctx.kept.lock().expect("kept views lock");
-        kept.keep(frozen.view, dest.generation, manifest.root())?;
+        kept.keep(view, dest.generation, manifest.root())?;
     } else {
-        frozen.view.release()?;
+        view.release()?;
     }
     let mut report = CycleReport {
         generation: dest.generation,
@@ -161,7 +169,7 @@ pub fn run_cycle(
         device_size: manifest.device_size,
         block_size: config.block_size,
         blocks_scanned: manifest.block_count(),
-        bytes_read: ranges
+        bytes_scanned: ranges
             .aligned_out(config.block_size as u64)
             .clipped(manifest.device_size)
             .total_len(),
@@ -184,7 +192,7 @@ pub fn run_cycle(
         ..CycleReport::default()
     };
     report.add_changes(&stats);
-    save_status(&paths, &frozen.identity, config, &report)?;
+    save_status(&paths, &identity, config, &report)?;
     Ok(report)
 }
 

@@ -51,6 +51,10 @@ pub struct ChangeStats {
     pub bytes_changed: u64,
     /// Bytes of payloads after compression.
     pub bytes_payload: u64,
+    /// Bytes read from the source (holes of a sparse file are not read).
+    pub bytes_read: u64,
+    /// Bytes of its target the receiver reads to answer refinements and apply patches.
+    pub target_bytes_read: u64,
     /// Blocks that went through refinement.
     pub blocks_refined: u64,
     /// Bytes of refined blocks the receiver already held.
@@ -119,6 +123,7 @@ impl<S: DeltaSink> Packer<S> {
             chunk.zero,
             self.plan,
         );
+        self.stats.bytes_read += chunk.bytes_read;
         for (i, hash) in chunk.hashes.iter().enumerate() {
             self.manifest.set_hash(chunk.first_block + i as u64, *hash);
         }
@@ -232,6 +237,8 @@ impl<S: DeltaSink> Packer<S> {
             sub_hashes: refine::sub_hashes(&key, data),
         })?;
         self.stats.blocks_refined += hashes.len() as u64;
+        // The receiver reads the run to answer, and again to apply the patch.
+        self.stats.target_bytes_read += 2 * data.len() as u64;
         self.pending_bytes += data.len();
         self.pending.push_back(Pending {
             first_block,

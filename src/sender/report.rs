@@ -25,7 +25,13 @@ pub struct CycleReport {
     pub blocks_zero: u64,
     /// Bytes of the source the scan covered (all of it on a full scan, the tracker's ranges
     /// otherwise).
+    pub bytes_scanned: u64,
+    /// Bytes actually read from the source: the scanned bytes less the holes of a sparse
+    /// file (holes are known zeros, never read).
     pub bytes_read: u64,
+    /// Bytes of its target the receiver read for refinement (each refined run is read to
+    /// answer, and again to apply its patch).
+    pub target_bytes_read: u64,
     /// Plaintext bytes shipped: whole changed blocks, or the differing 4 KiB sub-blocks of
     /// refined blocks.
     pub bytes_changed: u64,
@@ -66,6 +72,8 @@ impl CycleReport {
         self.blocks_changed = stats.blocks_changed;
         self.blocks_zero = stats.blocks_zero;
         self.bytes_changed = stats.bytes_changed;
+        self.bytes_read = stats.bytes_read;
+        self.target_bytes_read = stats.target_bytes_read;
         self.blocks_refined = stats.blocks_refined;
         self.bytes_saved_by_refinement = stats.bytes_saved_by_refinement;
         self.bytes_payload = stats.bytes_payload;

@@ -69,6 +69,14 @@ impl Chunk {
         &self.buf[..self.len]
     }
 
+    /// Bytes of the chunk read from the source (holes are not read).
+    pub fn bytes_from_source(&self) -> u64 {
+        self.data_ranges
+            .iter()
+            .map(|r| (r.end - r.start) as u64)
+            .sum()
+    }
+
     /// Whether `range` (bytes of `data()`) may hold non-zero bytes; false means it lies in
     /// holes of the file and is known to be zeros.
     pub fn may_hold_data(&self, range: Range<usize>) -> bool {

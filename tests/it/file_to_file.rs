@@ -211,6 +211,41 @@ fn initial_sync_of_mostly_zero_source_keeps_target_sparse() {
     );
 }
 
+/// `bytes_read` counts what was read: the holes of a sparse source are known zeros, not read
+/// (`bytes_scanned` is the logical size the scan covered).
+#[test]
+fn holes_of_a_sparse_source_are_not_read() {
+    let t = Scratch::new("f2f-holes");
+    let src = t.path("source.img");
+    let tgt = t.path("target.img");
+    let state = t.dir("state");
+    let len = 64 * MIB;
+    let file = std::fs::File::create(&src).unwrap();
+    file.set_len(len).unwrap();
+    let mut rng = Rng::new(11);
+    for i in 0..4u64 {
+        let mut block = vec![0u8; MIB as usize];
+        rng.fill(&mut block);
+        std::os::unix::fs::FileExt::write_all_at(&file, &block, i * 16 * MIB).unwrap();
+    }
+    file.sync_all().unwrap();
+    drop(file);
+    assert!(
+        allocated(&src) <= 8 * MIB,
+        "the scratch file system must keep files sparse"
+    );
+
+    let c = send_once(s(&src), s(&tgt), &state, &[]);
+    assert_eq!(c.raw["bytes_scanned"], len, "{:?}", c.raw);
+    assert!(
+        (4 * MIB..=5 * MIB).contains(&c.bytes_read),
+        "4 MiB of data in a 64 MiB sparse file, yet {} bytes read: {:?}",
+        c.bytes_read,
+        c.raw
+    );
+    assert_identical(&src, &tgt);
+}
+
 #[test]
 fn existing_dirty_target_of_same_size_is_fully_overwritten() {
     // The target already holds unrelated data: every block, including the source's zero

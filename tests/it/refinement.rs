@@ -71,6 +71,8 @@ fn changed_coarse_blocks_ship_only_their_changed_4k_sub_blocks() {
         report["bytes_saved_by_refinement"],
         8 * 65536 - subs.len() as u64 * 4096
     );
+    // The receiver read each refined block twice (to answer, then to patch), nothing else.
+    assert_eq!(report["target_bytes_read"], 2 * 8 * 65536, "{report}");
 }
 
 #[test]
