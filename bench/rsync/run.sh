@@ -21,6 +21,8 @@
 # Environment:
 #   BLKMIRROR         binary to benchmark (default: <repo>/target/release/blkmirror)
 #   BLKMIRROR_ARGS    extra flags for every `blkmirror send` (e.g. "--block-size 4K")
+#   BENCH_SNAPSHOT    blkmirror's --snapshot (default none; reflink needs BENCH_WORK on xfs or
+#                     btrfs: see on-xfs.sh, which runs this script that way)
 #   BENCH_CACHE       base images and results (default /var/tmp/blkmirror-rsync-bench)
 #   BENCH_WORK        scratch dir for this run (default $BENCH_CACHE/work-n<N>; wiped first)
 #   BENCH_KEEP_WORK=1 keep the scratch dir (images, state, logs) after the run
@@ -290,7 +292,7 @@ stop_receiver() {
 # send_cmd TRANSPORT SOURCE_IMAGE STATE_DIR: fills the array CMD with the send command.
 send_cmd() {
     local transport=$1 src=$2 state=$3
-    CMD=("$bin" send --once --snapshot none --progress never --json --state-dir "$state/send")
+    CMD=("$bin" send --once --snapshot "${BENCH_SNAPSHOT:-none}" --progress never --json --state-dir "$state/send")
     case $transport in
         local) CMD+=("${extra[@]}" "$src" "$work/dst.img") ;;
         tls) CMD+=(--identity "$work/tls-sender" --peer "$RCV_FP" "${extra[@]}" "$src" "tls://127.0.0.1:$TLS_PORT") ;;

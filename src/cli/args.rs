@@ -80,7 +80,8 @@ pub enum TrackerArg {
 /// `--read-mode`.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadModeArg {
-    /// Direct reads ahead ("direct" names the same).
+    /// Direct reads ahead; a file's chunks already in the page cache are hashed in place
+    /// ("direct" names the same).
     #[value(alias = "direct")]
     Auto,
     /// Reads through the page cache, ahead.

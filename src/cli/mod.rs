@@ -49,6 +49,7 @@ fn usage(message: impl Into<String>) -> CliError {
 /// Entry point: parses arguments, runs, returns the exit code.
 pub fn main() -> i32 {
     ignore_sigpipe();
+    report_sigbus();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
@@ -98,6 +99,31 @@ fn ignore_sigpipe() {
     use nix::sys::signal::{signal, SigHandler, Signal};
     // SAFETY: SIG_IGN installs no handler code, and nothing else sets SIGPIPE's disposition.
     let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigIgn) };
+}
+
+/// The line a SIGBUS leaves on stderr before the process exits with status 1.
+pub const SIGBUS_LINE: &str = "blkmirror: error: bus error (SIGBUS) reading a mapped source: the source file shrank or became unreadable during the cycle; the target is left mid-cycle and the next cycle repairs it\n";
+
+/// A source file truncated while a chunk of it is hashed through a mapping (see
+/// `source::readahead`) raises SIGBUS: print one error line and exit 1 instead of dying with
+/// "Bus error". Like a crash, it leaves the target mid-cycle, never wrong.
+#[allow(unsafe_code)]
+fn report_sigbus() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    extern "C" fn on_sigbus(_: libc::c_int) {
+        // SAFETY: write(2) and _exit(2) are async-signal-safe; the buffer is static.
+        unsafe {
+            libc::write(2, SIGBUS_LINE.as_ptr().cast(), SIGBUS_LINE.len());
+            libc::_exit(1);
+        }
+    }
+    let action = SigAction::new(
+        SigHandler::Handler(on_sigbus),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    // SAFETY: the handler only makes async-signal-safe calls (above).
+    let _ = unsafe { sigaction(Signal::SIGBUS, &action) };
 }
 
 /// Prints `blkmirror: error: MESSAGE` on stderr (which may be closed too: then nothing).

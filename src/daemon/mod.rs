@@ -138,7 +138,11 @@ pub async fn run(
                 tracing::info!(
                     generation = report.generation,
                     tracker = %report.tracker,
+                    ranges = report.ranges_scanned,
                     bytes_read = report.bytes_read,
+                    full_scan_reason = report.full_scan_reason.as_deref().unwrap_or("-"),
+                    audit = report.audit,
+                    tracking_faults = report.tracking_faults,
                     blocks_changed = report.blocks_changed,
                     bytes_sent = report.bytes_sent,
                     ms = report.duration_ms.total,

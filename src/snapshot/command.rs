@@ -196,7 +196,10 @@ pub fn lvm(tool: LvmTool, args: &[String], hint: &'static str) -> Result<Ran, Sn
             detail: format!("this process runs as uid {uid}"),
         });
     }
-    let ran = run(&path, args, &[("LVM_SUPPRESS_FD_WARNINGS", "1")]).map_err(|error| {
+    let started = std::time::Instant::now();
+    let ran = run(&path, args, &[("LVM_SUPPRESS_FD_WARNINGS", "1")]);
+    tracing::debug!(command = %command_line(program, args), elapsed_ms = started.elapsed().as_millis() as u64, "ran");
+    let ran = ran.map_err(|error| {
         if error.kind() == std::io::ErrorKind::NotFound {
             SnapshotError::LvmMissing { program }
         } else {

@@ -7,7 +7,11 @@
 //! Reads bypass the page cache (`O_DIRECT`) when the source allows it: a scan reads the
 //! whole device every cycle and would otherwise evict everyone's cached data, and the
 //! kernel's copy into the cache costs more CPU than the hashing. A range already wholly in
-//! the page cache (`mincore`) is copied from there instead: a warm image is not read again.
+//! the page cache (`mincore`) is taken from there instead: a warm image is not read again. A
+//! regular file's chunk wholly in the cache is not even copied: it is hashed through a
+//! read-only mapping (the copy cost as much CPU as the hashing; a file truncated under the
+//! mapping raises SIGBUS, which the binary reports as one error line, see
+//! `cli::report_sigbus`). Block devices are never mapped.
 //! Regular files are asked for their holes (`SEEK_DATA`/`SEEK_HOLE`): a hole is zeros without
 //! reading it, and the chunk says which of its bytes came from data, so the hasher need not
 //! look at the rest.
@@ -50,6 +54,9 @@ pub struct Chunk {
     pub offset: u64,
     len: usize,
     buf: memmap2::MmapMut,
+    /// The chunk's bytes mapped from the page cache, when they were all there (then `buf` is
+    /// not used).
+    mapped: Option<memmap2::Mmap>,
     /// Byte ranges of `data()` that hold data; the rest is holes, zero-filled.
     data_ranges: Vec<Range<usize>>,
 }
@@ -60,13 +67,17 @@ impl Chunk {
             offset: 0,
             len: 0,
             buf: memmap2::MmapMut::map_anon(capacity)?,
+            mapped: None,
             data_ranges: Vec::new(),
         })
     }
 
     /// The chunk's bytes (holes read as zeros).
     pub fn data(&self) -> &[u8] {
-        &self.buf[..self.len]
+        match &self.mapped {
+            Some(map) => &map[..self.len],
+            None => &self.buf[..self.len],
+        }
     }
 
     /// Bytes of the chunk read from the source (holes are not read).
@@ -130,6 +141,7 @@ pub fn for_each_chunk<T: Default + Send, E>(
         cached: source.file(),
         direct: direct.as_ref(),
         holes: source.kind() == DeviceKind::File,
+        map_cached: options.direct && source.kind() == DeviceKind::File,
         size: source.size(),
         spans,
         readers,
@@ -183,6 +195,8 @@ struct Plan<'a> {
     /// The same opened with `O_DIRECT`, when that works.
     direct: Option<&'a File>,
     holes: bool,
+    /// Hash chunks wholly in the page cache through a mapping instead of copying them.
+    map_cached: bool,
     size: u64,
     spans: &'a [Range<u64>],
     readers: usize,
@@ -230,11 +244,18 @@ impl Plan<'_> {
         }
         chunk.offset = offset;
         chunk.len = len;
+        chunk.mapped = None;
         chunk.data_ranges.clear();
         if self.holes {
             data_ranges(self.cached, offset, len, &mut chunk.data_ranges)?;
         } else {
             chunk.data_ranges.push(0..len);
+        }
+        if self.map_cached && offset % page_size() as u64 == 0 {
+            if let Some(map) = cached_mapping(self.cached, offset, len) {
+                chunk.mapped = Some(map);
+                return Ok(());
+            }
         }
         let mut filled = 0;
         for range in &chunk.data_ranges {
@@ -291,24 +312,30 @@ fn read_fully(file: &File, buf: &mut [u8], offset: u64, want: usize) -> io::Resu
     Ok(())
 }
 
-/// Whether every page of `len` bytes at `offset` is in the page cache (`mincore` on a mapping
-/// that is never touched, so asking reads nothing). False when it cannot tell.
-#[allow(unsafe_code)]
+/// Whether every page of `len` bytes at `offset` is in the page cache. False when it cannot
+/// tell.
 fn in_page_cache(file: &File, offset: u64, len: usize) -> bool {
+    cached_mapping(file, offset, len).is_some()
+}
+
+/// A read-only mapping of `len` bytes at `offset` (page-aligned downwards) when every page of
+/// them is in the page cache (`mincore` on the mapping before it is touched, so asking reads
+/// nothing); `None` when some page is not, or it cannot tell.
+#[allow(unsafe_code)]
+fn cached_mapping(file: &File, offset: u64, len: usize) -> Option<memmap2::Mmap> {
     let page = page_size();
     let start = offset / page as u64 * page as u64;
     let span = (offset + len as u64 - start) as usize;
-    // SAFETY: a read-only shared mapping that is never dereferenced: only its residency is
-    // asked, so a concurrent truncation cannot fault here.
-    let map = match unsafe {
+    // SAFETY: a read-only shared mapping; here only its residency is asked. The caller that
+    // reads it (a regular file's chunk) is exposed to a concurrent truncation as SIGBUS, which
+    // the binary turns into an error line and exit (`cli::report_sigbus`).
+    let map = unsafe {
         memmap2::MmapOptions::new()
             .offset(start)
             .len(span)
             .map(file)
-    } {
-        Ok(map) => map,
-        Err(_) => return false,
-    };
+    }
+    .ok()?;
     let mut resident = vec![0u8; span.div_ceil(page)];
     // SAFETY: `map` covers `span` bytes from a page-aligned address, and `resident` has one
     // byte per page of it.
@@ -319,7 +346,7 @@ fn in_page_cache(file: &File, offset: u64, len: usize) -> bool {
             resident.as_mut_ptr(),
         )
     };
-    status == 0 && resident.iter().all(|&page| page & 1 == 1)
+    (status == 0 && resident.iter().all(|&page| page & 1 == 1)).then_some(map)
 }
 
 fn page_size() -> usize {
@@ -459,6 +486,41 @@ mod tests {
                 };
                 assert!(collect(&source, options) == expected, "{options:?}");
             }
+        }
+    }
+
+    /// A regular file's chunks wholly in the page cache are hashed through a mapping (with
+    /// direct reads asked for; `cached` mode copies), and read the same.
+    #[test]
+    fn cached_chunks_of_a_file_are_mapped_not_copied() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        let expected: Vec<u8> = (0..4 * 65536u32).map(|i| (i % 251) as u8).collect();
+        // Just written: every page is in the page cache.
+        file.write_all(&expected).unwrap();
+        let source = BlockSource::open(file.path()).unwrap();
+        for direct in [true, false] {
+            let options = ReadAheadOptions {
+                chunk_len: 65536,
+                readers: 2,
+                direct,
+            };
+            let cancel = AtomicBool::new(false);
+            let (mut mapped, mut all) = (0, Vec::new());
+            for_each_chunk(
+                &source,
+                &whole(source.size(), options.chunk_len),
+                options,
+                &cancel,
+                |_, _: &mut ()| {},
+                |chunk, _| {
+                    mapped += usize::from(chunk.mapped.is_some());
+                    all.extend_from_slice(chunk.data());
+                    Ok::<(), ()>(())
+                },
+            )
+            .unwrap();
+            assert!(all == expected, "direct {direct}");
+            assert_eq!(mapped, if direct { 4 } else { 0 }, "direct {direct}");
         }
     }
 

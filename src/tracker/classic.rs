@@ -14,6 +14,7 @@ use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::snapshot::lvm::LvRef;
 use crate::snapshot::FrozenView;
 
 use super::cow::read_table;
@@ -32,8 +33,7 @@ impl CowTracker {
 
     /// `/dev/mapper/VG-SNAP-cow`, dashes doubled.
     fn cow_device(&self, snapshot: &str) -> PathBuf {
-        let part = |name: &str| name.replace('-', "--");
-        Path::new("/dev/mapper").join(format!("{}-{}-cow", part(&self.vg), part(snapshot)))
+        Path::new("/dev/mapper").join(LvRef::new(&self.vg, snapshot).dm_name("-cow"))
     }
 }
 
@@ -71,7 +71,7 @@ impl ChangeTracker for CowTracker {
 
     fn changed(&self, previous: Option<&FrozenView>, current: &FrozenView, _: &Since) -> Changes {
         let Some(name) = previous.and_then(|p| p.name.as_deref()) else {
-            return everything("no previous snapshot".into());
+            return Changes::fallback("no previous snapshot");
         };
         let answer = (|| {
             let size = crate::source::BlockSource::open(&current.path)
@@ -100,16 +100,7 @@ impl ChangeTracker for CowTracker {
             )
             .map(|table| table.written)
         })();
-        match answer {
-            Ok(ranges) => Changes::Ranges(ranges),
-            Err(reason) => everything(reason),
-        }
-    }
-}
-
-fn everything(reason: String) -> Changes {
-    Changes::Everything {
-        reason: Some(reason),
+        Changes::from_answer(answer)
     }
 }
 

@@ -52,6 +52,20 @@ pub enum Changes {
     },
 }
 
+impl Changes {
+    /// Everything, because a tracker that usually can tell could not, for `reason`.
+    pub fn fallback(reason: impl Into<String>) -> Changes {
+        Changes::Everything {
+            reason: Some(reason.into()),
+        }
+    }
+
+    /// The ranges a tracker found, or everything for the reason it could not.
+    pub fn from_answer(answer: Result<RangeSet, String>) -> Changes {
+        answer.map_or_else(Changes::fallback, Changes::Ranges)
+    }
+}
+
 /// Finds what changed since the generation the base manifest describes.
 pub trait ChangeTracker: Send + Sync {
     /// Short name for figures and logs (`full-scan`, `reflink-fiemap`, `thin-delta`, ...).

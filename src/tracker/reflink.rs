@@ -48,26 +48,20 @@ impl ChangeTracker for ReflinkTracker {
 
     fn changed(&self, previous: Option<&FrozenView>, current: &FrozenView, _: &Since) -> Changes {
         let Some(previous) = previous else {
-            return everything("no previous clone".into());
+            return Changes::fallback("no previous clone");
         };
         let sizes = size(previous).and_then(|p| Ok((p, size(current)?)));
         match sizes {
             Ok((before, now)) if before != now => {
-                everything(format!("the image changed size ({before} -> {now} bytes)"))
+                Changes::fallback(format!("the image changed size ({before} -> {now} bytes)"))
             }
-            Ok((_, now)) => {
-                match changed_ranges(&*self.extents, &previous.path, &current.path, now) {
-                    Ok(ranges) => Changes::Ranges(ranges),
-                    Err(reason) => everything(reason),
-                }
-            }
-            Err(reason) => everything(reason),
+            Ok((_, now)) => Changes::from_answer(changed_ranges(
+                &*self.extents,
+                &previous.path,
+                &current.path,
+                now,
+            )),
+            Err(reason) => Changes::fallback(reason),
         }
-    }
-}
-
-fn everything(reason: String) -> Changes {
-    Changes::Everything {
-        reason: Some(reason),
     }
 }

@@ -27,11 +27,6 @@ pub struct ThinTracker {
     version: OnceLock<Result<(), String>>,
 }
 
-/// A device-mapper name part: lvm2 doubles every `-` of VG and LV names.
-fn dm_part(name: &str) -> String {
-    name.replace('-', "--")
-}
-
 impl ThinTracker {
     /// The tracker of thin LV `lv` in pool `pool`; `hold_record` is where a metadata hold is
     /// recorded while it lasts.
@@ -45,15 +40,11 @@ impl ThinTracker {
     }
 
     fn tpool(&self) -> String {
-        format!("{}-{}-tpool", dm_part(&self.vg), dm_part(&self.pool))
+        LvRef::new(&self.vg, &self.pool).dm_name("-tpool")
     }
 
     fn tmeta(&self) -> PathBuf {
-        Path::new("/dev/mapper").join(format!(
-            "{}-{}_tmeta",
-            dm_part(&self.vg),
-            dm_part(&self.pool)
-        ))
+        Path::new("/dev/mapper").join(LvRef::new(&self.vg, &self.pool).dm_name("_tmeta"))
     }
 
     /// Releases a metadata snapshot a crashed run of ours left held (our record says so).
@@ -189,7 +180,7 @@ impl ChangeTracker for ThinTracker {
 
     fn changed(&self, previous: Option<&FrozenView>, current: &FrozenView, _: &Since) -> Changes {
         let Some(previous) = previous else {
-            return everything("no previous thin snapshot".into());
+            return Changes::fallback("no previous thin snapshot");
         };
         let answer = self.check_version().and_then(|()| {
             let (old, new) = (self.thin_id(previous)?, self.thin_id(current)?);
@@ -200,16 +191,7 @@ impl ChangeTracker for ThinTracker {
             thin_delta::changed_ranges(&output, size)
                 .map_err(|e| format!("cannot read thin_delta's output: {e}"))
         });
-        match answer {
-            Ok(ranges) => Changes::Ranges(ranges),
-            Err(reason) => everything(reason),
-        }
-    }
-}
-
-fn everything(reason: String) -> Changes {
-    Changes::Everything {
-        reason: Some(reason),
+        Changes::from_answer(answer)
     }
 }
 

@@ -163,3 +163,58 @@ fn sigterm_to_a_receiver_in_a_long_fsync_records_an_interrupted_cycle() {
     );
     assert_identical(&src, &tgt);
 }
+
+/// A source file truncated while the scan holds chunks of it (a regular file's chunks in the
+/// page cache are hashed through a mapping, which then raises SIGBUS; chunks not read yet
+/// find the file short): one error line, exit 1, the target marked mid-cycle, never a commit.
+/// The next cycle, of the restored source, converges.
+#[test]
+fn a_source_truncated_mid_scan_ends_with_one_error_line_and_a_mid_cycle_target() {
+    let t = Scratch::new("signal-truncate");
+    let (src, tgt, state) = (t.path("src.img"), t.path("tgt.img"), t.dir("state"));
+    write_random_file(&src, 32 * MIB, 85);
+    send_once(s(&src), s(&tgt), &state, &["--block-size", "4K"]);
+    let before = read_all(&tgt);
+    // Just written, so in the page cache: its chunks are mapped, not copied.
+    write_random_file(&src, 32 * MIB, 86);
+
+    let mut args = send_args(s(&src), s(&tgt), &state);
+    args.extend(["--once", "--block-size", "4K"].map(String::from));
+    let env = [("BLKMIRROR_FAULT_SCAN_DELAY_MS", "3000")];
+    let sender = Proc::blkmirror_env("sender", &args, &env);
+    wait_for(READY_TIMEOUT, "the first changes to land", || {
+        let now = std::fs::read(&tgt).ok()?;
+        (now[..4096] != before[..4096]).then_some(())
+    });
+    let file = std::fs::OpenOptions::new().write(true).open(&src).unwrap();
+    file.set_len(0).unwrap();
+    drop(file);
+    let out = sender.finish(Duration::from_secs(30));
+    let line = out.assert_error(1, &["shrank"]);
+    eprintln!("truncated mid-scan: {line}");
+    assert!(out.json_lines().is_empty(), "no commit\n{out:?}");
+    assert_eq!(receiver_detail(&state).0, "mid-cycle");
+
+    write_random_file(&src, 32 * MIB, 87);
+    send_once(s(&src), s(&tgt), &state, &["--block-size", "4K"]);
+    assert_identical(&src, &tgt);
+}
+
+/// The SIGBUS report itself: whatever raises it, the process says so in one line and exits 1.
+#[test]
+fn sigbus_is_one_error_line_and_exit_1() {
+    let t = Scratch::new("signal-bus");
+    let (src, tgt, state) = (t.path("src.img"), t.path("tgt.img"), t.dir("state"));
+    write_random_file(&src, 32 * MIB, 88);
+    let mut args = send_args(s(&src), s(&tgt), &state);
+    args.extend(["--once", "--block-size", "4K"].map(String::from));
+    let env = [("BLKMIRROR_FAULT_SCAN_DELAY_MS", "4000")];
+    let mut sender = Proc::blkmirror_env("sender", &args, &env);
+    wait_for(READY_TIMEOUT, "the target to be created", || {
+        tgt.exists().then_some(())
+    });
+    sender.signal(Signal::SIGBUS);
+    let out = sender.finish(ACTED_WITHIN);
+    let line = out.assert_error(1, &["SIGBUS", "shrank"]);
+    assert_eq!(line, blkmirror::cli::SIGBUS_LINE.trim_end());
+}

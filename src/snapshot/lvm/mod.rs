@@ -45,6 +45,13 @@ impl LvRef {
     pub fn arg(&self) -> String {
         self.to_string()
     }
+
+    /// The device-mapper name, `VG-LV` with every `-` of either doubled (as lvm2 names them),
+    /// followed by `suffix` (`-cow`, `-tpool`, `_tmeta`, or nothing).
+    pub fn dm_name(&self, suffix: &str) -> String {
+        let part = |name: &str| name.replace('-', "--");
+        format!("{}-{}{suffix}", part(&self.vg), part(&self.lv))
+    }
 }
 
 impl fmt::Display for LvRef {

@@ -425,7 +425,9 @@ impl Writer {
         self.at_pause.load(Ordering::SeqCst)
     }
 
-    pub(crate) fn start(dev: &Path, ctl: &Path, seed: u64) -> Writer {
+    /// A writer that waits `pace` after each write (a steady trickle, so a classic
+    /// snapshot's COW space of a test outlasts a cycle).
+    pub(crate) fn start(dev: &Path, ctl: &Path, seed: u64, pace: Duration) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let writes = Arc::new(AtomicU64::new(0));
         let at_pause = Arc::new(AtomicU64::new(0));
@@ -462,9 +464,7 @@ impl Writer {
                 f.write_all_at(&buf, offset).expect("writer: write");
                 n += 1;
                 writes2.store(n, Ordering::SeqCst);
-                // A steady trickle (a few MiB/s at most), so a classic snapshot's COW space of
-                // a test outlasts a cycle.
-                thread::sleep(Duration::from_millis(5));
+                thread::sleep(pace);
             }
         });
         Writer {

@@ -1,8 +1,9 @@
-//! Acceptance of the snapshot providers on real LVM: a writer during the cycle, ten cycles,
-//! SIGKILL and SIGTERM mid-cycle, an overflowing classic snapshot, and one clear line for each
-//! source that cannot be snapshotted.
+//! Acceptance of the snapshot providers on real LVM: a writer during the cycle, SIGKILL and
+//! SIGTERM mid-cycle, an overflowing classic snapshot, and one clear line for each source that
+//! cannot be snapshotted. (Many cycles in a row: `trackers.rs`.)
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use crate::support::*;
 
@@ -19,7 +20,7 @@ fn writer_during_cycle(test: &str, kind: Kind) {
     let x = Setup::new(test, kind, LV_MIB);
     let ctl = x.t.dir("writer");
     let expected = x.t.path("expected.img");
-    let writer = Writer::start(&x.origin, &ctl, 11);
+    let writer = Writer::start(&x.origin, &ctl, 11, Duration::from_millis(5));
     wait_for(RUN_TIMEOUT, "the writer's first writes", || {
         (writer.writes() >= 10).then_some(())
     });
@@ -62,36 +63,6 @@ fn classic_writer_during_cycle_target_equals_snapshot() {
 #[ignore = "runs in the QEMU guest (see lvm_acceptance_in_guest)"]
 fn thin_writer_during_cycle_target_equals_snapshot() {
     writer_during_cycle("thin-writer", Kind::Thin);
-}
-
-/// Ten cycles with writes between them, each with `--snapshot auto` (which must recognise the
-/// LV kind) and the default snapshot size: each converges and `verify` passes.
-fn ten_cycles(test: &str, kind: Kind) {
-    let x = Setup::new(test, kind, LV_MIB);
-    let mut rng = Rng::new(21);
-    for generation in 1..=10u64 {
-        if generation > 1 {
-            random_writes(&x.origin, &mut rng, 8, 1, 256 * KIB);
-        }
-        let c = x.cycle_with("auto", &[]);
-        assert_eq!(c.generation, generation, "{:?}", c.raw);
-        if generation > 1 {
-            assert!(c.blocks_changed > 0, "writes went unseen: {:?}", c.raw);
-        }
-        x.assert_converged(generation);
-    }
-}
-
-#[test]
-#[ignore = "runs in the QEMU guest (see lvm_acceptance_in_guest)"]
-fn classic_ten_cycles_converge_and_verify() {
-    ten_cycles("classic-ten", Kind::Classic);
-}
-
-#[test]
-#[ignore = "runs in the QEMU guest (see lvm_acceptance_in_guest)"]
-fn thin_ten_cycles_converge_and_verify() {
-    ten_cycles("thin-ten", Kind::Thin);
 }
 
 /// SIGKILL mid-cycle leaves the snapshot behind; the next start removes it and converges.
