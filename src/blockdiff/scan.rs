@@ -13,15 +13,32 @@ use rayon::prelude::*;
 use super::manifest::{block_count, hash_block, is_zero, zero_block_hash, BlockHash};
 use super::ranges::RangeSet;
 use crate::progress::{Progress, Stage};
-use crate::source::readahead::{self, Chunk, ReadAheadError, ReadAheadOptions};
+use crate::source::readahead::{self, Chunk, ReadAheadError, ReadAheadOptions, BUFFERS_PER_READER};
 use crate::source::throttle::Throttle;
 use crate::source::{BlockSource, ReadMode};
 
 /// Default bytes read per chunk.
 pub const DEFAULT_CHUNK_BYTES: usize = 8 << 20;
-/// Reader threads: each keeps one chunk read in flight (measured: four streams read a
-/// virtio disk about 1.5x faster than one; more gained nothing).
+/// Reader threads: each keeps one chunk read in flight (measured: four streams of large
+/// chunks read a virtio disk about 1.5x faster than one; more gained nothing).
 pub const READERS: usize = 4;
+/// Reader threads at most, for small spans (the scattered ranges a change tracker reports):
+/// small random reads gain from more requests in flight.
+pub const MAX_READERS: usize = 16;
+/// Bytes of read buffers the readers may hold between them (readers × 2 × largest span).
+const READ_BUFFER_BUDGET: usize = 4 * 2 * DEFAULT_CHUNK_BYTES;
+
+/// Readers for these spans: as many as the buffer budget allows, from [`READERS`] to
+/// [`MAX_READERS`].
+fn readers_for(spans: &[Range<u64>]) -> usize {
+    let largest = spans
+        .iter()
+        .map(|s| s.end - s.start)
+        .max()
+        .unwrap_or(1)
+        .max(1) as usize;
+    (READ_BUFFER_BUDGET / (BUFFERS_PER_READER * largest)).clamp(READERS, MAX_READERS)
+}
 
 /// How to scan.
 #[derive(Clone, Debug)]
@@ -219,7 +236,7 @@ fn scan_ahead<E>(
 ) -> Result<(), ScanError<E>> {
     let read_options = ReadAheadOptions {
         chunk_len: options.chunk_len(),
-        readers: READERS,
+        readers: readers_for(spans),
         direct,
     };
     // Hashing happens on the reader threads, beside the reads and the sink.

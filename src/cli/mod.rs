@@ -110,7 +110,16 @@ pub const SIGBUS_LINE: &str = "blkmirror: error: bus error (SIGBUS) reading a ma
 #[allow(unsafe_code)]
 fn report_sigbus() {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    static REPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     extern "C" fn on_sigbus(_: libc::c_int) {
+        // Several threads may fault at once: the first one reports and exits, the others wait
+        // for that exit. A lock-free atomic is async-signal-safe.
+        if REPORTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            loop {
+                // SAFETY: pause(2) is async-signal-safe.
+                unsafe { libc::pause() };
+            }
+        }
         // SAFETY: write(2) and _exit(2) are async-signal-safe; the buffer is static.
         unsafe {
             libc::write(2, SIGBUS_LINE.as_ptr().cast(), SIGBUS_LINE.len());

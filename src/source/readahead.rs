@@ -131,7 +131,9 @@ pub fn for_each_chunk<T: Default + Send, E>(
     let chunk_len = options.chunk_len.max(1);
     debug_assert!(spans.iter().all(|s| s.end - s.start <= chunk_len as u64));
     let readers = options.readers.clamp(1, spans.len().min(64));
-    let capacity = chunk_len.next_multiple_of(DIRECT_ALIGN);
+    // Buffers as large as the largest span (small tracked ranges need small buffers).
+    let largest = spans.iter().map(|s| s.end - s.start).max().unwrap_or(0) as usize;
+    let capacity = largest.max(1).next_multiple_of(DIRECT_ALIGN);
     let direct = if options.direct {
         open_direct(source)
     } else {
@@ -212,6 +214,8 @@ impl Plan<'_> {
         free: mpsc::Receiver<(Chunk, T)>,
         full: mpsc::SyncSender<io::Result<(Chunk, T)>>,
     ) {
+        // The last data run `SEEK_HOLE` reported: later chunks inside it need not ask again.
+        let mut known_data = 0..0;
         for span in self.spans.iter().skip(lane).step_by(self.readers) {
             if self.cancel.load(Ordering::Relaxed) {
                 return;
@@ -219,10 +223,12 @@ impl Plan<'_> {
             let Ok((mut chunk, mut work)) = free.recv() else {
                 return;
             };
-            let result = self.fill(&mut chunk, span.clone()).map(|()| {
-                prepare(&chunk, &mut work);
-                (chunk, work)
-            });
+            let result = self
+                .fill(&mut chunk, span.clone(), &mut known_data)
+                .map(|()| {
+                    prepare(&chunk, &mut work);
+                    (chunk, work)
+                });
             let failed = result.is_err();
             if full.send(result).is_err() || failed {
                 return;
@@ -230,7 +236,12 @@ impl Plan<'_> {
         }
     }
 
-    fn fill(&self, chunk: &mut Chunk, span: Range<u64>) -> io::Result<()> {
+    fn fill(
+        &self,
+        chunk: &mut Chunk,
+        span: Range<u64>,
+        known_data: &mut Range<u64>,
+    ) -> io::Result<()> {
         let offset = span.start;
         let len = (span.end.min(self.size) - offset.min(self.size)) as usize;
         if (len as u64) < span.end - span.start {
@@ -247,20 +258,27 @@ impl Plan<'_> {
         chunk.mapped = None;
         chunk.data_ranges.clear();
         if self.holes {
-            data_ranges(self.cached, offset, len, &mut chunk.data_ranges)?;
+            data_ranges(self.cached, offset, len, &mut chunk.data_ranges, known_data)?;
         } else {
             chunk.data_ranges.push(0..len);
         }
+        // Whether the whole chunk is known not to be all in the page cache (asked once).
+        let mut not_all_cached = false;
         if self.map_cached && offset % page_size() as u64 == 0 {
-            if let Some(map) = cached_mapping(self.cached, offset, len) {
-                chunk.mapped = Some(map);
-                return Ok(());
+            match cached_mapping(self.cached, offset, len) {
+                Some(map) => {
+                    chunk.mapped = Some(map);
+                    return Ok(());
+                }
+                None => not_all_cached = true,
             }
         }
         let mut filled = 0;
         for range in &chunk.data_ranges {
             chunk.buf[filled..range.start].fill(0);
-            self.read_range(&mut chunk.buf, offset, range.clone())?;
+            // A range that is the whole chunk was just asked about.
+            let known = not_all_cached && *range == (0..len);
+            self.read_range(&mut chunk.buf, offset, range.clone(), known)?;
             filled = range.end;
         }
         chunk.buf[filled..len].fill(0);
@@ -268,12 +286,18 @@ impl Plan<'_> {
     }
 
     /// Reads `range` of the chunk at `offset` into the same range of `buf`: directly unless
-    /// the range is all in the page cache. Direct reads are widened to the alignment (the
-    /// buffer has room: its capacity is aligned).
-    fn read_range(&self, buf: &mut [u8], offset: u64, range: Range<usize>) -> io::Result<()> {
+    /// the range is all in the page cache (`not_all_cached`: known not to be). Direct reads
+    /// are widened to the alignment (the buffer has room: its capacity is aligned).
+    fn read_range(
+        &self,
+        buf: &mut [u8],
+        offset: u64,
+        range: Range<usize>,
+        not_all_cached: bool,
+    ) -> io::Result<()> {
         let at = offset + range.start as u64;
         match self.direct {
-            Some(direct) if !in_page_cache(self.cached, at, range.len()) => {
+            Some(direct) if not_all_cached || !in_page_cache(self.cached, at, range.len()) => {
                 let start = range.start / DIRECT_ALIGN * DIRECT_ALIGN;
                 let end = range.end.next_multiple_of(DIRECT_ALIGN).min(buf.len());
                 read_fully(
@@ -373,11 +397,18 @@ fn open_direct(source: &BlockSource) -> Option<File> {
 
 /// Fills `out` with the byte ranges of `[offset, offset + len)` (relative to `offset`) that
 /// hold data, by `SEEK_DATA`/`SEEK_HOLE`; all of it when the file system cannot tell.
+///
+/// `known_data` is a run of data found by an earlier call (updated here): `SEEK_HOLE` walks
+/// every extent up to the next hole, which in a fragmented, fully allocated file (an image
+/// after many small writes to a reflinked copy) is the end of the file, so asking it again for
+/// every small chunk would cost O(extents) each time. Only data runs are remembered: if the
+/// file changed since, a remembered run is read (a read is always right), never skipped.
 fn data_ranges(
     file: &File,
     offset: u64,
     len: usize,
     out: &mut Vec<Range<usize>>,
+    known_data: &mut Range<u64>,
 ) -> io::Result<()> {
     let end = offset + len as u64;
     let fd = file.as_raw_fd();
@@ -392,6 +423,12 @@ fn data_ranges(
     };
     let mut at = offset;
     while at < end {
+        if known_data.contains(&at) {
+            let stop = known_data.end.min(end);
+            out.push((at - offset) as usize..(stop - offset) as usize);
+            at = stop;
+            continue;
+        }
         let data = match seek(at, Whence::SeekData) {
             Ok(Some(data)) => data,
             Ok(None) => break,
@@ -405,9 +442,11 @@ fn data_ranges(
         if data >= end {
             break;
         }
-        let hole = seek(data, Whence::SeekHole)?.unwrap_or(end).min(end);
-        out.push((data - offset) as usize..(hole - offset) as usize);
-        at = hole;
+        let hole = seek(data, Whence::SeekHole)?.unwrap_or(end);
+        *known_data = data..hole;
+        let stop = hole.min(end);
+        out.push((data - offset) as usize..(stop - offset) as usize);
+        at = stop;
     }
     // A file that shrank reads as a hole past its new end: that must be an error, not zeros.
     if at < end && file.metadata()?.len() < end {
