@@ -76,7 +76,7 @@ for size in $sizes; do
     truncate -s 0 "$dir/xfs.img"
     truncate -s $(( size * 2 + 2 ))G "$dir/xfs.img"
     mkfs.xfs -q -f "$dir/xfs.img"
-    loopdev=$(losetup --find --show "$dir/xfs.img")
+    loopdev=$(losetup --find --show --direct-io=on "$dir/xfs.img")
     mkdir -p "$mnt"
     mount "$loopdev" "$mnt"
     src=$mnt/source.img

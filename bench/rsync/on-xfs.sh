@@ -32,7 +32,7 @@ trap cleanup EXIT
 rm -f "$backing"
 truncate -s "${BENCH_XFS_SIZE:-48G}" "$backing"
 mkfs.xfs -q -f "$backing"
-loopdev=$(losetup --find --show "$backing")
+loopdev=$(losetup --find --show --direct-io=on "$backing")
 mkdir -p "$mnt"
 mount "$loopdev" "$mnt"
 log "xfs on $loopdev (backed by $backing) at $mnt"

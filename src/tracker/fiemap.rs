@@ -45,28 +45,28 @@ pub trait ExtentSource: Send + Sync {
     fn extents<'a>(&'a self, path: &Path) -> io::Result<Extents<'a>>;
 }
 
-/// Extent maps read with `FS_IOC_FIEMAP` (`FIEMAP_FLAG_SYNC`, looped to the last extent).
+/// Extent maps read with `FS_IOC_FIEMAP` (`FIEMAP_FLAG_SYNC`, looped to the last extent, in
+/// large batches: [`super::fiemap_ioctl`]).
 pub struct Fiemap;
 
 impl ExtentSource for Fiemap {
     fn extents<'a>(&'a self, path: &Path) -> io::Result<Extents<'a>> {
-        use fiemap::FiemapExtentFlags as F;
-        let file = std::fs::File::open(path)?;
-        let opaque = F::UNKNOWN
-            | F::DELALLOC
-            | F::ENCODED
-            | F::DATA_ENCRYPTED
-            | F::NOT_ALIGNED
-            | F::DATA_INLINE
-            | F::DATA_TAIL;
-        let map = fiemap::Fiemap::with_flags(file, fiemap::FiemapFlags::SYNC);
-        Ok(Box::new(map.map(move |extent| {
+        use super::fiemap_ioctl as F;
+        let opaque = F::EXTENT_UNKNOWN
+            | F::EXTENT_DELALLOC
+            | F::EXTENT_ENCODED
+            | F::EXTENT_DATA_ENCRYPTED
+            | F::EXTENT_NOT_ALIGNED
+            | F::EXTENT_DATA_INLINE
+            | F::EXTENT_DATA_TAIL;
+        let reader = F::ExtentReader::open(path)?;
+        Ok(Box::new(reader.map(move |extent| {
             extent.map(|e| Extent {
-                logical: e.fe_logical,
-                physical: e.fe_physical,
-                length: e.fe_length,
-                unwritten: e.fe_flags.contains(F::UNWRITTEN),
-                opaque: e.fe_flags.intersects(opaque),
+                logical: e.logical,
+                physical: e.physical,
+                length: e.length,
+                unwritten: e.flags & F::EXTENT_UNWRITTEN != 0,
+                opaque: e.flags & opaque != 0,
             })
         })))
     }

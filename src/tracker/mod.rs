@@ -11,6 +11,7 @@
 mod classic;
 pub mod cow;
 pub mod fiemap;
+pub mod fiemap_ioctl;
 mod given;
 pub mod kept;
 mod reflink;
