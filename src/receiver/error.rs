@@ -54,6 +54,14 @@ pub enum ReceiveError {
         /// The sender's root (hex).
         theirs: String,
     },
+    /// The target's generation counter cannot advance (its state names the largest one).
+    #[error("generation counter of {target} is at its maximum ({generation}): its state is damaged; remove STATE/targets/<key>/state.json to rebuild it by hashing the target")]
+    GenerationExhausted {
+        /// The target.
+        target: PathBuf,
+        /// The committed generation its state names.
+        generation: u64,
+    },
     /// The worker threads could not be started.
     #[error("cannot start worker threads: {0}")]
     Threads(#[source] rayon::ThreadPoolBuildError),
@@ -73,6 +81,7 @@ impl ReceiveError {
             | ReceiveError::BlockHashMismatch { .. }
             | ReceiveError::RootMismatch { .. } => true,
             ReceiveError::StateFormat { .. }
+            | ReceiveError::GenerationExhausted { .. }
             | ReceiveError::Protocol(_)
             | ReceiveError::Threads(_)
             | ReceiveError::Stopped => false,

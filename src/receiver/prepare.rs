@@ -13,7 +13,7 @@ use crate::transport::frame::TargetCondition;
 
 use super::error::ReceiveError;
 use super::hashing::{hash_device, Hashing};
-use super::session::Session;
+use super::session::{Proposal, Session};
 
 impl Session {
     /// Opens the target and brings the manifest to the cycle's geometry. Marks the state
@@ -22,6 +22,7 @@ impl Session {
         &mut self,
         device_size: u64,
         block_size: u32,
+        proposal: &Proposal,
         generation: u64,
     ) -> Result<TargetCondition, ReceiveError> {
         let prior = self.state.condition;
@@ -43,7 +44,7 @@ impl Session {
             fit(&*target, device_size, false)?;
         }
         if self.manifest.is_none() && !created {
-            self.manifest = self.load_manifest(prior, block_size);
+            self.manifest = self.load_manifest(prior, block_size, proposal);
         }
         // From here on the target may change: say so first.
         self.state.condition = Condition::Applying;
@@ -79,33 +80,80 @@ impl Session {
         }
     }
 
-    /// The saved manifest, when the state says it describes the target.
-    fn load_manifest(&self, prior: Condition, block_size: u32) -> Option<Manifest> {
-        let why_not = match prior {
-            Condition::Applying if self.state.applying_generation.is_some() => {
-                Some("a cycle was interrupted by a crash".to_string())
-            }
-            Condition::Applying => Some("no state for this target yet".to_string()),
-            _ => None,
-        };
-        let loaded = match why_not {
-            Some(reason) => Err(reason),
-            None => match self.parts.store.load_manifest() {
-                Ok(Some(m)) if m.block_size == block_size => Ok(m),
-                Ok(Some(m)) => Err(format!(
-                    "block size changed from {} to {block_size}",
-                    m.block_size
-                )),
-                Ok(None) => Err("its manifest is missing".into()),
-                Err(e) => Err(format!("its manifest is unusable: {e}")),
-            },
-        };
+    /// The saved manifest, when the state says it describes the target and nothing disagrees:
+    /// not the sender's record of what it committed here, not the manifest's own generation and
+    /// root. Any disagreement means the manifest may misdescribe the target (a state dir
+    /// restored from a backup, a second state dir serving the same target), so it is rebuilt
+    /// by hashing the target, and the log says why.
+    fn load_manifest(
+        &self,
+        prior: Condition,
+        block_size: u32,
+        proposal: &Proposal,
+    ) -> Option<Manifest> {
+        let loaded = self
+            .distrust(prior, proposal)
+            .map_or_else(|| self.load_committed(prior, block_size), Err);
         match loaded {
             Ok(manifest) => Some(manifest),
             Err(reason) => {
                 tracing::warn!(target = %self.parts.opener.name().display(), %reason, "rebuilding the target's manifest by hashing it");
                 None
             }
+        }
+    }
+
+    /// Why the state cannot be trusted before its manifest is even read, if it cannot.
+    fn distrust(&self, prior: Condition, proposal: &Proposal) -> Option<String> {
+        let committed = self.state.committed_generation;
+        let senders_last = proposal.generation.saturating_sub(1);
+        match prior {
+            Condition::Applying if self.state.applying_generation.is_some() => {
+                Some("a cycle was interrupted by a crash".to_string())
+            }
+            Condition::Applying => Some("no state for this target yet".to_string()),
+            _ if senders_last > committed => Some(format!(
+                "the sender committed generation {senders_last} to this target, but this \
+                 receiver's state ends at generation {committed} (restored from a backup, or \
+                 another state dir served this target)"
+            )),
+            _ => match proposal.base_root {
+                Some(root) if senders_last == committed && hex::encode(root) != self.state.committed_root => {
+                    Some(format!(
+                        "the sender's generation {committed} has root {}, this receiver's has root {}",
+                        hex::encode(root),
+                        self.state.committed_root
+                    ))
+                }
+                _ => None,
+            },
+        }
+    }
+
+    /// The saved manifest, checked against the state's committed generation and root when the
+    /// state says the target is consistent.
+    fn load_committed(&self, prior: Condition, block_size: u32) -> Result<Manifest, String> {
+        match self.parts.store.load_manifest() {
+            Ok(Some(m)) if m.block_size != block_size => Err(format!(
+                "block size changed from {} to {block_size}",
+                m.block_size
+            )),
+            Ok(Some(m))
+                if prior == Condition::Consistent
+                    && (m.generation != self.state.committed_generation
+                        || hex::encode(m.root()) != self.state.committed_root) =>
+            {
+                Err(format!(
+                    "its manifest (generation {}, root {}) is not the committed one (generation {}, root {})",
+                    m.generation,
+                    hex::encode(m.root()),
+                    self.state.committed_generation,
+                    self.state.committed_root
+                ))
+            }
+            Ok(Some(m)) => Ok(m),
+            Ok(None) => Err("its manifest is missing".into()),
+            Err(e) => Err(format!("its manifest is unusable: {e}")),
         }
     }
 

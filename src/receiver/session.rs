@@ -106,7 +106,7 @@ pub fn run(endpoint: &Endpoint, parts: SessionParts) -> Result<(), ReceiveError>
             generation,
             device_size,
             block_size,
-            ..
+            base_root,
         } = message
         else {
             return Err(Violation::Unexpected {
@@ -117,28 +117,45 @@ pub fn run(endpoint: &Endpoint, parts: SessionParts) -> Result<(), ReceiveError>
         };
         let span = tracing::info_span!("cycle", generation);
         let _entered = span.enter();
-        session.cycle(endpoint, generation, device_size, block_size)?;
+        let proposal = Proposal {
+            generation,
+            base_root,
+        };
+        session.cycle(endpoint, proposal, device_size, block_size)?;
     }
+}
+
+/// What a sender's `CycleStart` says of its side: the generation it proposes (one past the
+/// last it committed to this target) and the root of that committed generation.
+pub(super) struct Proposal {
+    pub generation: u64,
+    pub base_root: Option<BlockHash>,
 }
 
 impl Session {
     fn cycle(
         &mut self,
         endpoint: &Endpoint,
-        proposed: u64,
+        proposal: Proposal,
         device_size: u64,
         block_size: u32,
     ) -> Result<(), ReceiveError> {
         check_block_size(block_size as u64).map_err(Violation::BlockSize)?;
         check_geometry(device_size, block_size)?;
-        let generation = proposed.max(self.state.committed_generation + 1);
+        let Some(next) = self.state.committed_generation.checked_add(1) else {
+            return Err(ReceiveError::GenerationExhausted {
+                target: self.parts.opener.name().to_owned(),
+                generation: self.state.committed_generation,
+            });
+        };
+        let generation = proposal.generation.max(next);
         let prior = self.state.condition;
         self.resized = false;
         self.written = RangeSet::new();
         self.written_durable = false;
         self.state.last_cycle_bytes_written = 0;
         let result = self
-            .prepare(device_size, block_size, generation)
+            .prepare(device_size, block_size, &proposal, generation)
             .and_then(|condition| {
                 let root = self.manifest.as_ref().expect("prepared").root();
                 endpoint.send(Message::TargetState {

@@ -54,7 +54,7 @@ pub(crate) fn begin(
     };
     let own_generation = ours.as_ref().map_or(0, |m| m.generation);
     endpoint.send(Message::CycleStart {
-        generation: own_generation + 1,
+        generation: own_generation.saturating_add(1),
         device_size,
         block_size,
         base_root: ours.as_ref().map(Manifest::root),
@@ -67,7 +67,13 @@ pub(crate) fn begin(
         } => (committed_generation, root, condition),
         other => return Err(unexpected(&other, "TargetState")),
     };
-    let generation = (own_generation + 1).max(their_generation + 1);
+    let Some(next) = their_generation.checked_add(1) else {
+        return Err(Violation::GenerationExhausted {
+            generation: their_generation,
+        }
+        .into());
+    };
+    let generation = own_generation.saturating_add(1).max(next);
     let refine = endpoint.peer_capabilities() & CAP_REFINE != 0;
     if let Some(manifest) = ours.as_ref().filter(|m| m.root() == their_root) {
         let since = Ok(Since {

@@ -110,6 +110,14 @@ pub enum Violation {
         /// What was sent.
         expected: u64,
     },
+    /// A committed generation that cannot be advanced (the counter is at its maximum).
+    #[error(
+        "receiver's generation counter is at its maximum ({generation}): its state is damaged"
+    )]
+    GenerationExhausted {
+        /// The generation it reported.
+        generation: u64,
+    },
     /// A refinement answer that does not fit the run asked about.
     #[error("answer for block {got_block} with {got_bytes} bitmap bytes; expected block {block} with {bytes}")]
     RefineAnswer {

@@ -28,5 +28,6 @@ mod reflink;
 mod scrub;
 mod signals;
 mod ssh;
+mod stale_state;
 mod tls;
 mod verify_status;

@@ -1,0 +1,130 @@
+//! A receiver's state that disagrees with itself or with the sender is not trusted: a state
+//! dir restored from a backup (older than the target), a manifest file older than the state
+//! record, a sender whose committed root differs from the receiver's for the same generation.
+//! Each makes the receiver rebuild its manifest by hashing the target, so the cycle ships what
+//! the target really lacks. Each scenario reverts a block of the source to its content of an
+//! older generation: trusting the stale manifest would skip that block and commit a target
+//! that differs from the source as "consistent". A generation counter at its maximum is
+//! refused with one clear line and the target left as it was.
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::support::*;
+
+/// The receiver's state dir for the one target under `state` (`STATE/targets/<key>/`).
+fn receiver_dir(state: &Path) -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(state.join("targets"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(dirs.len(), 1, "one target: {dirs:?}");
+    dirs.remove(0)
+}
+
+fn copy_files(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+}
+
+fn read_block(path: &Path, index: u64) -> Vec<u8> {
+    let mut buf = vec![0u8; BLOCK as usize];
+    std::fs::File::open(path)
+        .unwrap()
+        .read_exact_at(&mut buf, index * BLOCK)
+        .unwrap();
+    buf
+}
+
+fn write_block(path: &Path, index: u64, data: &[u8]) {
+    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.write_all_at(data, index * BLOCK).unwrap();
+    file.sync_all().unwrap();
+}
+
+/// Mirrors generation 1, keeps a copy of the receiver's files (`backup`), changes block 3 and
+/// mirrors generation 2, then calls `tamper(receiver_dir, backup)` and reverts block 3 of the
+/// source to its generation-1 content. Returns the next cycle's report, after checking that the
+/// target equals the source and that the receiver rebuilt its manifest (target "unknown").
+fn stale_then_cycle(name: &str, tamper: impl FnOnce(&Path, &Path)) -> Cycle {
+    let t = Scratch::new(name);
+    let (src, tgt, state) = (t.path("src.img"), t.path("tgt.img"), t.dir("state"));
+    write_random_file(&src, 2 * MIB, 131);
+    let first = send_once(s(&src), s(&tgt), &state, &[]);
+    let receiver = receiver_dir(&state);
+    let backup = t.dir("backup");
+    copy_files(&receiver, &backup);
+
+    let original = read_block(&src, 3);
+    write_block(&src, 3, &Rng::new(132).bytes(BLOCK as usize));
+    let second = send_once(s(&src), s(&tgt), &state, &[]);
+    assert_eq!(second.blocks_changed, 1);
+    assert!(second.generation > first.generation);
+
+    tamper(&receiver, &backup);
+    write_block(&src, 3, &original);
+    let third = send_once(s(&src), s(&tgt), &state, &[]);
+    assert_identical(&src, &tgt);
+    assert_eq!(
+        third.raw["target_condition"], "unknown",
+        "the receiver rebuilt its manifest: {:?}",
+        third.raw
+    );
+    assert_eq!(third.blocks_changed, 1, "exactly block 3: {:?}", third.raw);
+    assert_receiver_consistent(&status_entry(&state, "receiver"), third.generation);
+    third
+}
+
+#[test]
+fn a_receiver_state_restored_from_a_backup_is_not_trusted() {
+    stale_then_cycle("stale-restored", |receiver, backup| {
+        std::fs::remove_dir_all(receiver).unwrap();
+        copy_files(backup, receiver);
+    });
+}
+
+#[test]
+fn a_manifest_older_than_the_state_record_is_not_trusted() {
+    stale_then_cycle("stale-manifest", |receiver, backup| {
+        std::fs::copy(backup.join("manifest"), receiver.join("manifest")).unwrap();
+    });
+}
+
+#[test]
+fn a_committed_root_that_differs_from_the_senders_is_not_trusted() {
+    // The receiver's state and manifest say generation 2 with another root than the sender
+    // committed there: as if a second sender (another state dir) had written this target.
+    stale_then_cycle("stale-root", |receiver, _| {
+        let path = receiver.join("state.json");
+        let mut state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        state["committed_root"] = serde_json::Value::String("ab".repeat(32));
+        std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
+    });
+}
+
+#[test]
+fn a_generation_counter_at_its_maximum_is_refused_and_the_target_left_alone() {
+    let t = Scratch::new("stale-generation-max");
+    let (src, tgt, state) = (t.path("src.img"), t.path("tgt.img"), t.dir("state"));
+    write_random_file(&src, MIB, 133);
+    send_once(s(&src), s(&tgt), &state, &[]);
+    let path = receiver_dir(&state).join("state.json");
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    record["committed_generation"] = serde_json::Value::from(u64::MAX);
+    std::fs::write(&path, serde_json::to_vec(&record).unwrap()).unwrap();
+    write_block(&src, 2, &Rng::new(134).bytes(BLOCK as usize));
+    let before = read_all(&tgt);
+
+    let mut args = send_args(s(&src), s(&tgt), &state);
+    args.push("--once".into());
+    let out = run(&args);
+    out.assert_error(1, &["generation counter", "maximum"]);
+    assert_eq!(read_all(&tgt), before, "the target is untouched");
+}
