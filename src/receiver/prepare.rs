@@ -43,8 +43,13 @@ impl Session {
         if !may_resize {
             fit(&*target, device_size, false)?;
         }
-        if self.manifest.is_none() && !created {
-            self.manifest = self.load_manifest(prior, block_size, proposal);
+        if !created {
+            if let Some(reason) = self.changed_behind_our_back(&*target) {
+                tracing::warn!(target = %self.parts.opener.name().display(), %reason, "rebuilding the target's manifest by hashing it");
+                self.manifest = None;
+            } else if self.manifest.is_none() {
+                self.manifest = self.load_manifest(prior, block_size, proposal);
+            }
         }
         // From here on the target may change: say so first.
         self.state.condition = Condition::Applying;
@@ -101,6 +106,17 @@ impl Session {
                 None
             }
         }
+    }
+
+    /// How the target differs from its fingerprint at the last moment the state said the
+    /// manifest describes it (a write, resize or replacement by someone else), if it does.
+    fn changed_behind_our_back(&self, target: &dyn BlockTarget) -> Option<String> {
+        if self.state.condition == Condition::Applying {
+            return None;
+        }
+        let recorded = self.state.target_fingerprint.as_ref()?;
+        let now = target.fingerprint()?;
+        recorded.change_to(&now)
     }
 
     /// Why the state cannot be trusted before its manifest is even read, if it cannot.

@@ -17,6 +17,7 @@ use crate::blockdiff::ranges::RangeSet;
 use crate::progress::Progress;
 use crate::source::throttle::Throttle;
 use crate::state::{Condition, DirStore, ReceiverPaths, ReceiverState, ReceiverStore, ScrubRecord};
+use crate::target::Fingerprint;
 
 use super::error::ReceiveError;
 use super::hashing::{hash_path, Hashing};
@@ -72,13 +73,17 @@ pub fn scrub_at(
             })
         }
     };
+    // Taken before hashing: a write during the scrub then shows at the next cycle.
+    let fingerprint = std::fs::File::open(target)
+        .and_then(|file| Fingerprint::of(&file, held))
+        .ok();
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads.max(1))
         .build()
         .map_err(ReceiveError::Threads)?;
     let throttle = rate.map(|rate| Arc::new(Throttle::new(rate)));
     let mut store = DirStore::new(paths);
-    scrub(&mut store, held, |block_size, size| {
+    scrub(&mut store, (held, fingerprint), |block_size, size| {
         let hashing = Hashing {
             block_size,
             size,
@@ -110,10 +115,12 @@ fn trusted_manifest(
 }
 
 /// Scrubs one target: `hash(block_size, size)` hashes its first `size` bytes (`size` capped
-/// at what the target holds: `held`); differing blocks are marked in `store`.
+/// at what the target holds: `held`); differing blocks are marked in `store`, and the state
+/// records `fingerprint` (the target's, taken before hashing) as the one its manifest now
+/// describes.
 pub fn scrub(
     store: &mut dyn ReceiverStore,
-    held: u64,
+    (held, fingerprint): (u64, Option<Fingerprint>),
     hash: impl FnOnce(u32, u64) -> Result<Vec<BlockHash>, ReceiveError>,
 ) -> Result<ScrubOutcome, ReceiveError> {
     let location = store.location().to_owned();
@@ -156,6 +163,7 @@ pub fn scrub(
         blocks_drifted: count,
     });
     state.updated_at = crate::state::now();
+    state.target_fingerprint = fingerprint;
     store.save_state(&state).map_err(state_error)?;
     Ok(match count {
         0 => ScrubOutcome::Clean { blocks },

@@ -252,7 +252,8 @@ impl Session {
             self.target = Some(self.parts.opener.open(None)?);
         }
         let target = self.target.clone().expect("opened");
-        let outcome = scrub(&mut *self.parts.store, target.size(), |block_size, size| {
+        let taken = (target.size(), target.fingerprint());
+        let outcome = scrub(&mut *self.parts.store, taken, |block_size, size| {
             let hashing = Hashing {
                 block_size,
                 size,
@@ -299,8 +300,15 @@ impl Session {
         }
     }
 
+    /// Saves the state record. When it says the manifest describes the target (consistent,
+    /// interrupted, drifted), it also records the target's fingerprint as it is now.
     pub(super) fn save_state(&mut self) -> Result<(), ReceiveError> {
         self.state.updated_at = crate::state::now();
+        if self.state.condition != Condition::Applying {
+            if let Some(target) = &self.target {
+                self.state.target_fingerprint = target.fingerprint();
+            }
+        }
         let saved = self.parts.store.save_state(&self.state);
         saved.map_err(|source| self.state_error(source))
     }

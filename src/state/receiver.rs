@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::blockdiff::manifest::{Manifest, ManifestError};
+use crate::target::Fingerprint;
 
 use super::{create_dir_durable, key, now, read_json, write_json};
 
@@ -101,6 +102,11 @@ pub struct ReceiverState {
     /// The last scrub's findings (absent until a scrub ran).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scrub: Option<ScrubRecord>,
+    /// The target's identity and change marks when this record last said its manifest
+    /// describes it (commit, clean abort, scrub); absent for targets without any, and in
+    /// records of older builds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_fingerprint: Option<Fingerprint>,
 }
 
 /// What a scrub of the target found.
@@ -131,6 +137,7 @@ impl ReceiverState {
             last_cycle_bytes_written: 0,
             last_error: None,
             last_scrub: None,
+            target_fingerprint: None,
         }
     }
 }

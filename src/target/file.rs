@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::device::{classify, size_of, DeviceError, DeviceKind};
 
-use super::{write_zeroes_by_writing, BlockTarget, TargetError};
+use super::{write_zeroes_by_writing, BlockTarget, Fingerprint, TargetError};
 
 nix::ioctl_write_ptr_bad!(blkzeroout, nix::request_code_none!(0x12, 127), [u64; 2]);
 
@@ -227,6 +227,10 @@ impl BlockTarget for FileTarget {
 
     fn path(&self) -> Option<&Path> {
         Some(&self.path)
+    }
+
+    fn fingerprint(&self) -> Option<Fingerprint> {
+        Fingerprint::of(&self.file, self.size()).ok()
     }
 }
 

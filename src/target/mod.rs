@@ -23,6 +23,7 @@
 
 mod crash;
 mod file;
+mod fingerprint;
 mod mem;
 
 use std::io;
@@ -32,6 +33,7 @@ use crate::device::DeviceKind;
 
 pub use crash::{CrashTarget, Power};
 pub use file::{check_path, FileTarget};
+pub use fingerprint::Fingerprint;
 pub use mem::MemTarget;
 
 /// Why a target cannot be used, or an operation on it failed.
@@ -108,6 +110,11 @@ pub trait BlockTarget: Send + Sync {
     /// The file or device behind the target, when there is one: the receiver then hashes it
     /// with the parallel direct-read scan instead of `read_at`.
     fn path(&self) -> Option<&Path> {
+        None
+    }
+    /// The target's identity and change marks now ([`Fingerprint`]), when it has any (files
+    /// and devices do; targets in memory do not). Default: none.
+    fn fingerprint(&self) -> Option<Fingerprint> {
         None
     }
 }

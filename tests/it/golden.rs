@@ -184,6 +184,7 @@ pub fn sample_receiver_state_consistent() -> ReceiverState {
         last_cycle_bytes_written: 4196,
         last_error: None,
         last_scrub: None,
+        target_fingerprint: None,
     }
 }
 

@@ -4,8 +4,10 @@
 //! Each makes the receiver rebuild its manifest by hashing the target, so the cycle ships what
 //! the target really lacks. Each scenario reverts a block of the source to its content of an
 //! older generation: trusting the stale manifest would skip that block and commit a target
-//! that differs from the source as "consistent". A generation counter at its maximum is
-//! refused with one clear line and the target left as it was.
+//! that differs from the source as "consistent". A file target written, truncated or
+//! replaced behind the receiver's back is seen by its fingerprint (size, inode, mtime, ctime)
+//! and re-hashed. A generation counter at its maximum is refused with one clear line and the
+//! target left as it was.
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -127,4 +129,69 @@ fn a_generation_counter_at_its_maximum_is_refused_and_the_target_left_alone() {
     let out = run(&args);
     out.assert_error(1, &["generation counter", "maximum"]);
     assert_eq!(read_all(&tgt), before, "the target is untouched");
+}
+
+/// One cycle, then `damage(target)`, then a cycle that must find the target changed (its
+/// fingerprint), re-hash it and ship what it lacks.
+fn damaged_file_target(name: &str, damage: impl FnOnce(&Path)) {
+    let t = Scratch::new(name);
+    let (src, tgt, state) = (t.path("src.img"), t.path("tgt.img"), t.dir("state"));
+    write_random_file(&src, 2 * MIB, 141);
+    send_once(s(&src), s(&tgt), &state, &[]);
+    damage(&tgt);
+    let next = send_once(s(&src), s(&tgt), &state, &[]);
+    assert_identical(&src, &tgt);
+    assert_eq!(
+        next.raw["target_condition"], "unknown",
+        "the receiver re-hashed its target: {:?}",
+        next.raw
+    );
+    assert!(next.blocks_changed > 0, "{:?}", next.raw);
+    assert_receiver_consistent(&status_entry(&state, "receiver"), next.generation);
+}
+
+/// (mtime, ctime) of `path` in nanoseconds.
+fn stamps(path: &Path) -> (i64, i64) {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).unwrap();
+    (
+        meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+    )
+}
+
+#[test]
+fn a_file_target_written_behind_the_receivers_back_is_rehashed() {
+    damaged_file_target("stale-written", |tgt| {
+        // The kernel stamps writes from a coarse clock: a write in the same tick as the
+        // receiver's last one leaves the times as they were (the case the fingerprint cannot
+        // see, docs/format.md). Write again until the times show it, as any later write would.
+        let before = stamps(tgt);
+        for attempt in 0.. {
+            write_block(tgt, 7, &Rng::new(142).bytes(BLOCK as usize));
+            if stamps(tgt) != before {
+                break;
+            }
+            assert!(attempt < 5000, "the file's times never changed");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    });
+}
+
+#[test]
+fn a_file_target_truncated_behind_the_receivers_back_is_rehashed() {
+    damaged_file_target("stale-truncated", |tgt| {
+        let file = std::fs::OpenOptions::new().write(true).open(tgt).unwrap();
+        file.set_len(MIB).unwrap();
+    });
+}
+
+#[test]
+fn a_file_target_replaced_behind_the_receivers_back_is_rehashed() {
+    damaged_file_target("stale-replaced", |tgt| {
+        let copy = tgt.with_extension("new");
+        std::fs::copy(tgt, &copy).unwrap();
+        write_block(&copy, 1, &Rng::new(143).bytes(BLOCK as usize));
+        std::fs::rename(&copy, tgt).unwrap();
+    });
 }
