@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use crate::blockdiff::manifest::{block_len, hash_block, Manifest};
+use crate::blockdiff::manifest::{block_count, block_len, hash_block, Manifest};
 use crate::device::DeviceKind;
 use crate::state::Condition;
 use crate::target::{fit, BlockTarget};
@@ -57,8 +57,11 @@ impl Session {
         self.state.block_size = block_size;
         self.state.device_size = device_size;
         self.save_state()?;
+        // A file grows now (the cycle writes there); it shrinks only at the commit, so an
+        // aborted cycle (or a lying CycleStart) never loses what lies past the new end.
         let size_before = target.size();
-        let fitted = fit(&*target, device_size, may_resize);
+        self.pending_shrink = (may_resize && device_size < size_before).then_some(device_size);
+        let fitted = fit(&*target, device_size.max(size_before), may_resize);
         self.resized |= target.size() != size_before;
         fitted?;
         if created {
@@ -70,7 +73,10 @@ impl Session {
                 let old_count = manifest.block_count();
                 if manifest.device_size != device_size {
                     manifest.resize(device_size);
-                    rehash_tail(&*target, &mut manifest, old_count.saturating_sub(1))?;
+                    // Past what the file held before this cycle grew it lie holes: their hashes
+                    // are the zero hashes `resize` put there, and are not read.
+                    let held = block_count(size_before.min(device_size), block_size);
+                    rehash_tail(&*target, &mut manifest, old_count.saturating_sub(1)..held)?;
                 }
                 self.manifest = Some(manifest);
                 Ok(match prior {
@@ -193,14 +199,15 @@ impl Session {
     }
 }
 
-/// Re-hashes blocks from `first` to the end (after a size change).
+/// Re-hashes the blocks `indexes` (after a size change: from the old last block to the end of
+/// what the target held).
 fn rehash_tail(
     target: &dyn BlockTarget,
     manifest: &mut Manifest,
-    first: u64,
+    indexes: std::ops::Range<u64>,
 ) -> Result<(), ReceiveError> {
     let mut buf = vec![0u8; manifest.block_size as usize];
-    for index in first..manifest.block_count() {
+    for index in indexes.start..indexes.end.min(manifest.block_count()) {
         let len = block_len(manifest.device_size, manifest.block_size, index);
         target.read_at(&mut buf[..len], index * manifest.block_size as u64)?;
         manifest.set_hash(index, hash_block(&buf[..len]));

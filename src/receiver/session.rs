@@ -54,6 +54,8 @@ pub(crate) struct Session {
     pub(super) pool: Arc<rayon::ThreadPool>,
     /// The current cycle resized the target.
     pub(super) resized: bool,
+    /// The size a file target is cut to at the commit (the source shrank).
+    pub(super) pending_shrink: Option<u64>,
     /// Blocks the current cycle wrote or zeroed (or tried to).
     pub(super) written: RangeSet,
     /// Whether a sync has made `written` durable.
@@ -90,6 +92,7 @@ pub fn run(endpoint: &Endpoint, parts: SessionParts) -> Result<(), ReceiveError>
         manifest: None,
         pool: Arc::new(pool),
         resized: false,
+        pending_shrink: None,
         written: RangeSet::new(),
         written_durable: false,
     };
@@ -151,6 +154,7 @@ impl Session {
         let generation = proposal.generation.max(next);
         let prior = self.state.condition;
         self.resized = false;
+        self.pending_shrink = None;
         self.written = RangeSet::new();
         self.written_durable = false;
         self.state.last_cycle_bytes_written = 0;
@@ -178,13 +182,10 @@ impl Session {
         }
     }
 
-    /// Makes the target durable, checks the root the sender expects, and commits.
+    /// Checks the root the sender expects, cuts a file target to a smaller source's size,
+    /// makes the target durable, and commits.
     fn commit(&mut self, generation: u64, expected: BlockHash) -> Result<BlockHash, ReceiveError> {
-        self.sync_target()?;
-        // Everything written is durable now: an abort from here on keeps an exact manifest.
-        self.written_durable = true;
-        let manifest = self.manifest.as_mut().expect("prepared");
-        let root = manifest.root();
+        let root = self.manifest.as_ref().expect("prepared").root();
         if root != expected {
             return Err(ReceiveError::RootMismatch {
                 generation,
@@ -192,6 +193,14 @@ impl Session {
                 theirs: hex::encode(expected),
             });
         }
+        if let Some(len) = self.pending_shrink.take() {
+            self.target.as_ref().expect("opened").set_len(len)?;
+            self.resized = true;
+        }
+        self.sync_target()?;
+        // Everything written is durable now: an abort from here on keeps an exact manifest.
+        self.written_durable = true;
+        let manifest = self.manifest.as_mut().expect("prepared");
         manifest.generation = generation;
         let saved = self.parts.store.save_manifest(manifest);
         saved.map_err(|source| self.state_error(source))?;

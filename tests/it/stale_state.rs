@@ -195,3 +195,44 @@ fn a_file_target_replaced_behind_the_receivers_back_is_rehashed() {
         std::fs::rename(&copy, tgt).unwrap();
     });
 }
+
+/// A source that shrank: the target is cut to the new size only at the commit, so a cycle
+/// killed midway leaves the target's tail in place (and its state mid-cycle), and the next
+/// cycle converges on the smaller size.
+#[test]
+fn a_shrinking_cycle_killed_midway_leaves_the_targets_tail() {
+    let t = Scratch::new("stale-shrink");
+    let (src, tgt, state) = (t.path("src.img"), t.path("tgt.img"), t.dir("state"));
+    write_random_file(&src, 32 * MIB, 151);
+    send_once(s(&src), s(&tgt), &state, &["--block-size", "4K"]);
+    let tail = read_all(&tgt)[24 * MIB as usize..].to_vec();
+    let before = read_block(&tgt, 0);
+    std::fs::remove_file(&src).unwrap();
+    write_random_file(&src, 24 * MIB, 152);
+
+    let mut args = send_args(s(&src), s(&tgt), &state);
+    args.extend(["--once", "--block-size", "4K"].map(String::from));
+    // Each 8 MiB chunk of the scan is held 4 s; 4 KiB blocks ship chunk by chunk.
+    let env = [("BLKMIRROR_FAULT_SCAN_DELAY_MS", "4000")];
+    let mut sender = Proc::blkmirror_env("sender", &args, &env);
+    // The first changes landed: the cycle is past preparing the target.
+    wait_for(READY_TIMEOUT, "the first changes to land", || {
+        (read_block(&tgt, 0) != before).then_some(())
+    });
+    sender.kill9();
+    assert_eq!(
+        size_of(&tgt),
+        32 * MIB,
+        "the target was cut before the commit"
+    );
+    assert_eq!(
+        read_all(&tgt)[24 * MIB as usize..],
+        tail[..],
+        "its tail is intact"
+    );
+    assert_eq!(status_entry(&state, "receiver")["condition"], "mid-cycle");
+
+    let next = send_once(s(&src), s(&tgt), &state, &["--block-size", "4K"]);
+    assert_identical(&src, &tgt);
+    assert_receiver_consistent(&status_entry(&state, "receiver"), next.generation);
+}
