@@ -47,7 +47,8 @@ pub enum Command {
     Keygen(KeygenArgs),
     /// Compare SOURCE and TARGET byte by byte: exit 0 identical, 1 different, 2 error.
     Verify(VerifyArgs),
-    /// Show the state of senders and receivers kept in a state directory.
+    /// Show the state of senders and receivers kept in a state directory: exit 0, or 1 when a
+    /// record is unreadable (it is listed as such, with the others).
     Status(StatusArgs),
     /// Build a sample volume, mirror it over TLS on loopback, change 1%, mirror again, verify.
     Demo(DemoArgs),

@@ -22,7 +22,10 @@ pub fn run(args: StatusArgs) -> Result<i32, CliError> {
         crate::state::list(&dir).with_context(|| format!("state dir {}", dir.display()))?;
     out::finished(write(&mut out::stdout(), &dir, &entries, args.json))
         .context("cannot write the status to stdout")?;
-    Ok(0)
+    let unreadable = entries
+        .iter()
+        .any(|e| matches!(e, StatusEntry::Unreadable { .. }));
+    Ok(i32::from(unreadable))
 }
 
 /// Writes the entries of state dir `dir` as text or JSON.
@@ -50,6 +53,9 @@ pub fn describe(entry: &StatusEntry) -> String {
     match entry {
         StatusEntry::Sender(status) => describe_sender(status),
         StatusEntry::Receiver(state) => describe_receiver(state),
+        StatusEntry::Unreadable { role, path, error } => {
+            format!("{role} record {}: unreadable: {error}", path.display())
+        }
     }
 }
 

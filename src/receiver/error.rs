@@ -27,14 +27,6 @@ pub enum ReceiveError {
         #[source]
         source: std::io::Error,
     },
-    /// A state record of a format this build does not read.
-    #[error("state {path}: format {found} is not supported (this build reads format 1)")]
-    StateFormat {
-        /// The state file.
-        path: PathBuf,
-        /// The format it names.
-        found: u32,
-    },
     /// A block's content does not match the hash the sender gave: corrupted in transit.
     #[error("block hash mismatch at byte {offset}: data corrupted in transit; cycle aborted")]
     BlockHashMismatch {
@@ -80,8 +72,7 @@ impl ReceiveError {
             | ReceiveError::State { .. }
             | ReceiveError::BlockHashMismatch { .. }
             | ReceiveError::RootMismatch { .. } => true,
-            ReceiveError::StateFormat { .. }
-            | ReceiveError::GenerationExhausted { .. }
+            ReceiveError::GenerationExhausted { .. }
             | ReceiveError::Protocol(_)
             | ReceiveError::Threads(_)
             | ReceiveError::Stopped => false,

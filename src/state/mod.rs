@@ -145,6 +145,16 @@ pub enum StatusEntry {
     Receiver(ReceiverState),
     /// A sender's record for one (source, destination) pair.
     Sender(SenderStatus),
+    /// A record that could not be read or parsed (or of a format this build does not know):
+    /// listed, never skipped, so one damaged file hides nothing else.
+    Unreadable {
+        /// `"receiver"` or `"sender"`.
+        role: &'static str,
+        /// The record's file.
+        path: PathBuf,
+        /// Why it could not be read.
+        error: String,
+    },
 }
 
 impl StatusEntry {
@@ -153,6 +163,7 @@ impl StatusEntry {
         match self {
             StatusEntry::Receiver(_) => "receiver",
             StatusEntry::Sender(_) => "sender",
+            StatusEntry::Unreadable { role, .. } => role,
         }
     }
 
@@ -163,6 +174,11 @@ impl StatusEntry {
         let mut value = match self {
             StatusEntry::Receiver(state) => serde_json::to_value(state)?,
             StatusEntry::Sender(status) => serde_json::to_value(status)?,
+            StatusEntry::Unreadable { path, error, .. } => serde_json::json!({
+                "path": path,
+                "condition": "unreadable",
+                "error": error,
+            }),
         };
         value["role"] = self.role().into();
         if let StatusEntry::Receiver(state) = self {
@@ -195,14 +211,28 @@ pub fn condition_summary(condition: Condition) -> &'static str {
 /// in the order of their files' paths.
 pub fn list(state_dir: &Path) -> io::Result<Vec<StatusEntry>> {
     let mut entries = Vec::new();
+    let unreadable =
+        |role, path: PathBuf, error: String| StatusEntry::Unreadable { role, path, error };
     for file in json_files(&state_dir.join("targets"), "state.json")? {
-        if let Some(state) = read_json::<ReceiverState>(&file)? {
-            entries.push(StatusEntry::Receiver(state));
+        match read_json::<ReceiverState>(&file) {
+            Ok(Some(state)) if state.format != 1 => entries.push(unreadable(
+                "receiver",
+                file,
+                format!(
+                    "format {} is not supported (this build reads format 1)",
+                    state.format
+                ),
+            )),
+            Ok(Some(state)) => entries.push(StatusEntry::Receiver(state)),
+            Ok(None) => {}
+            Err(e) => entries.push(unreadable("receiver", file, e.to_string())),
         }
     }
     for file in json_files(&state_dir.join("sources"), ".json")? {
-        if let Some(status) = read_json::<SenderStatus>(&file)? {
-            entries.push(StatusEntry::Sender(status));
+        match read_json::<SenderStatus>(&file) {
+            Ok(Some(status)) => entries.push(StatusEntry::Sender(status)),
+            Ok(None) => {}
+            Err(e) => entries.push(unreadable("sender", file, e.to_string())),
         }
     }
     Ok(entries)

@@ -236,3 +236,106 @@ fn a_shrinking_cycle_killed_midway_leaves_the_targets_tail() {
     assert_identical(&src, &tgt);
     assert_receiver_consistent(&status_entry(&state, "receiver"), next.generation);
 }
+
+/// `status --json` of `state`, which must exit `code`, parsed.
+fn status_with_code(state: &Path, code: i32) -> Vec<serde_json::Value> {
+    let out = run(&["status", "--state-dir", s(state), "--json"]);
+    out.assert_code(code);
+    serde_json::from_str::<serde_json::Value>(&out.stdout_text())
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// A receiver record damaged by `damage(state.json)`: `status` lists it as unreadable next to
+/// the sender's record and exits 1; the next cycle treats the target as unknown (re-hashes
+/// it), converges, and writes a good record again.
+fn damaged_receiver_record(name: &str, damage: impl FnOnce(&Path)) {
+    let t = Scratch::new(name);
+    let (src, tgt, state) = (t.path("src.img"), t.path("tgt.img"), t.dir("state"));
+    write_random_file(&src, 2 * MIB, 161);
+    send_once(s(&src), s(&tgt), &state, &[]);
+    damage(&receiver_dir(&state).join("state.json"));
+
+    let entries = status_with_code(&state, 1);
+    let roles: Vec<(&str, &str)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["role"].as_str().unwrap(),
+                e["condition"].as_str().unwrap_or("-"),
+            )
+        })
+        .collect();
+    assert!(roles.contains(&("receiver", "unreadable")), "{entries:?}");
+    assert!(
+        roles.iter().any(|(role, _)| *role == "sender"),
+        "{entries:?}"
+    );
+
+    write_block(&src, 4, &Rng::new(162).bytes(BLOCK as usize));
+    let next = send_once(s(&src), s(&tgt), &state, &[]);
+    assert_eq!(next.raw["target_condition"], "unknown", "{:?}", next.raw);
+    assert_identical(&src, &tgt);
+    status_with_code(&state, 0);
+    assert_receiver_consistent(&status_entry(&state, "receiver"), next.generation);
+}
+
+#[test]
+fn a_receiver_record_that_does_not_parse_means_an_unknown_target() {
+    damaged_receiver_record("stale-garbage", |path| {
+        let mut bytes = std::fs::read(path).unwrap();
+        bytes[10] ^= 0x5a;
+        bytes.truncate(bytes.len() / 2);
+        std::fs::write(path, bytes).unwrap();
+    });
+}
+
+#[test]
+fn a_receiver_record_of_an_unknown_format_means_an_unknown_target() {
+    damaged_receiver_record("stale-format", |path| {
+        let mut record: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        record["format"] = 2.into();
+        std::fs::write(path, serde_json::to_vec(&record).unwrap()).unwrap();
+    });
+}
+
+#[test]
+fn a_damaged_sender_record_is_listed_as_unreadable_and_rewritten_by_the_next_cycle() {
+    let t = Scratch::new("stale-sender-record");
+    let (src, tgt, state) = (t.path("src.img"), t.path("tgt.img"), t.dir("state"));
+    write_random_file(&src, MIB, 163);
+    send_once(s(&src), s(&tgt), &state, &[]);
+    let sources = state.join("sources");
+    let dir = std::fs::read_dir(&sources)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let record = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .unwrap();
+    std::fs::write(&record, b"{\"source\": ").unwrap();
+
+    let entries = status_with_code(&state, 1);
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["role"] == "sender" && e["condition"] == "unreadable"),
+        "{entries:?}"
+    );
+    assert!(entries
+        .iter()
+        .any(|e| e["role"] == "receiver" && e["condition"] == "consistent"));
+    let text = run(&["status", "--state-dir", s(&state)]);
+    text.assert_code(1);
+    assert!(text.stdout_text().contains("unreadable"), "{text:?}");
+
+    send_once(s(&src), s(&tgt), &state, &[]);
+    status_with_code(&state, 0);
+}
