@@ -28,6 +28,8 @@ pub struct FileTarget {
     size: AtomicU64,
     /// Bytes written since writeback was last started.
     unstarted: AtomicU64,
+    /// A file target's exclusive lock, held while it is open.
+    _lock: Option<nix::fcntl::Flock<File>>,
 }
 
 /// Checks that `path` can serve as a target without opening it for writing.
@@ -63,6 +65,26 @@ fn map_classify_error(path: &Path, error: DeviceError) -> TargetError {
     }
 }
 
+/// Takes an exclusive `flock` on a file target for as long as it is open: the lock belongs to
+/// the file itself (its inode), so a second receiver reaching it by a symlink, a hard link or
+/// another state dir is refused. (A block device is opened with `O_EXCL`, which the kernel
+/// holds exclusive the same way.)
+/// The lock is taken through a duplicate of the file's descriptor (same open file, so the
+/// same lock), which the returned guard owns.
+fn lock_exclusive(file: &File, path: &Path) -> Result<nix::fcntl::Flock<File>, TargetError> {
+    use nix::fcntl::{Flock, FlockArg};
+    let open_error = |source| TargetError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let handle = file.try_clone().map_err(open_error)?;
+    match Flock::lock(handle, FlockArg::LockExclusiveNonblock) {
+        Ok(guard) => Ok(guard),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(TargetError::Locked(path.to_owned())),
+        Err((_, errno)) => Err(open_error(errno.into())),
+    }
+}
+
 impl FileTarget {
     /// Opens an existing target, or creates a sparse file of `create_size` bytes when it is
     /// missing and `create_size` is given.
@@ -91,7 +113,12 @@ impl FileTarget {
             path: path.to_owned(),
             source: e,
         })?;
+        let lock = match kind {
+            DeviceKind::File => Some(lock_exclusive(&file, path)?),
+            DeviceKind::BlockDevice => None,
+        };
         Ok(FileTarget {
+            _lock: lock,
             file,
             path: path.to_owned(),
             kind,
@@ -111,9 +138,11 @@ impl FileTarget {
             .create_new(true)
             .open(path)
             .map_err(open_error)?;
+        let lock = lock_exclusive(&file, path)?;
         file.set_len(size).map_err(open_error)?;
         tracing::info!(target = %path.display(), size, "created sparse target file");
         Ok(FileTarget {
+            _lock: Some(lock),
             file,
             path: path.to_owned(),
             kind: DeviceKind::File,

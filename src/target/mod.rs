@@ -51,6 +51,9 @@ pub enum TargetError {
     /// A block device that is mounted or claimed by another program.
     #[error("target {0} is in use (mounted, or held open by another program); refusing to write")]
     InUse(PathBuf),
+    /// A file another blkmirror receiver is writing (under whatever path or state dir).
+    #[error("target {0} is being written by another blkmirror receiver (the same file, maybe under another path or state dir); refusing a second one")]
+    Locked(PathBuf),
     /// A target smaller than the source, which may not be resized.
     #[error("target {path} holds {has} bytes but the source needs {need}; refusing to write")]
     TooSmall {
@@ -83,7 +86,10 @@ impl TargetError {
     /// True when a later cycle may succeed without the user changing anything (an I/O error
     /// may be a transient device or path problem; a wrong kind or size is not).
     pub fn is_transient(&self) -> bool {
-        matches!(self, TargetError::Io { .. } | TargetError::InUse(_))
+        matches!(
+            self,
+            TargetError::Io { .. } | TargetError::InUse(_) | TargetError::Locked(_)
+        )
     }
 }
 

@@ -339,3 +339,35 @@ fn a_damaged_sender_record_is_listed_as_unreadable_and_rewritten_by_the_next_cyc
     send_once(s(&src), s(&tgt), &state, &[]);
     status_with_code(&state, 0);
 }
+
+/// The one-writer rule belongs to the target file, not to a state dir or a path: while a
+/// cycle writes the target, a second sender reaching the same file through a symlink and
+/// another state dir is refused with one clear line, and the first cycle's result stands.
+#[test]
+fn a_second_receiver_of_the_same_file_is_refused_whatever_the_path_or_state_dir() {
+    let t = Scratch::new("stale-two-writers");
+    let (src, tgt, state) = (t.path("src.img"), t.path("tgt.img"), t.dir("state"));
+    write_random_file(&src, 32 * MIB, 171);
+    send_once(s(&src), s(&tgt), &state, &["--block-size", "4K"]);
+    let before = read_block(&tgt, 0);
+    write_random_file(&src, 32 * MIB, 172);
+    let alias = t.path("alias.img");
+    std::os::unix::fs::symlink(&tgt, &alias).unwrap();
+    let other = t.path("other.img");
+    write_random_file(&other, 32 * MIB, 173);
+
+    let mut args = send_args(s(&src), s(&tgt), &state);
+    args.extend(["--once", "--block-size", "4K"].map(String::from));
+    let env = [("BLKMIRROR_FAULT_SCAN_DELAY_MS", "2000")];
+    let first = Proc::blkmirror_env("first", &args, &env);
+    wait_for(READY_TIMEOUT, "the first sender's changes to land", || {
+        (read_block(&tgt, 0) != before).then_some(())
+    });
+    let mut second = send_args(s(&other), s(&alias), &t.dir("state-b"));
+    second.push("--once".into());
+    let out = run(&second);
+    out.assert_error(1, &["another blkmirror receiver"]);
+
+    first.finish(RUN_TIMEOUT).assert_success();
+    assert_identical(&src, &tgt);
+}
