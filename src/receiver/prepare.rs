@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use crate::blockdiff::manifest::{block_count, block_len, hash_block, Manifest};
+use crate::blockdiff::manifest::{block_count, block_len, hash_block, Manifest, UNKNOWN_HASH};
 use crate::device::DeviceKind;
 use crate::state::Condition;
 use crate::target::{fit, BlockTarget};
@@ -67,6 +67,16 @@ impl Session {
         if created {
             self.manifest = Some(Manifest::zeroed(block_size, device_size));
             return Ok(TargetCondition::Unknown);
+        }
+        let sampled = match &self.manifest {
+            Some(manifest) if manifest.block_size == block_size => {
+                sampled_difference(&*target, manifest)?
+            }
+            _ => None,
+        };
+        if let Some(reason) = sampled {
+            tracing::warn!(target = %self.parts.opener.name().display(), %reason, "rebuilding the target's manifest by hashing it");
+            self.manifest = None;
         }
         match self.manifest.take() {
             Some(mut manifest) if manifest.block_size == block_size => {
@@ -197,6 +207,59 @@ impl Session {
         let hashes = hash_device(&**target, &hashing)?;
         Ok(Manifest::from_hashes(block_size, device_size, hashes))
     }
+}
+
+/// Bytes of sampled blocks read at each cycle start (at least one block, at most 16).
+const SAMPLE_BYTES: u64 = 1 << 20;
+
+/// A few blocks of a trusted manifest, chosen at random, compared with the target: a cheap
+/// check at every cycle start that sees a target overwritten or replaced wholesale behind the
+/// receiver's back, where its fingerprint cannot (a block device's node says nothing of its
+/// content). A few blocks changed here and there are the scrub's to find.
+fn sampled_difference(
+    target: &dyn BlockTarget,
+    manifest: &Manifest,
+) -> Result<Option<String>, ReceiveError> {
+    let blocks = manifest.block_count();
+    if blocks == 0 {
+        return Ok(None);
+    }
+    let block_size = manifest.block_size as u64;
+    let samples = (SAMPLE_BYTES / block_size).clamp(1, 16).min(blocks);
+    let mut seed = [0u8; 8];
+    // Without randomness the first blocks are sampled: still a check, only a predictable one.
+    let _ = getrandom::getrandom(&mut seed);
+    let mut next = u64::from_le_bytes(seed);
+    let mut buf = vec![0u8; block_size as usize];
+    for _ in 0..samples {
+        // splitmix64: spreads consecutive states over the blocks.
+        next = next.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = next;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        let index = (z ^ (z >> 31)) % blocks;
+        let known = manifest.hash(index).expect("in range");
+        if *known == UNKNOWN_HASH {
+            continue;
+        }
+        let len = block_len(manifest.device_size, manifest.block_size, index);
+        let offset = index * block_size;
+        if offset + len as u64 > target.size() {
+            return Ok(Some(format!(
+                "the target ({} bytes) is shorter than its manifest says ({} bytes)",
+                target.size(),
+                manifest.device_size
+            )));
+        }
+        target.read_at(&mut buf[..len], offset)?;
+        if hash_block(&buf[..len]) != *known {
+            return Ok(Some(format!(
+                "sampled block {index} differs from the manifest (the target was written \
+                 behind the receiver's back)"
+            )));
+        }
+    }
+    Ok(None)
 }
 
 /// Re-hashes the blocks `indexes` (after a size change: from the old last block to the end of

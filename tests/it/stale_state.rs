@@ -371,3 +371,34 @@ fn a_second_receiver_of_the_same_file_is_refused_whatever_the_path_or_state_dir(
     first.finish(RUN_TIMEOUT).assert_success();
     assert_identical(&src, &tgt);
 }
+
+/// A block device's node says nothing of its content, so a device target overwritten behind
+/// the receiver's back (another disk at the same node, a restore) is seen by the blocks the
+/// receiver samples at each cycle start: every block differs here, so any sample shows it.
+#[test]
+fn a_device_target_overwritten_behind_the_receivers_back_is_rehashed() {
+    let t = Scratch::new("stale-device");
+    let (src, state) = (t.path("src.img"), t.dir("state"));
+    write_random_file(&src, 4 * MIB, 181);
+    let backing = t.path("tgt.img");
+    std::fs::File::create(&backing)
+        .unwrap()
+        .set_len(4 * MIB)
+        .unwrap();
+    let dev = LoopDevice::attach(&backing);
+    send_once(s(&src), dev.as_str(), &state, &[]);
+    let device = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dev.path())
+        .unwrap();
+    device
+        .write_all_at(&Rng::new(182).bytes(4 * MIB as usize), 0)
+        .unwrap();
+    device.sync_all().unwrap();
+    drop(device);
+
+    let next = send_once(s(&src), dev.as_str(), &state, &[]);
+    assert_eq!(next.raw["target_condition"], "unknown", "{:?}", next.raw);
+    assert_identical(&src, dev.path());
+    assert_receiver_consistent(&status_entry(&state, "receiver"), next.generation);
+}
