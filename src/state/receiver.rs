@@ -23,6 +23,8 @@ pub struct ReceiverPaths {
     pub manifest: PathBuf,
     /// `lock`: flocked by the session serving the target.
     pub lock: PathBuf,
+    /// `reserve`: space set aside so that the state can be recorded on a full filesystem.
+    pub reserve: PathBuf,
 }
 
 impl ReceiverPaths {
@@ -35,6 +37,7 @@ impl ReceiverPaths {
             state: dir.join("state.json"),
             manifest: dir.join("manifest"),
             lock: dir.join("lock"),
+            reserve: dir.join("reserve"),
             dir,
         }
     }
@@ -170,6 +173,49 @@ impl DirStore {
     }
 }
 
+/// Space kept in `reserve` besides room for one more copy of the manifest.
+const RESERVE_SLACK: u64 = 1 << 20;
+
+impl DirStore {
+    /// Runs a save; on a full filesystem (ENOSPC), gives up the reserve and tries once more.
+    /// The state dir often shares the target's filesystem, and a cycle must record "applying"
+    /// before it may free space (punch holes): without the reserve, a full filesystem would
+    /// stop mirroring for good.
+    fn saving(&self, save: impl Fn() -> io::Result<()>) -> io::Result<()> {
+        match save() {
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && self.paths.reserve.exists() => {
+                tracing::warn!(
+                    reserve = %self.paths.reserve.display(),
+                    "filesystem of the state dir is full: using the reserved space to record the state"
+                );
+                std::fs::remove_file(&self.paths.reserve)?;
+                save()
+            }
+            other => other,
+        }
+    }
+
+    /// Sets the reserve aside again once a target is consistent (room for one more copy of
+    /// its manifest, plus a slack), if it is missing; a filesystem still full leaves it
+    /// missing, with a warning, and the next consistent save tries again.
+    fn keep_reserve(&self) {
+        if self.paths.reserve.exists() {
+            return;
+        }
+        let manifest = std::fs::metadata(&self.paths.manifest).map_or(0, |m| m.len());
+        let size = manifest + RESERVE_SLACK;
+        let made = std::fs::File::create(&self.paths.reserve).and_then(|file| {
+            nix::fcntl::posix_fallocate(std::os::fd::AsRawFd::as_raw_fd(&file), 0, size as i64)
+                .map_err(io::Error::from)?;
+            file.sync_all()
+        });
+        if let Err(e) = made {
+            let _ = std::fs::remove_file(&self.paths.reserve);
+            tracing::warn!(reserve = %self.paths.reserve.display(), error = %e, "cannot set space aside for recording the state");
+        }
+    }
+}
+
 impl ReceiverStore for DirStore {
     fn location(&self) -> &Path {
         &self.paths.dir
@@ -180,7 +226,11 @@ impl ReceiverStore for DirStore {
     }
 
     fn save_state(&mut self, state: &ReceiverState) -> io::Result<()> {
-        write_json(&self.paths.state, state)
+        self.saving(|| write_json(&self.paths.state, state))?;
+        if state.condition == Condition::Consistent {
+            self.keep_reserve();
+        }
+        Ok(())
     }
 
     fn load_manifest(&self) -> Result<Option<Manifest>, ManifestError> {
@@ -188,7 +238,7 @@ impl ReceiverStore for DirStore {
     }
 
     fn save_manifest(&mut self, manifest: &Manifest) -> io::Result<()> {
-        super::manifest_file::save(manifest, &self.paths.manifest)
+        self.saving(|| super::manifest_file::save(manifest, &self.paths.manifest))
     }
 }
 

@@ -19,6 +19,7 @@ mod bench_small;
 mod decoders;
 mod fault_injection;
 mod file_to_file;
+mod full_fs;
 mod golden;
 mod interrupt;
 mod loop_devices;
