@@ -220,6 +220,10 @@ pub struct ReceiveArgs {
     /// At most RATE bytes per second read by scrubs (e.g. 100M); default: no limit.
     #[arg(long, value_name = "RATE", value_parser = rate_arg, requires = "scrub_every")]
     pub scrub_rate: Option<u64>,
+    /// Largest size a sender may make a file TARGET (e.g. 2T). Default: its current size (0 if
+    /// it is created) plus the free space of its filesystem. A block device is never resized.
+    #[arg(long, value_name = "SIZE", value_parser = max_size_arg)]
+    pub max_size: Option<u64>,
 }
 
 /// Options of `keygen`.
@@ -339,6 +343,11 @@ pub fn rate_arg(text: &str) -> Result<u64, String> {
 fn demo_size_arg(text: &str) -> Result<u64, String> {
     use crate::cli::demo::{MAX_SIZE, MIN_SIZE};
     size_between(text, MIN_SIZE, MAX_SIZE, "8M and 64G")
+}
+
+/// `--max-size`: 4 KiB to 1 PiB (the largest device a receiver accepts).
+fn max_size_arg(text: &str) -> Result<u64, String> {
+    size_between(text, 4096, crate::receiver::MAX_DEVICE_SIZE, "4K and 1P")
 }
 
 /// A size within `min..=max`; `range` spells the bounds for the message.

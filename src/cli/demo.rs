@@ -233,6 +233,7 @@ async fn start_receiver(dir: &Path, target: &Path) -> anyhow::Result<DemoReceive
         state_dir: dir.join("receiver-state"),
         threads: 2,
         scrub: None,
+        max_size: crate::receiver::GrowthLimit::FreeSpace,
     });
     let (stop, stop_rx) = oneshot::channel::<()>();
     let task = tokio::spawn(crate::receiver::listen::serve_tls(

@@ -11,7 +11,7 @@ use super::args::{threads_or_default, ReceiveArgs};
 use super::out::outln;
 use super::{block_on, init_logging, usage, CliError};
 use crate::progress::NoProgress;
-use crate::receiver::{self, ReceiverConfig, ScrubSchedule};
+use crate::receiver::{self, GrowthLimit, ReceiverConfig, ScrubSchedule};
 use crate::transport::tls;
 
 /// Runs `receive`.
@@ -28,6 +28,9 @@ pub fn run(args: ReceiveArgs) -> Result<i32, CliError> {
             every,
             rate: args.scrub_rate,
         }),
+        max_size: args
+            .max_size
+            .map_or(GrowthLimit::FreeSpace, GrowthLimit::AtMost),
     };
     init_logging(None);
     receiver::check_config(&config).map_err(|e| CliError::Runtime(e.into()))?;

@@ -122,6 +122,7 @@ impl Link {
                     state_dir: config.state_dir.clone(),
                     threads: config.threads,
                     scrub: None,
+                    max_size: receiver::GrowthLimit::Unbounded,
                 };
                 let stop = stop.clone();
                 let task = tokio::spawn(async move {

@@ -162,6 +162,7 @@ impl Rig {
             opener: Box::new(GivenTarget(target)),
             store,
             create: false,
+            max_size: crate::receiver::GrowthLimit::Unbounded,
             threads: 2,
             progress: Arc::new(NoProgress),
             stop,

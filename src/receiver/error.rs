@@ -46,6 +46,18 @@ pub enum ReceiveError {
         /// The sender's root (hex).
         theirs: String,
     },
+    /// A sender announced a size larger than this receiver lets a file target grow to.
+    #[error("the sender announced {announced} bytes for {target}, more than this receiver lets it grow to ({allowed} bytes: {why}); raise the limit with receive --max-size")]
+    GrowthRefused {
+        /// The target.
+        target: PathBuf,
+        /// The size announced.
+        announced: u64,
+        /// The largest size allowed.
+        allowed: u64,
+        /// Where that limit comes from.
+        why: &'static str,
+    },
     /// The target's generation counter cannot advance (its state names the largest one).
     #[error("generation counter of {target} is at its maximum ({generation}): its state is damaged; remove STATE/targets/<key>/state.json to rebuild it by hashing the target")]
     GenerationExhausted {
@@ -73,6 +85,7 @@ impl ReceiveError {
             | ReceiveError::BlockHashMismatch { .. }
             | ReceiveError::RootMismatch { .. } => true,
             ReceiveError::GenerationExhausted { .. }
+            | ReceiveError::GrowthRefused { .. }
             | ReceiveError::Protocol(_)
             | ReceiveError::Threads(_)
             | ReceiveError::Stopped => false,

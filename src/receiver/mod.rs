@@ -47,6 +47,21 @@ pub struct ReceiverConfig {
     pub threads: usize,
     /// Scrub the target periodically while no sender is connected (`--scrub-every`).
     pub scrub: Option<ScrubSchedule>,
+    /// How large a sender may make a file target (`--max-size`); see [`GrowthLimit`].
+    pub max_size: GrowthLimit,
+}
+
+/// How large a sender may make a file target (a block device never changes size).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrowthLimit {
+    /// The target's current size (0 for a new file) plus the free space of its filesystem:
+    /// the default of `receive`, so a CycleStart cannot announce more than could ever be
+    /// written there.
+    FreeSpace,
+    /// At most this many bytes (`receive --max-size`).
+    AtMost(u64),
+    /// Only [`MAX_DEVICE_SIZE`]: an in-process receiver, whose sender is the same user.
+    Unbounded,
 }
 
 /// When and how fast a listening receiver scrubs its target.
@@ -130,6 +145,7 @@ pub async fn serve(
         store: Box::new(DirStore::new(paths)),
         create: config.create,
         threads: config.threads,
+        max_size: config.max_size,
         progress,
         stop,
     };

@@ -3,6 +3,7 @@
 //! else one rebuilt by hashing the target. The state is marked "applying" before anything
 //! on the target may change.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use crate::blockdiff::manifest::{block_count, block_len, hash_block, Manifest, UNKNOWN_HASH};
@@ -14,6 +15,7 @@ use crate::transport::frame::TargetCondition;
 use super::error::ReceiveError;
 use super::hashing::{hash_device, Hashing};
 use super::session::{Proposal, Session};
+use super::GrowthLimit;
 
 impl Session {
     /// Opens the target and brings the manifest to the cycle's geometry. Marks the state
@@ -30,10 +32,16 @@ impl Session {
         if self.target.is_none() {
             let exists = self.parts.opener.exists();
             let create = (self.parts.create && !exists).then_some(device_size);
+            if create.is_some() {
+                self.check_growth(0, device_size)?;
+            }
             self.target = Some(self.parts.opener.open(create)?);
             created = create.is_some();
         }
         let target = self.target.clone().expect("opened");
+        if !created && target.kind() == DeviceKind::File && device_size > target.size() {
+            self.check_growth(target.size(), device_size)?;
+        }
         // A file target is resized to the source's size when we manage it (created it or
         // committed to it before) or when it is at least as large; a smaller unknown file and
         // any block device must already be large enough.
@@ -122,6 +130,41 @@ impl Session {
                 None
             }
         }
+    }
+
+    /// Refuses to grow a file target from `current` to `announced` bytes beyond the session's
+    /// [`GrowthLimit`], before anything on the target or in its state changes.
+    fn check_growth(&self, current: u64, announced: u64) -> Result<(), ReceiveError> {
+        let (allowed, why) = match self.parts.max_size {
+            GrowthLimit::Unbounded => return Ok(()),
+            GrowthLimit::AtMost(max) => (max, "--max-size"),
+            GrowthLimit::FreeSpace => {
+                let path = self.parts.opener.name();
+                let dir = match path.parent() {
+                    Some(dir) if !dir.as_os_str().is_empty() => dir,
+                    _ => Path::new("."),
+                };
+                // Without the figure there is no bound to apply: opening or writing then fails.
+                // (The casts are needed where these are 32-bit.)
+                #[allow(clippy::unnecessary_cast)]
+                let free = nix::sys::statvfs::statvfs(dir).map_or(u64::MAX, |s| {
+                    (s.blocks_available() as u64).saturating_mul(s.fragment_size() as u64)
+                });
+                (
+                    current.saturating_add(free),
+                    "the target's size plus its filesystem's free space",
+                )
+            }
+        };
+        if announced > allowed {
+            return Err(ReceiveError::GrowthRefused {
+                target: self.parts.opener.name().to_owned(),
+                announced,
+                allowed,
+                why,
+            });
+        }
+        Ok(())
     }
 
     /// How the target differs from its fingerprint at the last moment the state said the

@@ -37,6 +37,8 @@ pub struct SessionParts {
     pub store: Box<dyn ReceiverStore>,
     /// Create a missing target.
     pub create: bool,
+    /// How large a sender may make a file target.
+    pub max_size: super::GrowthLimit,
     /// Hashing and verification threads.
     pub threads: usize,
     /// Progress of long stages (re-hashing the target).
