@@ -52,12 +52,8 @@ impl Session {
             fit(&*target, device_size, false)?;
         }
         if !created {
-            if let Some(reason) = self.changed_behind_our_back(&*target) {
-                tracing::warn!(target = %self.parts.opener.name().display(), %reason, "rebuilding the target's manifest by hashing it");
-                self.manifest = None;
-            } else if self.manifest.is_none() {
-                self.manifest = self.load_manifest(prior, block_size, proposal);
-            }
+            let kept = self.manifest.take();
+            self.manifest = self.trusted_manifest(kept, &*target, block_size, proposal)?;
         }
         // From here on the target may change: say so first.
         self.state.condition = Condition::Applying;
@@ -75,16 +71,6 @@ impl Session {
         if created {
             self.manifest = Some(Manifest::zeroed(block_size, device_size));
             return Ok(TargetCondition::Unknown);
-        }
-        let sampled = match &self.manifest {
-            Some(manifest) if manifest.block_size == block_size => {
-                sampled_difference(&*target, manifest)?
-            }
-            _ => None,
-        };
-        if let Some(reason) = sampled {
-            tracing::warn!(target = %self.parts.opener.name().display(), %reason, "rebuilding the target's manifest by hashing it");
-            self.manifest = None;
         }
         match self.manifest.take() {
             Some(mut manifest) if manifest.block_size == block_size => {
@@ -109,27 +95,45 @@ impl Session {
         }
     }
 
-    /// The saved manifest, when the state says it describes the target and nothing disagrees:
-    /// not the sender's record of what it committed here, not the manifest's own generation and
-    /// root. Any disagreement means the manifest may misdescribe the target (a state dir
-    /// restored from a backup, a second state dir serving the same target), so it is rebuilt
-    /// by hashing the target, and the log says why.
-    fn load_manifest(
+    /// The manifest this cycle may trust: the one the session kept, or the saved one, when
+    /// nothing disagrees with it: not the target's fingerprint (written, resized or replaced
+    /// behind our back), not the state's own record or the sender's record of what it
+    /// committed here (a state dir restored from a backup, a second state dir), not a few
+    /// sampled blocks of the target. Otherwise `None`, and the log says why: the target is
+    /// then re-hashed. A manifest of another block size is returned as it is (the cycle
+    /// re-hashes for the new geometry).
+    fn trusted_manifest(
         &self,
-        prior: Condition,
+        kept: Option<Manifest>,
+        target: &dyn BlockTarget,
         block_size: u32,
         proposal: &Proposal,
-    ) -> Option<Manifest> {
-        let loaded = self
-            .distrust(prior, proposal)
-            .map_or_else(|| self.load_committed(prior, block_size), Err);
-        match loaded {
+    ) -> Result<Option<Manifest>, ReceiveError> {
+        let prior = self.state.condition;
+        let found = match (self.changed_behind_our_back(target), kept) {
+            (Some(reason), _) => Err(reason),
+            (None, Some(manifest)) => Ok(manifest),
+            (None, None) => match self.distrust(prior, proposal) {
+                Some(reason) => Err(reason),
+                None => self.load_committed(prior, block_size),
+            },
+        };
+        let checked = match found {
+            Ok(manifest) if manifest.block_size == block_size => {
+                match sampled_difference(target, &manifest)? {
+                    Some(reason) => Err(reason),
+                    None => Ok(manifest),
+                }
+            }
+            other => other,
+        };
+        Ok(match checked {
             Ok(manifest) => Some(manifest),
             Err(reason) => {
                 tracing::warn!(target = %self.parts.opener.name().display(), %reason, "rebuilding the target's manifest by hashing it");
                 None
             }
-        }
+        })
     }
 
     /// Refuses to grow a file target from `current` to `announced` bytes beyond the session's
