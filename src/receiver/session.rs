@@ -67,21 +67,14 @@ pub(crate) struct Session {
 /// Serves cycles on `endpoint` until the sender closes the connection.
 pub fn run(endpoint: &Endpoint, parts: SessionParts) -> Result<(), ReceiveError> {
     let location = parts.store.location().to_owned();
-    // A record that does not parse, or of a format this build does not know, says nothing
-    // about the target: it is unknown, and the first cycle re-hashes it.
-    let unknown = |reason: String| {
-        tracing::warn!(state = %location.display(), %reason, "state record unreadable: the target is unknown and is re-hashed");
-        ReceiverState::new(parts.opener.name())
-    };
     let state = match parts.store.load_state() {
-        Ok(Some(state)) if state.format != 1 => unknown(format!(
-            "format {} is not supported (this build reads format 1)",
-            state.format
-        )),
         Ok(Some(state)) => state,
         Ok(None) => ReceiverState::new(parts.opener.name()),
-        Err(source) if source.kind() == std::io::ErrorKind::InvalidData => {
-            unknown(source.to_string())
+        // A record that does not parse, or of a format this build does not know, says nothing
+        // about the target: it is unknown, and the first cycle re-hashes it.
+        Err(reason) if reason.kind() == std::io::ErrorKind::InvalidData => {
+            tracing::warn!(state = %location.display(), %reason, "state record unreadable: the target is unknown and is re-hashed");
+            ReceiverState::new(parts.opener.name())
         }
         Err(source) => {
             return Err(ReceiveError::State {

@@ -51,9 +51,10 @@ impl ReceiverStore for CrashStore {
     fn load_state(&self) -> io::Result<Option<ReceiverState>> {
         self.power.check()?;
         match &self.image().state {
-            Some(bytes) => serde_json::from_slice(bytes)
-                .map(Some)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+            Some(bytes) => serde_json::from_slice::<ReceiverState>(bytes)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
+                .known_format()
+                .map(Some),
             None => Ok(None),
         }
     }

@@ -214,15 +214,7 @@ pub fn list(state_dir: &Path) -> io::Result<Vec<StatusEntry>> {
     let unreadable =
         |role, path: PathBuf, error: String| StatusEntry::Unreadable { role, path, error };
     for file in json_files(&state_dir.join("targets"), "state.json")? {
-        match read_json::<ReceiverState>(&file) {
-            Ok(Some(state)) if state.format != 1 => entries.push(unreadable(
-                "receiver",
-                file,
-                format!(
-                    "format {} is not supported (this build reads format 1)",
-                    state.format
-                ),
-            )),
+        match receiver::read_state(&file) {
             Ok(Some(state)) => entries.push(StatusEntry::Receiver(state)),
             Ok(None) => {}
             Err(e) => entries.push(unreadable("receiver", file, e.to_string())),

@@ -78,7 +78,8 @@ pub enum Condition {
 /// The receiver's state record for one target.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ReceiverState {
-    /// Format of this record: 1 (a receiver refuses a record of another format).
+    /// Format of this record: 1 (a record of another format is unreadable: the target is
+    /// then unknown and re-hashed).
     pub format: u32,
     /// The target path, as displayed.
     pub target: String,
@@ -124,6 +125,21 @@ pub struct ScrubRecord {
 }
 
 impl ReceiverState {
+    /// `self` when its format is the one this build reads (1), else an `InvalidData` error
+    /// saying so: such a record says nothing this build may trust.
+    pub fn known_format(self) -> io::Result<Self> {
+        if self.format == 1 {
+            return Ok(self);
+        }
+        Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "format {} is not supported (this build reads format 1)",
+                self.format
+            ),
+        ))
+    }
+
     /// The record of a target never served: `applying`, nothing committed.
     pub fn new(target: &Path) -> Self {
         ReceiverState {
@@ -145,13 +161,22 @@ impl ReceiverState {
     }
 }
 
+/// Reads a receiver's `state.json`: `Ok(None)` when there is none, an `InvalidData` error
+/// when it does not parse or is of a format this build does not read.
+pub fn read_state(path: &Path) -> io::Result<Option<ReceiverState>> {
+    read_json::<ReceiverState>(path)?
+        .map(ReceiverState::known_format)
+        .transpose()
+}
+
 /// Where a receiver keeps one target's state record and manifest. Every save is atomic and
 /// durable once it returns `Ok`: after a crash a load finds the old record or the new one,
 /// whole. [`DirStore`] keeps them as files; [`crate::state::CrashStore`] models power loss.
 pub trait ReceiverStore: Send {
     /// Where the records live, for messages.
     fn location(&self) -> &Path;
-    /// The state record, `Ok(None)` when there is none yet.
+    /// The state record, `Ok(None)` when there is none yet; an `InvalidData` error when it
+    /// does not parse or is of another format ([`ReceiverState::known_format`]).
     fn load_state(&self) -> io::Result<Option<ReceiverState>>;
     /// Replaces the state record.
     fn save_state(&mut self, state: &ReceiverState) -> io::Result<()>;
@@ -222,7 +247,7 @@ impl ReceiverStore for DirStore {
     }
 
     fn load_state(&self) -> io::Result<Option<ReceiverState>> {
-        read_json(&self.paths.state)
+        read_state(&self.paths.state)
     }
 
     fn save_state(&mut self, state: &ReceiverState) -> io::Result<()> {
