@@ -156,21 +156,26 @@ mod tests {
 </superblock>
 "#;
 
+    /// Bytes per pool data block in the samples (`data_block_size="128"` sectors).
+    const SAMPLE_BLOCK: u64 = 128 * 512;
+
+    /// The byte ranges the samples' `different`, `right_only` and `left_only` runs make.
+    fn sample_changes() -> Vec<std::ops::Range<u64>> {
+        let block = SAMPLE_BLOCK;
+        vec![
+            block..2 * block,
+            10 * block..11 * block,
+            20 * block..22 * block,
+        ]
+    }
+
     #[test]
     fn different_right_only_and_left_only_are_changes() {
-        let block = 128 * 512;
         let ranges = changed_ranges(SAMPLE, 1 << 30).unwrap();
-        assert_eq!(
-            ranges.iter().cloned().collect::<Vec<_>>(),
-            vec![
-                block..2 * block,
-                10 * block..11 * block,
-                20 * block..22 * block
-            ]
-        );
+        assert_eq!(ranges.iter().cloned().collect::<Vec<_>>(), sample_changes());
         // Clipped to a shrunk volume.
-        let clipped = changed_ranges(SAMPLE, 15 * block).unwrap();
-        assert_eq!(clipped.total_len(), 2 * block);
+        let clipped = changed_ranges(SAMPLE, 15 * SAMPLE_BLOCK).unwrap();
+        assert_eq!(clipped.total_len(), 2 * SAMPLE_BLOCK);
     }
 
     #[test]
@@ -225,15 +230,10 @@ mod tests {
             .unwrap();
         assert!(output.status.success(), "{output:?}");
         let text = String::from_utf8(output.stdout).unwrap();
-        let block = 128 * 512;
         let ranges = changed_ranges(&text, 1 << 30).unwrap();
         assert_eq!(
             ranges.iter().cloned().collect::<Vec<_>>(),
-            vec![
-                block..2 * block,
-                10 * block..11 * block,
-                20 * block..22 * block
-            ],
+            sample_changes(),
             "{text}"
         );
     }
