@@ -159,6 +159,11 @@ pub struct SendArgs {
     /// largest common servers and stops a typo from spawning threads until the host stalls.
     #[arg(long, value_name = "N", value_parser = threads_arg)]
     pub threads: Option<usize>,
+    /// Give up on the peer after this long without a word from it (3s to 1d). Both ends send
+    /// a keep-alive every second while busy, so only a stopped, frozen or cut-off peer goes
+    /// this quiet; a looping sender then retries.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = peer_timeout_arg)]
+    pub peer_timeout: Duration,
     /// Print one JSON object per committed cycle on stdout.
     #[arg(long)]
     pub json: bool,
@@ -224,6 +229,11 @@ pub struct ReceiveArgs {
     /// it is created) plus the free space of its filesystem. A block device is never resized.
     #[arg(long, value_name = "SIZE", value_parser = max_size_arg)]
     pub max_size: Option<u64>,
+    /// Give up on the peer after this long without a word from it (3s to 1d). Both ends send
+    /// a keep-alive every second while busy, so only a stopped, frozen or cut-off peer goes
+    /// this quiet; a looping sender then retries.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = peer_timeout_arg)]
+    pub peer_timeout: Duration,
 }
 
 /// Options of `keygen`.
@@ -324,6 +334,15 @@ fn interval_arg(text: &str) -> Result<Duration, String> {
 
 fn snapshot_size_arg(text: &str) -> Result<u64, String> {
     size_between(text, MIN_SNAPSHOT_SIZE, MAX_SNAPSHOT_SIZE, "1M and 1P")
+}
+
+/// A peer timeout: 3 seconds (a few keep-alives) to a day.
+fn peer_timeout_arg(text: &str) -> Result<Duration, String> {
+    let limit = parse_duration(text)?;
+    if !(3..=86400).contains(&limit.as_secs()) {
+        return Err("must be between 3s and 1d".into());
+    }
+    Ok(limit)
 }
 
 /// A scrub interval: 1 second to 1 year.
@@ -484,6 +503,22 @@ mod tests {
             "0s and 7days",
         );
         refused(send(&["--interval", "soon"]), "--interval", "soon");
+    }
+
+    #[test]
+    fn peer_timeout_bounds() {
+        assert_eq!(send(&[]).unwrap().peer_timeout, Duration::from_secs(60));
+        assert_eq!(
+            send(&["--peer-timeout", "3s"]).unwrap().peer_timeout,
+            Duration::from_secs(3)
+        );
+        for bad in [
+            "--peer-timeout=0s",
+            "--peer-timeout=2s",
+            "--peer-timeout=2d",
+        ] {
+            refused(send(&[bad]), "--peer-timeout", "3s and 1d");
+        }
     }
 
     #[test]

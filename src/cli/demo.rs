@@ -234,6 +234,7 @@ async fn start_receiver(dir: &Path, target: &Path) -> anyhow::Result<DemoReceive
         threads: 2,
         scrub: None,
         max_size: crate::receiver::GrowthLimit::FreeSpace,
+        peer_timeout: Some(Duration::from_secs(60)),
     });
     let (stop, stop_rx) = oneshot::channel::<()>();
     let task = tokio::spawn(crate::receiver::listen::serve_tls(
@@ -278,6 +279,7 @@ fn daemon_config(source: &Path, state: &Path, receiver: &DemoReceiver) -> Daemon
                 receiver.receiver_fingerprint,
             )),
             ssh: SshOptions::default(),
+            peer_timeout: Duration::from_secs(60),
         },
         mode: Mode::Once,
         interval: Duration::from_secs(1),

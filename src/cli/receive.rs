@@ -31,6 +31,7 @@ pub fn run(args: ReceiveArgs) -> Result<i32, CliError> {
         max_size: args
             .max_size
             .map_or(GrowthLimit::FreeSpace, GrowthLimit::AtMost),
+        peer_timeout: Some(args.peer_timeout),
     };
     init_logging(None);
     receiver::check_config(&config).map_err(|e| CliError::Runtime(e.into()))?;

@@ -162,6 +162,7 @@ fn daemon_config(args: SendArgs, dest: Destination, tls: Option<TlsPair>) -> Dae
                 remote_command: args.remote_command,
                 remote_state_dir: args.remote_state_dir,
             },
+            peer_timeout: args.peer_timeout,
         },
         mode,
         interval: args.interval,

@@ -35,6 +35,9 @@ pub struct LinkConfig {
     pub tls: Option<(Arc<Identity>, [u8; 32])>,
     /// How to run ssh (`ssh://`).
     pub ssh: SshOptions,
+    /// Give up on a remote receiver silent (not even a keep-alive) for this long, from the
+    /// handshake on (`--peer-timeout`). An in-process receiver has no such bound.
+    pub peer_timeout: std::time::Duration,
 }
 
 /// The dialer of a remote destination: TLS for `tls://` (which needs an identity and a pin),
@@ -123,6 +126,7 @@ impl Link {
                     threads: config.threads,
                     scrub: None,
                     max_size: receiver::GrowthLimit::Unbounded,
+                    peer_timeout: None,
                 };
                 let stop = stop.clone();
                 let task = tokio::spawn(async move {
@@ -137,9 +141,13 @@ impl Link {
                 (stream, Peer::Remote(finisher))
             }
         };
+        let idle = match peer {
+            Peer::Local(_) => None,
+            Peer::Remote(_) => Some(config.peer_timeout),
+        };
         let mut conn = Connection::new(stream);
-        let handshake = conn.handshake().await;
-        let endpoint = Arc::new(Endpoint::start(conn, EndpointOptions { idle: None, stop }));
+        let handshake = conn.handshake_within(idle).await;
+        let endpoint = Arc::new(Endpoint::start(conn, EndpointOptions { idle, stop }));
         let mut link = Link { endpoint, peer };
         if let Err(e) = handshake {
             return Err(link.peer_error().await.unwrap_or(e.into()));
@@ -194,6 +202,7 @@ mod tests {
             threads: 1,
             tls: None,
             ssh: SshOptions::default(),
+            peer_timeout: std::time::Duration::from_secs(60),
         }
     }
 

@@ -49,6 +49,9 @@ pub struct ReceiverConfig {
     pub scrub: Option<ScrubSchedule>,
     /// How large a sender may make a file target (`--max-size`); see [`GrowthLimit`].
     pub max_size: GrowthLimit,
+    /// Give up on a sender silent (not even a keep-alive) for this long (`--peer-timeout`),
+    /// freeing the target; `None` for an in-process sender.
+    pub peer_timeout: Option<std::time::Duration>,
 }
 
 /// How large a sender may make a file target (a block device never changes size).
@@ -119,13 +122,13 @@ pub async fn serve(
     stop: Arc<AtomicBool>,
 ) -> Result<(), ReceiveError> {
     let mut conn = Connection::new(stream);
-    conn.handshake().await?;
+    conn.handshake_within(config.peer_timeout).await?;
     let paths = ReceiverPaths::new(&config.state_dir, &config.target);
     let lock = wait_for_lock(&paths).await;
     let endpoint = Arc::new(Endpoint::start(
         conn,
         EndpointOptions {
-            idle: None,
+            idle: config.peer_timeout,
             stop: stop.clone(),
         },
     ));

@@ -143,6 +143,26 @@ impl Connection {
         Ok(theirs)
     }
 
+    /// [`Connection::handshake`], giving up with [`TransportError::PeerSilent`] when the peer's
+    /// preamble has not arrived within `limit` (`None`: no limit, for an in-process peer).
+    /// A stream whose far end hangs (ssh stuck before login, a listener that never answers)
+    /// ends here instead of waiting for TCP to notice.
+    pub async fn handshake_within(
+        &mut self,
+        limit: Option<std::time::Duration>,
+    ) -> Result<Preamble, TransportError> {
+        let Some(limit) = limit else {
+            return self.handshake().await;
+        };
+        match tokio::time::timeout(limit, self.handshake()).await {
+            Ok(result) => result,
+            Err(_) => Err(TransportError::PeerSilent {
+                secs: limit.as_secs(),
+                waiting: "waiting for its preamble",
+            }),
+        }
+    }
+
     /// Queues a message (buffered; call [`Connection::flush`] when waiting for an answer).
     pub async fn send(&mut self, message: &Message) -> Result<(), TransportError> {
         self.writer.send(message).await

@@ -8,15 +8,20 @@
 //! * the **reader** pump reads frames ahead into a bounded queue (backpressure reaches the
 //!   network), stopping at the first error, which `recv` then returns.
 //!
-//! Every wait is bounded: `recv` and `send` give up with [`TransportError::PeerSilent`] when the
-//! peer has sent (or taken) nothing for the configured idle time, and with
-//! [`TransportError::Stopped`] soon after a stop is requested.
+//! Every wait is bounded: `recv` and `send` give up with [`TransportError::PeerSilent`] when
+//! nothing at all has come from the peer for the configured idle time, and with
+//! [`TransportError::Stopped`] soon after a stop is requested. "Nothing at all" includes
+//! keep-alives: to a peer that announced [`CAP_KEEPALIVE`] the writer pump sends a
+//! [`Message::KeepAlive`] whenever it has written nothing for [`KEEPALIVE_EVERY`], and the
+//! reader pump swallows the peer's, so an engine busy for minutes (re-hashing a target,
+//! scanning an unchanged volume, an fsync) is not mistaken for a dead peer, while a peer that
+//! is stopped, frozen or cut off falls silent and is given up on within the bound.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::frame::Message;
+use super::frame::{Message, CAP_KEEPALIVE};
 use super::{Connection, FrameReader, FrameWriter, TransportError};
 
 /// Messages queued for the writer pump (a full queue makes `send` wait: backpressure).
@@ -29,12 +34,15 @@ const POLL: Duration = Duration::from_millis(50);
 const CLOSE_WAIT: Duration = Duration::from_secs(10);
 /// How long a failed `send` looks for the peer's refusal, which says more than the write error.
 const REFUSAL_WAIT: Duration = Duration::from_secs(5);
+/// A keep-alive goes out after this long without writing anything else (5 bytes a second on
+/// an idle link). The smallest peer timeout a command accepts is a few of these.
+pub const KEEPALIVE_EVERY: Duration = Duration::from_secs(1);
 
 /// Bounds on the waits of an endpoint.
 #[derive(Clone, Debug)]
 pub struct EndpointOptions {
-    /// Give up when the peer sends nothing (or reads nothing) for this long; `None`: wait as
-    /// long as the connection lives.
+    /// Give up when nothing (not even a keep-alive) has come from the peer for this long;
+    /// `None`: wait as long as the connection lives (an in-process peer).
     pub idle: Option<Duration>,
     /// Set to stop: blocked calls return [`TransportError::Stopped`] within 50 ms (`POLL`).
     pub stop: Arc<AtomicBool>,
@@ -62,8 +70,34 @@ pub struct Endpoint {
     options: EndpointOptions,
     write_error: Arc<Mutex<Option<TransportError>>>,
     bytes_sent: Arc<AtomicU64>,
+    /// When the reader pump last read a frame (keep-alives included).
+    heard: Arc<Clock>,
     writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
     reader: tokio::task::AbortHandle,
+}
+
+/// An instant shared between threads: milliseconds since the clock was made.
+struct Clock {
+    epoch: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Clock {
+            epoch: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.epoch + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
 }
 
 impl Endpoint {
@@ -78,13 +112,16 @@ impl Endpoint {
         let (in_tx, incoming) = flume::bounded(IN_QUEUE);
         let write_error = Arc::new(Mutex::new(None));
         let bytes_sent = Arc::new(AtomicU64::new(writer.bytes_sent));
+        let heard = Arc::new(Clock::new());
+        let keepalive = peer_capabilities & CAP_KEEPALIVE != 0;
         let writer = tokio::spawn(pump_out(
             writer,
             out_rx,
+            keepalive,
             bytes_sent.clone(),
             write_error.clone(),
         ));
-        let reader = tokio::spawn(pump_in(reader, in_tx)).abort_handle();
+        let reader = tokio::spawn(pump_in(reader, in_tx, heard.clone())).abort_handle();
         Endpoint {
             out,
             incoming,
@@ -92,6 +129,7 @@ impl Endpoint {
             options,
             write_error,
             bytes_sent,
+            heard,
             writer: Mutex::new(Some(writer)),
             reader,
         }
@@ -111,9 +149,12 @@ impl Endpoint {
         self.options.stop.load(Ordering::Relaxed)
     }
 
+    /// The error to give up with when nothing has come from the peer for the idle bound,
+    /// counting from `since` (the start of the wait) or the last frame read, the later.
     fn silent(&self, since: Instant, waiting: &'static str) -> Option<TransportError> {
         let limit = self.options.idle?;
-        (since.elapsed() >= limit).then_some(TransportError::PeerSilent {
+        let from = since.max(self.heard.last());
+        (from.elapsed() >= limit).then_some(TransportError::PeerSilent {
             secs: limit.as_secs(),
             waiting,
         })
@@ -209,10 +250,12 @@ impl Drop for Endpoint {
     }
 }
 
-/// Writes queued messages, flushing whenever the queue runs dry.
+/// Writes queued messages, flushing whenever the queue runs dry, and a keep-alive (when the
+/// peer understands it) after each [`KEEPALIVE_EVERY`] with nothing else to write.
 async fn pump_out(
     mut writer: FrameWriter,
     queue: flume::Receiver<Outgoing>,
+    keepalive: bool,
     bytes_sent: Arc<AtomicU64>,
     error: Arc<Mutex<Option<TransportError>>>,
 ) {
@@ -222,7 +265,7 @@ async fn pump_out(
                 Ok(item) => item,
                 Err(flume::TryRecvError::Empty) => {
                     writer.flush().await?;
-                    match queue.recv_async().await {
+                    match next_or_keepalive(&queue, keepalive).await {
                         Ok(item) => item,
                         Err(_) => Outgoing::Close,
                     }
@@ -244,13 +287,134 @@ async fn pump_out(
     }
 }
 
-/// Reads frames ahead until the first error (delivered too) or until nobody listens.
-async fn pump_in(mut reader: FrameReader, queue: flume::Sender<Result<Message, TransportError>>) {
+/// The next queued item; with `keepalive`, a [`Message::KeepAlive`] instead when nothing is
+/// queued within [`KEEPALIVE_EVERY`].
+async fn next_or_keepalive(
+    queue: &flume::Receiver<Outgoing>,
+    keepalive: bool,
+) -> Result<Outgoing, flume::RecvError> {
+    if !keepalive {
+        return queue.recv_async().await;
+    }
+    match tokio::time::timeout(KEEPALIVE_EVERY, queue.recv_async()).await {
+        Ok(item) => item,
+        Err(_) => Ok(Outgoing::Frame(Message::KeepAlive)),
+    }
+}
+
+/// Reads frames ahead until the first error (delivered too) or until nobody listens; notes
+/// when each frame arrived and keeps keep-alives to itself.
+async fn pump_in(
+    mut reader: FrameReader,
+    queue: flume::Sender<Result<Message, TransportError>>,
+    heard: Arc<Clock>,
+) {
     loop {
         let message = reader.recv().await;
+        if message.is_ok() {
+            heard.touch();
+        }
+        if let Ok(Message::KeepAlive) = message {
+            continue;
+        }
         let failed = message.is_err();
         if queue.send_async(message).await.is_err() || failed {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::transport::frame::{Preamble, CAP_REFINE, PREAMBLE_LEN};
+    use crate::transport::{local, BoxStream};
+
+    const IDLE: Duration = Duration::from_millis(2500);
+
+    fn bounded() -> EndpointOptions {
+        EndpointOptions {
+            idle: Some(IDLE),
+            ..EndpointOptions::default()
+        }
+    }
+
+    /// Plays an older peer by hand: its preamble without `CAP_KEEPALIVE`, then silence with
+    /// the stream held open (as a stopped process's socket is).
+    async fn older_peer_that_falls_silent(mut stream: BoxStream) -> BoxStream {
+        let older = Preamble {
+            version: 1,
+            capabilities: CAP_REFINE,
+        };
+        stream.write_all(&older.encode()).await.unwrap();
+        let mut theirs = [0u8; PREAMBLE_LEN];
+        stream.read_exact(&mut theirs).await.unwrap();
+        stream
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn keepalives_keep_a_busy_peer_from_being_given_up() {
+        let (a, b) = local::pair();
+        let (mut a, mut b) = (Connection::new(a), Connection::new(b));
+        let (ha, hb) = tokio::join!(a.handshake_within(Some(IDLE)), b.handshake());
+        assert_eq!(ha.unwrap().capabilities & CAP_KEEPALIVE, CAP_KEEPALIVE);
+        hb.unwrap();
+        let waiting = Endpoint::start(a, bounded());
+        let busy = Endpoint::start(b, EndpointOptions::default());
+        // The busy side's engine says nothing for well over the bound; its pump keeps the
+        // link alive, so the waiting side gets the message instead of giving up.
+        let got = tokio::task::spawn_blocking(move || {
+            let answer = std::thread::spawn(move || {
+                std::thread::sleep(IDLE * 2);
+                busy.send(Message::Rehash).unwrap();
+                busy
+            });
+            let got = waiting.recv();
+            drop(answer.join());
+            got
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            got.unwrap(),
+            Message::Rehash,
+            "keep-alives never reach the engine"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_silent_peer_is_given_up_within_the_bound() {
+        let (a, b) = local::pair();
+        let peer = tokio::spawn(older_peer_that_falls_silent(b));
+        let mut a = Connection::new(a);
+        a.handshake_within(Some(IDLE)).await.unwrap();
+        let endpoint = Endpoint::start(a, bounded());
+        let got = tokio::task::spawn_blocking(move || endpoint.recv())
+            .await
+            .unwrap();
+        match got {
+            Err(e @ TransportError::PeerSilent { .. }) => {
+                assert_eq!(
+                    e.to_string(),
+                    "peer silent for 2 s while waiting for its next message: giving up"
+                );
+                assert!(e.is_transient(), "a looping sender retries");
+            }
+            other => panic!("expected PeerSilent, got {other:?}"),
+        }
+        drop(peer.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_never_sends_its_preamble_is_given_up() {
+        let (a, _held_open) = local::pair();
+        let mut a = Connection::new(a);
+        let error = a.handshake_within(Some(IDLE)).await.unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "peer silent for 2 s while waiting for its preamble: giving up"
+        );
     }
 }

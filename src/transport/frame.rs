@@ -17,8 +17,11 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const CAP_REFINE: u64 = 1;
 /// Capability bit: the receiver understands `Rehash` (scrub the target before a cycle).
 pub const CAP_REHASH: u64 = 1 << 1;
+/// Capability bit: the peer understands `KeepAlive` (sent while this side has nothing else
+/// to say, so the peer can bound its waits without mistaking a long rehash for a dead link).
+pub const CAP_KEEPALIVE: u64 = 1 << 2;
 /// Capabilities this build offers.
-pub const CAPABILITIES: u64 = CAP_REFINE | CAP_REHASH;
+pub const CAPABILITIES: u64 = CAP_REFINE | CAP_REHASH | CAP_KEEPALIVE;
 /// Largest plaintext an extent may carry.
 pub const MAX_EXTENT_BYTES: u32 = 16 << 20;
 /// Most blocks in one extent (16 MiB of 4 KiB blocks).
@@ -237,6 +240,10 @@ pub enum Message {
     /// Sender, between cycles: re-hash the target against its manifest before the next
     /// cycle (only to a receiver that announced `CAP_REHASH`).
     Rehash,
+    /// Either side, when it has sent nothing for a second: "still here". Consumed by the
+    /// connection's reader (it only resets the peer-silence clock); never reaches an engine.
+    /// Only sent to a peer that announced `CAP_KEEPALIVE`.
+    KeepAlive,
 }
 
 mod kind {
@@ -255,6 +262,7 @@ mod kind {
     pub const PATCH: u8 = 13;
     pub const REFINE_KEY: u8 = 14;
     pub const REHASH: u8 = 15;
+    pub const KEEP_ALIVE: u8 = 16;
 }
 
 impl Message {
@@ -266,6 +274,7 @@ impl Message {
             Message::TargetState { .. } => "TargetState",
             Message::ManifestRequest => "ManifestRequest",
             Message::Rehash => "Rehash",
+            Message::KeepAlive => "KeepAlive",
             Message::ManifestChunk { .. } => "ManifestChunk",
             Message::ManifestEnd { .. } => "ManifestEnd",
             Message::Extent { .. } => "Extent",
@@ -314,6 +323,7 @@ impl Message {
             }
             Message::ManifestRequest => out.push(kind::MANIFEST_REQUEST),
             Message::Rehash => out.push(kind::REHASH),
+            Message::KeepAlive => out.push(kind::KEEP_ALIVE),
             Message::ManifestChunk {
                 first_block,
                 hashes,
@@ -447,6 +457,7 @@ impl Message {
             },
             kind::MANIFEST_REQUEST => Message::ManifestRequest,
             kind::REHASH => Message::Rehash,
+            kind::KEEP_ALIVE => Message::KeepAlive,
             kind::MANIFEST_CHUNK => {
                 let first_block = r.u64()?;
                 let count = r.u32()?;
@@ -834,6 +845,7 @@ mod tests {
             }),
             Just(Message::ManifestRequest),
             Just(Message::Rehash),
+            Just(Message::KeepAlive),
             (
                 any::<u64>(),
                 proptest::collection::vec(hash_strategy(), 1..20)

@@ -143,7 +143,7 @@ proptest! {
 
     #[test]
     fn message_decode_survives_a_known_type_byte_and_arbitrary_body(
-        kind in 0u8..=15,
+        kind in 0u8..=17,
         body in proptest::collection::vec(any::<u8>(), 0..1024),
     ) {
         let mut bytes = vec![kind];
@@ -407,7 +407,7 @@ fn every_bound_is_accepted_at_the_limit_and_refused_one_past_it() {
     // Types, emptiness and trailing bytes.
     assert_eq!(Message::decode(&[]), Err(FrameError::Empty));
     assert_eq!(Message::decode(&[0]), Err(FrameError::UnknownType(0)));
-    assert_eq!(Message::decode(&[16]), Err(FrameError::UnknownType(16)));
+    assert_eq!(Message::decode(&[17]), Err(FrameError::UnknownType(17)));
     let mut b = body(&Message::ManifestRequest);
     b.push(0);
     assert_eq!(Message::decode(&b), Err(FrameError::Trailing(1)));

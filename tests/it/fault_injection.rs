@@ -25,9 +25,14 @@ struct RawSender {
 
 impl RawSender {
     fn start(target: &Path, state: &Path) -> Self {
+        Self::start_with(target, state, &[])
+    }
+
+    fn start_with(target: &Path, state: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(support::bin())
             .args(["receive", "--stdio", "--create", "--state-dir"])
             .arg(state)
+            .args(extra)
             .arg(target)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -64,12 +69,18 @@ impl RawSender {
         Preamble::decode(&buf).map_err(|e| e.to_string())
     }
 
+    /// The receiver's next message, keep-alives skipped (a real connection swallows them).
     fn recv(&mut self) -> Option<Message> {
-        let mut len = [0u8; 4];
-        self.stdout.read_exact(&mut len).ok()?;
-        let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
-        self.stdout.read_exact(&mut body).ok()?;
-        Some(Message::decode(&body).expect("receiver sent a valid frame"))
+        loop {
+            let mut len = [0u8; 4];
+            self.stdout.read_exact(&mut len).ok()?;
+            let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
+            self.stdout.read_exact(&mut body).ok()?;
+            match Message::decode(&body).expect("receiver sent a valid frame") {
+                Message::KeepAlive => continue,
+                message => return Some(message),
+            }
+        }
     }
 
     /// Starts cycle 1 for a SIZE-byte device and returns the receiver's TargetState.
@@ -87,6 +98,21 @@ impl RawSender {
     /// Closes our end and returns (exit code, stderr).
     fn finish(mut self) -> (i32, String) {
         drop(self.stdin.take());
+        self.exit_status()
+    }
+
+    /// Waits for the receiver to exit on its own, our end still open (panics after
+    /// `timeout`: the receiver hung), then returns (exit code, stderr).
+    fn wait_holding_open(mut self, timeout: std::time::Duration) -> (i32, String) {
+        support::wait_for(timeout, "the receiver to give up", || {
+            self.child.try_wait().unwrap().map(|_| ())
+        });
+        let answer = self.exit_status();
+        drop(self.stdin.take());
+        answer
+    }
+
+    fn exit_status(&mut self) -> (i32, String) {
         let mut stderr = String::new();
         self.child
             .stderr
@@ -259,6 +285,29 @@ fn corrupt_compressed_payload_is_refused() {
     );
     assert_eq!(peer.finish().0, 1);
     assert_eq!(std::fs::read(&s.target).unwrap(), before);
+}
+
+#[test]
+fn a_damaged_length_field_ends_in_peer_silent_within_the_bound() {
+    // The length says 1 MiB follows; 16 bytes do, and the sender (still connected) waits for
+    // an answer that cannot come. Without a bound both ends wait forever.
+    let s = setup();
+    let before = std::fs::read(&s.target).unwrap();
+    let mut peer = RawSender::start_with(&s.target, &s.state, &["--peer-timeout", "3s"]);
+    peer.start_cycle();
+    peer.write_raw(&(1u32 << 20).to_le_bytes());
+    peer.write_raw(&[7u8; 16]);
+    let (code, stderr) = peer.wait_holding_open(support::RUN_TIMEOUT);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(error_lines(&stderr).len(), 1, "{stderr}");
+    assert!(
+        error_lines(&stderr)[0].contains("peer silent for 3 s"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(&s.target).unwrap(), before);
+    assert_eq!(receiver_status(&s.state)["committed_generation"], 1);
+    send_once(&s.source, &s.target, &s.state);
+    assert_eq!(receiver_status(&s.state)["condition"], "consistent");
 }
 
 #[test]

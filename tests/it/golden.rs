@@ -219,6 +219,7 @@ pub fn type_byte(message: &Message) -> u8 {
         Message::Patch { .. } => 13,
         Message::RefineKey { .. } => 14,
         Message::Rehash => 15,
+        Message::KeepAlive => 16,
     }
 }
 
@@ -326,6 +327,7 @@ pub fn sample_frames() -> Vec<(&'static str, Message)> {
         ),
         ("14-refine-key", Message::RefineKey { key: hash_of(70) }),
         ("15-rehash", Message::Rehash),
+        ("16-keep-alive", Message::KeepAlive),
     ]
 }
 
@@ -370,7 +372,7 @@ fn one_frame_of_every_message_type_matches_its_fixture() {
     let frames = sample_frames();
     let mut types: Vec<u8> = frames.iter().map(|(_, m)| type_byte(m)).collect();
     types.sort_unstable();
-    assert_eq!(types, (1..=15).collect::<Vec<u8>>(), "one frame per type");
+    assert_eq!(types, (1..=16).collect::<Vec<u8>>(), "one frame per type");
     for (name, message) in frames {
         let mut encoded = Vec::new();
         message.encode(&mut encoded);

@@ -30,5 +30,6 @@ mod scrub;
 mod signals;
 mod ssh;
 mod stale_state;
+mod stalls;
 mod tls;
 mod verify_status;

@@ -88,3 +88,20 @@ fn ssh_with_a_missing_remote_command_fails_cleanly() {
     assert!(out.json_lines().is_empty(), "{out:?}");
     assert_content(&tgt, &before, "target after a failed ssh start");
 }
+
+#[test]
+fn ssh_whose_remote_side_never_answers_is_given_up_within_the_bound() {
+    // A real ssh login whose remote command reads its input and never writes: the stream is
+    // open and healthy, and silent. (`cat` ends when the killed ssh closes the channel.)
+    let t = Scratch::new("ssh-silent");
+    let sshd = Sshd::start(&t.dir("sshd"));
+    let src = t.path("source.img");
+    let tgt = t.path("target.img");
+    write_random_file(&src, 2 * MIB, 421);
+    let mut args = send_args(s(&src), &sshd.url(&tgt), &t.dir("state"));
+    args.extend(["--once", "--peer-timeout", "3s"].map(String::from));
+    args.extend(ssh_args(&sshd, "sh -c 'exec cat >/dev/null' sh"));
+    let out = run(&args);
+    out.assert_error(1, &["peer silent for 3 s", "preamble"]);
+    assert!(!tgt.exists(), "nothing may be written");
+}
