@@ -227,6 +227,15 @@ async fn one_cycle(
     };
     Some(match result {
         Ok(report) => Ok(report),
+        Err(e) if e.is_ours() => {
+            // The receiver records the first cause, not "peer closed the connection".
+            open.endpoint.refuse(&format!("the sender gave up: {e}"));
+            if let Some(open) = link.take() {
+                // Lets the receiver (in-process, or ssh's remote one) record it before we go.
+                let _ = open.close().await;
+            }
+            Err(e.into())
+        }
         Err(SendError::Transport(e)) => {
             let peer = open.peer_error().await;
             Err(peer.map_or(DaemonError::Send(SendError::Transport(e)), Into::into))

@@ -95,7 +95,11 @@ impl ReceiveError {
     /// True when this error was detected here (worth telling the peer), not a failure of the
     /// connection itself or the peer's own refusal.
     pub fn is_ours(&self) -> bool {
-        !matches!(self, ReceiveError::Transport(_) | ReceiveError::Stopped)
+        match self {
+            ReceiveError::Transport(e) => e.detected_here(),
+            ReceiveError::Stopped => false,
+            _ => true,
+        }
     }
 }
 

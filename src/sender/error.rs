@@ -55,6 +55,18 @@ pub enum SendError {
 }
 
 impl SendError {
+    /// True when this error was found on the sender's side (a bad frame or message from the
+    /// receiver, a source read error, a state that cannot be written...): the receiver is
+    /// told in a `Refused` before the connection closes, so that its record names the cause.
+    /// Not a failure of the connection itself, the receiver's own refusal, or a stop.
+    pub fn is_ours(&self) -> bool {
+        match self {
+            SendError::Transport(e) => e.detected_here(),
+            SendError::Stopped => false,
+            _ => true,
+        }
+    }
+
     /// True when the next cycle may succeed without the user changing anything: network
     /// trouble, a read error of the frozen view, a snapshot that vanished or went bad during
     /// the cycle (the next takes a new one), state that could not be written (a full disk

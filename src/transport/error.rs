@@ -51,6 +51,18 @@ pub enum TransportError {
 }
 
 impl TransportError {
+    /// True when this side found the fault (bad bytes, a message out of place, a peer that
+    /// went silent): the first cause, worth telling the peer in a `Refused` before closing, so
+    /// that both ends record it rather than one of them "peer closed the connection".
+    pub fn detected_here(&self) -> bool {
+        matches!(
+            self,
+            TransportError::Frame(_)
+                | TransportError::Unexpected { .. }
+                | TransportError::PeerSilent { .. }
+        )
+    }
+
     /// True when retrying later may succeed (network trouble rather than a refusal).
     pub fn is_transient(&self) -> bool {
         matches!(

@@ -311,6 +311,27 @@ fn a_damaged_length_field_ends_in_peer_silent_within_the_bound() {
 }
 
 #[test]
+fn a_frame_that_does_not_decode_is_answered_with_the_reason() {
+    // The receiver found the fault: it says so to the sender (which would otherwise only see
+    // the connection close) before it ends, and records the same cause.
+    let s = setup();
+    let mut peer = RawSender::start(&s.target, &s.state);
+    peer.start_cycle();
+    peer.write_raw(&[1, 0, 0, 0, 99]);
+    let reply = peer.recv();
+    assert!(
+        matches!(&reply, Some(Message::Refused { reason }) if reason.contains("unknown frame type 99")),
+        "{reply:?}"
+    );
+    let (code, stderr) = peer.finish();
+    assert_eq!(code, 1);
+    assert!(
+        error_lines(&stderr)[0].contains("unknown frame type 99"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn oversized_frame_is_refused_before_allocating() {
     let s = setup();
     let mut peer = RawSender::start(&s.target, &s.state);

@@ -14,6 +14,7 @@
 
 mod support;
 
+mod attribution;
 mod bad_input;
 mod bench_small;
 mod decoders;
