@@ -164,6 +164,14 @@ pub struct SendArgs {
     /// this quiet; a looping sender then retries.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = peer_timeout_arg)]
     pub peer_timeout: Duration,
+    /// At most RATE bytes per second on the wire to a remote destination (e.g. 10M; a token
+    /// bucket with a burst of 1/20 s): the link stays usable for everything else.
+    #[arg(long, value_name = "RATE", value_parser = wire_rate_arg)]
+    pub bwlimit: Option<u64>,
+    /// At most RATE bytes per second read from the source by a cycle's scan (e.g. 100M), so
+    /// that a full scan or an audit leaves the disk to the production workload.
+    #[arg(long, value_name = "RATE", value_parser = rate_arg)]
+    pub read_limit: Option<u64>,
     /// Print one JSON object per committed cycle on stdout.
     #[arg(long)]
     pub json: bool,
@@ -352,6 +360,11 @@ fn scrub_every_arg(text: &str) -> Result<std::time::Duration, String> {
         return Err("must be between 1s and 366d".into());
     }
     Ok(every)
+}
+
+/// A wire rate in bytes per second: 64K (a slow WAN link) to 1T.
+fn wire_rate_arg(text: &str) -> Result<u64, String> {
+    size_between(text, 64 << 10, 1 << 40, "64K and 1T (bytes per second)")
 }
 
 /// A rate in bytes per second: 1M to 1T.

@@ -266,6 +266,7 @@ fn daemon_config(source: &Path, state: &Path, receiver: &DemoReceiver) -> Daemon
             read_mode: Default::default(),
             audit: Default::default(),
             rehash_target: false,
+            read_limit: None,
         },
         link: LinkConfig {
             dest: Destination::Tls {
@@ -280,6 +281,7 @@ fn daemon_config(source: &Path, state: &Path, receiver: &DemoReceiver) -> Daemon
             )),
             ssh: SshOptions::default(),
             peer_timeout: Duration::from_secs(60),
+            bwlimit: None,
         },
         mode: Mode::Once,
         interval: Duration::from_secs(1),

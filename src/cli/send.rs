@@ -151,6 +151,7 @@ fn daemon_config(args: SendArgs, dest: Destination, tls: Option<TlsPair>) -> Dae
                 always: args.audit,
             },
             rehash_target: args.rehash_target,
+            read_limit: args.read_limit,
         },
         link: LinkConfig {
             dest,
@@ -163,6 +164,7 @@ fn daemon_config(args: SendArgs, dest: Destination, tls: Option<TlsPair>) -> Dae
                 remote_state_dir: args.remote_state_dir,
             },
             peer_timeout: args.peer_timeout,
+            bwlimit: args.bwlimit,
         },
         mode,
         interval: args.interval,

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use crate::progress::NoProgress;
 use crate::receiver::{self, ReceiverConfig};
+use crate::transport::bwlimit::WireLimit;
 use crate::transport::dest::Destination;
 use crate::transport::ssh::SshDialer;
 use crate::transport::ssh::SshOptions;
@@ -38,6 +39,8 @@ pub struct LinkConfig {
     /// Give up on a remote receiver silent (not even a keep-alive) for this long, from the
     /// handshake on (`--peer-timeout`). An in-process receiver has no such bound.
     pub peer_timeout: std::time::Duration,
+    /// At most this many bytes per second written to a remote receiver (`--bwlimit`).
+    pub bwlimit: Option<u64>,
 }
 
 /// The dialer of a remote destination: TLS for `tls://` (which needs an identity and a pin),
@@ -147,7 +150,12 @@ impl Link {
         };
         let mut conn = Connection::new(stream);
         let handshake = conn.handshake_within(idle).await;
-        let endpoint = Arc::new(Endpoint::start(conn, EndpointOptions { idle, stop }));
+        let limit = match peer {
+            Peer::Local(_) => None,
+            Peer::Remote(_) => config.bwlimit.map(|rate| Arc::new(WireLimit::new(rate))),
+        };
+        let options = EndpointOptions { idle, stop, limit };
+        let endpoint = Arc::new(Endpoint::start(conn, options));
         let mut link = Link { endpoint, peer };
         if let Err(e) = handshake {
             return Err(link.peer_error().await.unwrap_or(e.into()));
@@ -203,6 +211,7 @@ mod tests {
             tls: None,
             ssh: SshOptions::default(),
             peer_timeout: std::time::Duration::from_secs(60),
+            bwlimit: None,
         }
     }
 

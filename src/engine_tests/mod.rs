@@ -139,6 +139,7 @@ impl Rig {
             read_mode: Default::default(),
             audit: self.audit.get(),
             rehash_target: false,
+            read_limit: None,
         };
         let provider: Arc<dyn crate::snapshot::SnapshotProvider> = Arc::new(NoSnapshot::default());
         let kept = self.state.join("kept");

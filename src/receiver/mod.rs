@@ -130,6 +130,7 @@ pub async fn serve(
         EndpointOptions {
             idle: config.peer_timeout,
             stop: stop.clone(),
+            limit: None,
         },
     ));
     let _lock = match lock {

@@ -58,6 +58,9 @@ pub struct CycleConfig {
     pub audit: audit::AuditPolicy,
     /// Ask the receiver to re-hash its target (scrub) before the cycle.
     pub rehash_target: bool,
+    /// At most this many bytes per second read from the source by a cycle's scan
+    /// (`--read-limit`), so that a full scan or an audit leaves the disk to the workload.
+    pub read_limit: Option<u64>,
 }
 
 /// What every cycle of a run works with besides its configuration.
@@ -258,6 +261,9 @@ fn scan_and_ship(
         ranges,
         options: ScanOptions {
             read_mode: config.read_mode,
+            throttle: config
+                .read_limit
+                .map(|rate| Arc::new(crate::source::throttle::Throttle::new(rate))),
             ..ScanOptions::new(config.block_size)
         },
         level: config.compress_level,

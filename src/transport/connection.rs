@@ -70,8 +70,20 @@ impl FrameReader {
 impl FrameWriter {
     /// Queues a message (buffered; call [`FrameWriter::flush`] when waiting for an answer).
     pub async fn send(&mut self, message: &Message) -> Result<(), TransportError> {
+        self.encode(message);
+        self.write_encoded().await
+    }
+
+    /// Encodes a message for [`FrameWriter::write_encoded`]; returns its length on the wire
+    /// (what a bandwidth limit charges before it is written).
+    pub fn encode(&mut self, message: &Message) -> usize {
         self.scratch.clear();
         message.encode(&mut self.scratch);
+        self.scratch.len()
+    }
+
+    /// Queues the message [`FrameWriter::encode`] encoded last.
+    pub async fn write_encoded(&mut self) -> Result<(), TransportError> {
         self.writer.write_all(&self.scratch).await?;
         self.bytes_sent += self.scratch.len() as u64;
         Ok(())

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::bwlimit::WireLimit;
 use super::frame::{Message, CAP_KEEPALIVE};
 use super::{Connection, FrameReader, FrameWriter, TransportError};
 
@@ -46,6 +47,8 @@ pub struct EndpointOptions {
     pub idle: Option<Duration>,
     /// Set to stop: blocked calls return [`TransportError::Stopped`] within 50 ms (`POLL`).
     pub stop: Arc<AtomicBool>,
+    /// At most this many bytes per second written (`send --bwlimit`); keep-alives too.
+    pub limit: Option<Arc<WireLimit>>,
 }
 
 impl Default for EndpointOptions {
@@ -53,6 +56,7 @@ impl Default for EndpointOptions {
         EndpointOptions {
             idle: None,
             stop: Arc::new(AtomicBool::new(false)),
+            limit: None,
         }
     }
 }
@@ -118,6 +122,7 @@ impl Endpoint {
             writer,
             out_rx,
             keepalive,
+            options.limit.clone(),
             bytes_sent.clone(),
             write_error.clone(),
         ));
@@ -256,6 +261,7 @@ async fn pump_out(
     mut writer: FrameWriter,
     queue: flume::Receiver<Outgoing>,
     keepalive: bool,
+    limit: Option<Arc<WireLimit>>,
     bytes_sent: Arc<AtomicU64>,
     error: Arc<Mutex<Option<TransportError>>>,
 ) {
@@ -274,7 +280,16 @@ async fn pump_out(
             };
             match item {
                 Outgoing::Frame(message) => {
-                    writer.send(&message).await?;
+                    let len = writer.encode(&message);
+                    if let Some(limit) = &limit {
+                        let wait = limit.reserve(len as u64);
+                        if !wait.is_zero() {
+                            // What is buffered goes out before the pause, not after it.
+                            writer.flush().await?;
+                            tokio::time::sleep(wait).await;
+                        }
+                    }
+                    writer.write_encoded().await?;
                     bytes_sent.store(writer.bytes_sent, Ordering::Relaxed);
                 }
                 Outgoing::Close => return writer.shutdown().await,

@@ -8,6 +8,7 @@
 //! connection as an [`Endpoint`]: blocking `send` and `recv` with bounds, pumped by async
 //! tasks. A local destination's in-process receiver is wired by `daemon::link`, not here.
 
+pub mod bwlimit;
 mod connection;
 pub mod dest;
 pub mod dialer;

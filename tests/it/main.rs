@@ -21,6 +21,7 @@ mod decoders;
 mod fault_injection;
 mod file_to_file;
 mod full_fs;
+mod fuzz_corpus;
 mod golden;
 mod interrupt;
 mod loop_devices;
