@@ -55,6 +55,7 @@ pub fn dialer_for(config: &LinkConfig) -> Result<Option<Box<dyn Dialer>>, LinkEr
                 port: *port,
                 identity,
                 pinned,
+                timeout: config.peer_timeout,
             })
         }
         Destination::Ssh {

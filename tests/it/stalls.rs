@@ -141,3 +141,20 @@ fn a_once_sender_facing_a_stopped_receiver_exits_with_one_clear_line() {
     );
     receiver.proc.signal(Signal::SIGCONT);
 }
+
+#[test]
+fn a_tls_listener_that_never_answers_is_given_up_within_the_peer_timeout() {
+    // TCP accepts (the kernel does, even for a frozen process), TLS never starts.
+    let t = Scratch::new("stall-tls-handshake");
+    let ids = TlsPair::new(&t);
+    let src = t.path("source.img");
+    write_random_file(&src, MIB, 531);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("tls://{}", listener.local_addr().unwrap());
+    let mut args = send_args(s(&src), &url, &t.dir("state"));
+    args.extend(["--once", "--peer-timeout", PEER_TIMEOUT].map(String::from));
+    args.extend(ids.sender_args());
+    let out = run(&args);
+    out.assert_error(1, &["TLS handshake", "timed out after 3 s"]);
+    drop(listener);
+}

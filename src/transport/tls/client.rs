@@ -12,7 +12,7 @@ use tokio_rustls::TlsConnector;
 
 use super::identity::fingerprint_of;
 use super::pinning::{is_certificate_alert, not_pinned, PinnedVerifier};
-use super::socket::{configure_socket, with_timeout};
+use super::socket::{configure_socket, with_timeout, HANDSHAKE_TIMEOUT};
 use super::{config_error, provider, rustls_error, HandshakeCause, Identity, TlsError, ACCEPTED};
 use crate::transport::dest::host_port;
 use crate::transport::dialer::{BoxFuture, DialError, Dialed, Dialer};
@@ -30,12 +30,21 @@ pub struct TlsDialer {
     pub identity: Arc<Identity>,
     /// SHA-256 of the receiver's certificate (`--peer`).
     pub pinned: [u8; 32],
+    /// Bound on the TCP connect, and on the TLS handshake (`--peer-timeout`).
+    pub timeout: std::time::Duration,
 }
 
 impl Dialer for TlsDialer {
     fn dial(&self) -> BoxFuture<'_, Result<Dialed, DialError>> {
         Box::pin(async move {
-            let stream = connect(&self.host, self.port, &self.identity, self.pinned).await?;
+            let stream = connect_within(
+                &self.host,
+                self.port,
+                &self.identity,
+                self.pinned,
+                self.timeout,
+            )
+            .await?;
             Ok(Dialed {
                 stream,
                 finisher: None,
@@ -94,9 +103,20 @@ pub async fn connect(
     identity: &Identity,
     peer: [u8; 32],
 ) -> Result<BoxStream, TlsError> {
+    connect_within(host, port, identity, peer, HANDSHAKE_TIMEOUT).await
+}
+
+/// [`connect`], with `limit` on the TCP connect and on the handshake (each).
+pub async fn connect_within(
+    host: &str,
+    port: u16,
+    identity: &Identity,
+    peer: [u8; 32],
+    limit: std::time::Duration,
+) -> Result<BoxStream, TlsError> {
     let addr = host_port(host, port);
     let config = client_config(identity, peer)?;
-    let tcp = with_timeout(&addr, async {
+    let tcp = with_timeout(&addr, limit, async {
         TcpStream::connect((host, port))
             .await
             .map_err(|e| TlsError::Connect {
@@ -106,7 +126,7 @@ pub async fn connect(
     })
     .await?;
     configure_socket(&tcp);
-    let stream = with_timeout(&addr, client_handshake(&addr, config, tcp, peer)).await?;
+    let stream = with_timeout(&addr, limit, client_handshake(&addr, config, tcp, peer)).await?;
     tracing::debug!("TLS connection to {addr} established");
     Ok(stream)
 }
@@ -156,6 +176,7 @@ mod tests {
             port,
             identity: Arc::new(identity),
             pinned: [0; 32],
+            timeout: HANDSHAKE_TIMEOUT,
         };
         let error = dialer.dial().await.err().unwrap();
         assert_eq!(

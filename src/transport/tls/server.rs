@@ -118,7 +118,13 @@ impl TlsServer {
         let addr = tcp
             .peer_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        with_timeout(&format!("client {addr}"), self.server_handshake(addr, tcp)).await
+        let client = format!("client {addr}");
+        with_timeout(
+            &client,
+            super::HANDSHAKE_TIMEOUT,
+            self.server_handshake(addr, tcp),
+        )
+        .await
     }
 
     async fn server_handshake(

@@ -9,7 +9,8 @@ use tokio::net::TcpStream;
 
 use super::TlsError;
 
-/// How long a TCP connect, or a TLS handshake plus confirmation, may take.
+/// How long a TCP connect, or a TLS handshake plus confirmation, may take by default (`send`
+/// and `receive` use their `--peer-timeout` instead).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A peer that goes silent (host down, link cut, a NAT that forgot the flow) must not hold
@@ -40,16 +41,17 @@ pub(super) fn configure_socket(tcp: &TcpStream) {
     }
 }
 
-/// Runs `future` for at most [`HANDSHAKE_TIMEOUT`]; `addr` names the peer in the timeout.
+/// Runs `future` for at most `limit`; `addr` names the peer in the timeout.
 pub(super) async fn with_timeout<T>(
     addr: &str,
+    limit: Duration,
     future: impl Future<Output = Result<T, TlsError>>,
 ) -> Result<T, TlsError> {
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, future).await {
+    match tokio::time::timeout(limit, future).await {
         Ok(result) => result,
         Err(_) => Err(TlsError::Timeout {
             addr: addr.to_string(),
-            secs: HANDSHAKE_TIMEOUT.as_secs(),
+            secs: limit.as_secs(),
         }),
     }
 }
