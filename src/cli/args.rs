@@ -201,8 +201,14 @@ pub struct SendArgs {
 /// Options of `receive`.
 #[derive(clap::Args, Debug)]
 pub struct ReceiveArgs {
-    /// File or block device to write.
-    pub target: PathBuf,
+    /// File or block device to write (or --targets FILE for several).
+    #[arg(required_unless_present = "targets")]
+    pub target: Option<PathBuf>,
+    /// With --listen: serve every target of FILE (TOML, one [NAME] table per target with its
+    /// path and allowed senders; see README), on one port; a sender names its target with
+    /// tls://HOST:PORT/NAME.
+    #[arg(long, value_name = "FILE", requires = "listen", conflicts_with_all = ["target", "create", "max_size", "allow_peer"])]
+    pub targets: Option<PathBuf>,
     /// Listen for mutual-TLS senders on ADDR (e.g. 0.0.0.0:7300).
     #[arg(long, required_unless_present = "stdio", conflicts_with = "stdio")]
     pub listen: Option<String>,

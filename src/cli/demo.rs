@@ -239,7 +239,7 @@ async fn start_receiver(dir: &Path, target: &Path) -> anyhow::Result<DemoReceive
     let (stop, stop_rx) = oneshot::channel::<()>();
     let task = tokio::spawn(crate::receiver::listen::serve_tls(
         server,
-        receiver_config,
+        crate::receiver::listen::Served::One(receiver_config),
         async {
             let _ = stop_rx.await;
         },
@@ -272,6 +272,7 @@ fn daemon_config(source: &Path, state: &Path, receiver: &DemoReceiver) -> Daemon
             dest: Destination::Tls {
                 host: addr.ip().to_string(),
                 port: addr.port(),
+                name: None,
             },
             state_dir: state.to_owned(),
             threads: 2,

@@ -11,13 +11,23 @@ use super::args::{threads_or_default, ReceiveArgs};
 use super::out::outln;
 use super::{block_on, init_logging, usage, CliError};
 use crate::progress::NoProgress;
-use crate::receiver::{self, GrowthLimit, ReceiverConfig, ScrubSchedule};
+use crate::receiver::listen::Served;
+use crate::receiver::targets::Shared;
+use crate::receiver::{self, GrowthLimit, NamedTargets, ReceiverConfig, ScrubSchedule};
 use crate::transport::tls;
 
 /// Runs `receive`.
 pub fn run(args: ReceiveArgs) -> Result<i32, CliError> {
+    if let Some(file) = args.targets.clone() {
+        init_logging(None);
+        return listen_named(args, &file);
+    }
+    let target = args
+        .target
+        .as_deref()
+        .expect("clap requires TARGET or --targets");
     let config = ReceiverConfig {
-        target: receiver::absolute(&args.target),
+        target: receiver::absolute(target),
         create: args.create,
         state_dir: args
             .state_dir
@@ -69,7 +79,40 @@ fn listen(args: ReceiveArgs, config: ReceiverConfig) -> Result<i32, CliError> {
         // receiver goes on serving.
         outln!("listening on {}", server.local_addr());
         tracing::info!(addr = %server.local_addr(), target = %config.target.display(), "receiver ready");
-        crate::receiver::listen::serve_tls(server, Arc::new(config), crate::daemon::shutdown_signal()).await
+        let served = Served::One(Arc::new(config));
+        crate::receiver::listen::serve_tls(server, served, crate::daemon::shutdown_signal()).await
+    })?
+    .map_err(|e| CliError::Runtime(e.into()))?;
+    Ok(0)
+}
+
+/// Serves every target of a targets file on one port, until SIGINT or SIGTERM.
+fn listen_named(args: ReceiveArgs, file: &std::path::Path) -> Result<i32, CliError> {
+    let addr = args.listen.expect("clap: --targets requires --listen");
+    let Some(identity_dir) = &args.identity else {
+        return Err(usage("receive --listen needs --identity DIR"));
+    };
+    let shared = Shared {
+        state_dir: args
+            .state_dir
+            .clone()
+            .unwrap_or_else(crate::state::default_state_dir),
+        threads: threads_or_default(args.threads),
+        scrub: args.scrub_every.map(|every| ScrubSchedule {
+            every,
+            rate: args.scrub_rate,
+        }),
+        peer_timeout: Some(args.peer_timeout),
+    };
+    let named = NamedTargets::load(file, &shared).map_err(|e| CliError::Runtime(e.into()))?;
+    let identity = tls::load_identity(identity_dir).context("--identity")?;
+    block_on(async {
+        let server = tls::TlsServer::bind(&addr, &identity, named.all_peers()).await?;
+        outln!("listening on {}", server.local_addr());
+        let names: Vec<&str> = named.targets.keys().map(String::as_str).collect();
+        tracing::info!(addr = %server.local_addr(), targets = %names.join(", "), "receiver ready");
+        let served = Served::Named(Arc::new(named));
+        crate::receiver::listen::serve_tls(server, served, crate::daemon::shutdown_signal()).await
     })?
     .map_err(|e| CliError::Runtime(e.into()))?;
     Ok(0)

@@ -14,6 +14,7 @@ use crate::progress::NoProgress;
 use crate::receiver::{self, ReceiverConfig};
 use crate::transport::bwlimit::WireLimit;
 use crate::transport::dest::Destination;
+use crate::transport::frame::{Message, CAP_NAMED_TARGETS};
 use crate::transport::ssh::SshDialer;
 use crate::transport::ssh::SshOptions;
 use crate::transport::tls::Identity;
@@ -48,7 +49,7 @@ pub struct LinkConfig {
 pub fn dialer_for(config: &LinkConfig) -> Result<Option<Box<dyn Dialer>>, LinkError> {
     Ok(Some(match &config.dest {
         Destination::Local(_) => return Ok(None),
-        Destination::Tls { host, port } => {
+        Destination::Tls { host, port, .. } => {
             let (identity, pinned) = config.tls.clone().ok_or(LinkError::MissingIdentity)?;
             Box::new(TlsDialer {
                 host: host.clone(),
@@ -88,6 +89,9 @@ pub enum LinkError {
     /// A `tls://` destination without an identity and a pinned peer.
     #[error("tls:// destinations need --identity DIR and --peer FINGERPRINT")]
     MissingIdentity,
+    /// `tls://HOST:PORT/NAME` to a receiver too old to serve named targets.
+    #[error("the receiver does not serve named targets (it predates `receive --targets`): drop /{0} from DEST")]
+    NoNamedTargets(String),
 }
 
 impl LinkError {
@@ -97,7 +101,7 @@ impl LinkError {
             LinkError::Dial(e) => e.is_transient(),
             LinkError::Transport(e) => e.is_transient(),
             LinkError::Receive(e) => e.is_transient(),
-            LinkError::MissingIdentity => false,
+            LinkError::MissingIdentity | LinkError::NoNamedTargets(_) => false,
         }
     }
 }
@@ -161,7 +165,24 @@ impl Link {
         if let Err(e) = handshake {
             return Err(link.peer_error().await.unwrap_or(e.into()));
         }
+        if let Destination::Tls {
+            name: Some(name), ..
+        } = &config.dest
+        {
+            link.open_target(name)?;
+        }
         Ok(link)
+    }
+
+    /// Names the target this connection writes, on a receiver that serves several (the
+    /// receiver checks that we may write it before anything else happens).
+    fn open_target(&self, name: &str) -> Result<(), LinkError> {
+        if self.endpoint.peer_capabilities() & CAP_NAMED_TARGETS == 0 {
+            return Err(LinkError::NoNamedTargets(name.to_string()));
+        }
+        let target = name.to_string();
+        self.endpoint.send(Message::Open { target })?;
+        Ok(())
     }
 
     /// After a transport failure: the local receiver's own error, which says more.

@@ -66,6 +66,9 @@ pub enum ReceiveError {
         /// The committed generation its state names.
         generation: u64,
     },
+    /// A sender named a target this receiver does not serve, or may not write.
+    #[error("{0}")]
+    Naming(#[from] NamingError),
     /// The worker threads could not be started.
     #[error("cannot start worker threads: {0}")]
     Threads(#[source] rayon::ThreadPoolBuildError),
@@ -86,6 +89,7 @@ impl ReceiveError {
             | ReceiveError::RootMismatch { .. } => true,
             ReceiveError::GenerationExhausted { .. }
             | ReceiveError::GrowthRefused { .. }
+            | ReceiveError::Naming(_)
             | ReceiveError::Protocol(_)
             | ReceiveError::Threads(_)
             | ReceiveError::Stopped => false,
@@ -101,6 +105,35 @@ impl ReceiveError {
             _ => true,
         }
     }
+}
+
+/// Why a sender cannot write the target it named (or did not name), checked before the
+/// target is locked, opened or written.
+#[derive(Debug, thiserror::Error)]
+pub enum NamingError {
+    /// A receiver of several targets (`--targets`), and the sender named none.
+    #[error("this receiver serves several targets: name one in DEST (tls://HOST:PORT/NAME); you may write: {allowed}")]
+    Unnamed {
+        /// The names this peer may write, comma-separated (or "none").
+        allowed: String,
+    },
+    /// No target of that name here (or not one this peer may write: the same answer, so a
+    /// peer cannot learn the names it is not allowed).
+    #[error("no target named {name:?} that peer {peer} may write here")]
+    NotAllowed {
+        /// The name asked for.
+        name: String,
+        /// The peer's certificate fingerprint.
+        peer: String,
+    },
+    /// A receiver of one target, and the sender named one.
+    #[error("this receiver serves one unnamed target ({target}): drop /{name} from DEST")]
+    SingleTarget {
+        /// The name the sender gave.
+        name: String,
+        /// The one target served.
+        target: PathBuf,
+    },
 }
 
 /// What a sender did wrong.

@@ -1,6 +1,7 @@
-//! `receive --listen`: accepts mutual-TLS connections and serves each with the receiver. Only
-//! peers whose certificate fingerprint is allowed get past the handshake; the per-target lock
-//! makes a second concurrent sender get a clear refusal. On shutdown every session is asked
+//! `receive --listen`: accepts mutual-TLS connections and serves each with the receiver, for
+//! one target or for several ([`Served`]; then each sender names its target and must be
+//! allowed on it). Only peers whose certificate fingerprint is allowed get past the handshake;
+//! the per-target lock makes a second concurrent sender get a clear refusal. On shutdown every session is asked
 //! to stop, records its aborted cycle as interrupted, and is waited for (bounded). With
 //! `--scrub-every`, the target is scrubbed periodically while no sender writes it.
 
@@ -12,27 +13,50 @@ use tokio::task::JoinSet;
 
 use crate::progress::NoProgress;
 use crate::receiver::scrub::{scrub_at, ScrubOutcome};
-use crate::receiver::{self, ReceiveError, ReceiverConfig, ScrubSchedule};
-use crate::transport::tls::{TlsError, TlsServer};
+use crate::receiver::{self, NamedTargets, ReceiveError, ReceiverConfig, ScrubSchedule};
+use crate::transport::tls::{parse_fingerprint, TlsError, TlsServer};
 
 /// How long shutdown waits for sessions to record their aborted cycles.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 
+/// What a listening receiver serves.
+pub enum Served {
+    /// One target, for every allowed peer (`receive TARGET --listen`).
+    One(Arc<ReceiverConfig>),
+    /// Several, by name, each with its own allowed peers (`receive --listen --targets FILE`).
+    Named(Arc<NamedTargets>),
+}
+
+impl Served {
+    fn configs(&self) -> Vec<Arc<ReceiverConfig>> {
+        match self {
+            Served::One(config) => vec![config.clone()],
+            Served::Named(named) => named.targets.values().map(|t| t.config.clone()).collect(),
+        }
+    }
+}
+
 /// Serves connections until `shutdown` resolves, then stops the sessions.
 pub async fn serve_tls(
     server: TlsServer,
-    config: Arc<ReceiverConfig>,
+    served: Served,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), TlsError> {
     tokio::pin!(shutdown);
+    let served = Arc::new(served);
     let stop = Arc::new(AtomicBool::new(false));
     // Set when a sender connects (or on shutdown): a scrub in progress gives way.
     let scrub_cancel = Arc::new(AtomicBool::new(false));
     let mut sessions = JoinSet::new();
-    let scrubber = config.scrub.map(|schedule| {
-        let (config, cancel) = (config.clone(), scrub_cancel.clone());
-        tokio::spawn(scrub_periodically(config, schedule, cancel))
-    });
+    let scrubbers: Vec<_> = served
+        .configs()
+        .into_iter()
+        .filter_map(|config| {
+            let schedule = config.scrub?;
+            let cancel = scrub_cancel.clone();
+            Some(tokio::spawn(scrub_periodically(config, schedule, cancel)))
+        })
+        .collect();
     loop {
         let (tcp, addr) = tokio::select! {
             accepted = server.accept_tcp() => match accepted {
@@ -47,7 +71,7 @@ pub async fn serve_tls(
         };
         scrub_cancel.store(true, Ordering::Relaxed);
         let server = server.clone();
-        let config = config.clone();
+        let served = served.clone();
         let stop = stop.clone();
         sessions.spawn(async move {
             let (stream, fingerprint) = match server.handshake(tcp).await {
@@ -58,7 +82,17 @@ pub async fn serve_tls(
                 }
             };
             let peer = format!("{addr} ({fingerprint})");
-            match receiver::serve(&config, stream, &peer, Arc::new(NoProgress), stop).await {
+            let progress = Arc::new(NoProgress);
+            let served = match &*served {
+                Served::One(config) => receiver::serve(config, stream, &peer, progress, stop).await,
+                Served::Named(named) => {
+                    let Ok(key) = parse_fingerprint(&fingerprint) else {
+                        return;
+                    };
+                    receiver::serve_named(named, stream, &peer, key, progress, stop).await
+                }
+            };
+            match served {
                 Ok(()) => tracing::info!(%peer, "sender disconnected"),
                 Err(e) => tracing::error!(%peer, error = %e, "session ended with an error"),
             }
@@ -66,7 +100,7 @@ pub async fn serve_tls(
     }
     stop.store(true, Ordering::Relaxed);
     scrub_cancel.store(true, Ordering::Relaxed);
-    if let Some(scrubber) = scrubber {
+    for scrubber in scrubbers {
         scrubber.abort();
     }
     let drained = tokio::time::timeout(SHUTDOWN_WAIT, async {

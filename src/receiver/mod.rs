@@ -16,9 +16,11 @@ pub mod listen;
 mod prepare;
 pub mod scrub;
 mod session;
+pub mod targets;
 
-pub use error::{ReceiveError, Violation};
+pub use error::{NamingError, ReceiveError, Violation};
 pub use session::{run as run_session, SessionParts};
+pub use targets::NamedTargets;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -27,7 +29,8 @@ use std::sync::Arc;
 use crate::progress::Progress;
 use crate::state::{DirStore, ReceiverPaths};
 use crate::target::{BlockTarget, FileTarget, TargetError};
-use crate::transport::{BoxStream, Connection, Endpoint, EndpointOptions};
+use crate::transport::frame::Message;
+use crate::transport::{BoxStream, Connection, Endpoint, EndpointOptions, TransportError};
 
 /// Largest device a sender may announce (1 PiB), checked before anything is sized from it.
 pub const MAX_DEVICE_SIZE: u64 = 1 << 50;
@@ -123,6 +126,80 @@ pub async fn serve(
 ) -> Result<(), ReceiveError> {
     let mut conn = Connection::new(stream);
     conn.handshake_within(config.peer_timeout).await?;
+    serve_connection(config, conn, peer, progress, stop).await
+}
+
+/// Serves one connection to a receiver of several targets: the sender's first message names
+/// its target (`Open`), which `fingerprint` must be allowed to write; anything else is refused
+/// before a target is locked, opened or written. Then as [`serve`].
+pub async fn serve_named(
+    targets: &NamedTargets,
+    stream: BoxStream,
+    peer: &str,
+    fingerprint: [u8; 32],
+    progress: Arc<dyn Progress>,
+    stop: Arc<AtomicBool>,
+) -> Result<(), ReceiveError> {
+    let mut conn = Connection::new(stream);
+    conn.handshake_within(targets.peer_timeout).await?;
+    let named = match first_message(&mut conn, targets.peer_timeout).await? {
+        Message::Open { target } => target,
+        _ => {
+            let allowed = targets.allowed_names(&fingerprint);
+            return refuse_early(&mut conn, NamingError::Unnamed { allowed }).await;
+        }
+    };
+    let Some(target) = targets.choose(&named, &fingerprint) else {
+        let error = NamingError::NotAllowed {
+            name: named,
+            peer: format!("sha256:{}", hex::encode(fingerprint)),
+        };
+        return refuse_early(&mut conn, error).await;
+    };
+    tracing::info!(peer, target = %named, "sender opened its target");
+    serve_connection(&target.config, conn, peer, progress, stop).await
+}
+
+/// The peer's first message other than a keep-alive, within `limit`.
+async fn first_message(
+    conn: &mut Connection,
+    limit: Option<std::time::Duration>,
+) -> Result<Message, ReceiveError> {
+    let next = async {
+        loop {
+            match conn.recv().await? {
+                Message::KeepAlive => continue,
+                message => return Ok::<_, TransportError>(message),
+            }
+        }
+    };
+    match limit {
+        None => Ok(next.await?),
+        Some(limit) => match tokio::time::timeout(limit, next).await {
+            Ok(message) => Ok(message?),
+            Err(_) => Err(TransportError::PeerSilent {
+                secs: limit.as_secs(),
+                waiting: "waiting for it to name its target",
+            }
+            .into()),
+        },
+    }
+}
+
+/// Refuses a connection before its session starts.
+async fn refuse_early(conn: &mut Connection, error: NamingError) -> Result<(), ReceiveError> {
+    conn.refuse(&error.to_string()).await;
+    Err(error.into())
+}
+
+/// Serves a handshaken connection for `config`'s target: takes its lock, runs the session.
+async fn serve_connection(
+    config: &ReceiverConfig,
+    conn: Connection,
+    peer: &str,
+    progress: Arc<dyn Progress>,
+    stop: Arc<AtomicBool>,
+) -> Result<(), ReceiveError> {
     let paths = ReceiverPaths::new(&config.state_dir, &config.target);
     let lock = wait_for_lock(&paths).await;
     let endpoint = Arc::new(Endpoint::start(

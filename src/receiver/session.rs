@@ -21,7 +21,7 @@ use crate::target::BlockTarget;
 use crate::transport::frame::Message;
 use crate::transport::{Endpoint, TransportError};
 
-use super::error::{ReceiveError, Violation};
+use super::error::{NamingError, ReceiveError, Violation};
 use super::hashing::{hash_device, Hashing};
 use super::scrub::scrub;
 use super::{TargetOpener, MAX_BLOCKS, MAX_DEVICE_SIZE};
@@ -106,6 +106,14 @@ pub fn run(endpoint: &Endpoint, parts: SessionParts) -> Result<(), ReceiveError>
         if let Message::Rehash = message {
             session.rehash()?;
             continue;
+        }
+        if let Message::Open { target } = message {
+            let target_path = session.parts.opener.name().to_path_buf();
+            return Err(NamingError::SingleTarget {
+                name: target,
+                target: target_path,
+            }
+            .into());
         }
         let Message::CycleStart {
             generation,

@@ -8,7 +8,7 @@ use std::fmt;
 use std::net::Ipv6Addr;
 use std::path::PathBuf;
 
-const TLS_FORM: &str = "tls://HOST:PORT";
+const TLS_FORM: &str = "tls://HOST:PORT[/NAME]";
 const SSH_FORM: &str = "ssh://[USER@]HOST[:PORT]/PATH";
 
 /// Where `send` delivers.
@@ -22,6 +22,8 @@ pub enum Destination {
         host: String,
         /// TCP port.
         port: u16,
+        /// The target's name, for a receiver that serves several (`receive --targets`).
+        name: Option<String>,
     },
     /// `blkmirror receive --stdio PATH` run on HOST through the system `ssh`.
     Ssh {
@@ -40,7 +42,13 @@ impl fmt::Display for Destination {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Destination::Local(path) => write!(f, "{}", path.display()),
-            Destination::Tls { host, port } => write!(f, "tls://{}", host_port(host, *port)),
+            Destination::Tls { host, port, name } => {
+                write!(f, "tls://{}", host_port(host, *port))?;
+                match name {
+                    Some(name) => write!(f, "/{name}"),
+                    None => Ok(()),
+                }
+            }
             Destination::Ssh {
                 user,
                 host,
@@ -109,16 +117,38 @@ fn split_scheme(text: &str) -> Option<(&str, &str)> {
 }
 
 fn parse_tls(rest: &str) -> Result<Destination, String> {
-    let authority = rest.strip_suffix('/').unwrap_or(rest);
-    if let Some((_, tail)) = authority.split_once('/') {
-        return Err(format!("unexpected path \"/{tail}\" (expected {TLS_FORM})"));
-    }
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let (authority, name) = match rest.split_once('/') {
+        Some((authority, name)) => {
+            check_target_name(name).map_err(|e| format!("{e} (expected {TLS_FORM})"))?;
+            (authority, Some(name.to_string()))
+        }
+        None => (rest, None),
+    };
     if authority.contains('@') {
         return Err(format!("a user is not allowed here (expected {TLS_FORM})"));
     }
     let (host, port) = parse_host_port(authority, TLS_FORM)?;
     let port = port.ok_or_else(|| format!("missing port (expected {TLS_FORM})"))?;
-    Ok(Destination::Tls { host, port })
+    Ok(Destination::Tls { host, port, name })
+}
+
+/// Longest target name.
+pub const MAX_TARGET_NAME: usize = 64;
+
+/// A target's name in a receiver's targets file and in `tls://HOST:PORT/NAME`: 1 to 64 ASCII
+/// letters, digits, `.`, `_` or `-`, not starting with `.` or `-`.
+pub fn check_target_name(name: &str) -> Result<(), String> {
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if name.is_empty() || name.len() > MAX_TARGET_NAME || !ok_chars || name.starts_with(['.', '-'])
+    {
+        return Err(format!(
+            "invalid target name {name:?}: 1 to {MAX_TARGET_NAME} letters, digits, '.', '_' or '-', not starting with '.' or '-'"
+        ));
+    }
+    Ok(())
 }
 
 fn parse_ssh(rest: &str) -> Result<Destination, String> {
@@ -220,6 +250,7 @@ mod tests {
         Destination::Tls {
             host: host.into(),
             port,
+            name: None,
         }
     }
 
@@ -254,7 +285,7 @@ mod tests {
     fn tls_errors() {
         assert_eq!(
             err("tls://host"),
-            r#"invalid DEST "tls://host": missing port (expected tls://HOST:PORT)"#
+            r#"invalid DEST "tls://host": missing port (expected tls://HOST:PORT[/NAME])"#
         );
         assert!(err("tls://host:").contains("empty port"));
         assert!(err("tls://host:0").contains(r#"invalid port "0" (expected 1-65535)"#));
@@ -265,7 +296,20 @@ mod tests {
         assert!(err("tls://[::1]").contains("missing port"));
         assert!(err("tls://[::1:9000").contains("missing ']'"));
         assert!(err("tls://[nope]:9000").contains("invalid IPv6 address"));
-        assert!(err("tls://host:9000/x").contains("unexpected path"));
+        assert_eq!(
+            ok("tls://host:9000/web-1"),
+            Destination::Tls {
+                host: "host".into(),
+                port: 9000,
+                name: Some("web-1".into())
+            }
+        );
+        assert_eq!(
+            ok("tls://host:9000/web-1").to_string(),
+            "tls://host:9000/web-1"
+        );
+        assert!(err("tls://host:9000/x/y").contains("invalid target name \"x/y\""));
+        assert!(err("tls://host:9000/.hidden").contains("invalid target name"));
         assert!(err("tls://u@host:9000").contains("user"));
     }
 
@@ -303,7 +347,7 @@ mod tests {
         assert_eq!(
             err("http://h/x"),
             "invalid DEST \"http://h/x\": unknown scheme \"http\" \
-             (expected tls://HOST:PORT, ssh://[USER@]HOST[:PORT]/PATH or a local path)"
+             (expected tls://HOST:PORT[/NAME], ssh://[USER@]HOST[:PORT]/PATH or a local path)"
         );
     }
 

@@ -20,8 +20,11 @@ pub const CAP_REHASH: u64 = 1 << 1;
 /// Capability bit: the peer understands `KeepAlive` (sent while this side has nothing else
 /// to say, so the peer can bound its waits without mistaking a long rehash for a dead link).
 pub const CAP_KEEPALIVE: u64 = 1 << 2;
+/// Capability bit: the receiver understands `Open` (a sender naming one of several targets,
+/// `tls://HOST:PORT/NAME`).
+pub const CAP_NAMED_TARGETS: u64 = 1 << 3;
 /// Capabilities this build offers.
-pub const CAPABILITIES: u64 = CAP_REFINE | CAP_REHASH | CAP_KEEPALIVE;
+pub const CAPABILITIES: u64 = CAP_REFINE | CAP_REHASH | CAP_KEEPALIVE | CAP_NAMED_TARGETS;
 /// Largest plaintext an extent may carry.
 pub const MAX_EXTENT_BYTES: u32 = 16 << 20;
 /// Most blocks in one extent (16 MiB of 4 KiB blocks).
@@ -244,6 +247,12 @@ pub enum Message {
     /// connection's reader (it only resets the peer-silence clock); never reaches an engine.
     /// Only sent to a peer that announced `CAP_KEEPALIVE`.
     KeepAlive,
+    /// Sender, first after the preambles, to a receiver that serves several targets: the
+    /// target this connection writes (only to a receiver that announced `CAP_NAMED_TARGETS`).
+    Open {
+        /// The target's name in the receiver's targets file.
+        target: String,
+    },
 }
 
 mod kind {
@@ -263,6 +272,7 @@ mod kind {
     pub const REFINE_KEY: u8 = 14;
     pub const REHASH: u8 = 15;
     pub const KEEP_ALIVE: u8 = 16;
+    pub const OPEN: u8 = 17;
 }
 
 impl Message {
@@ -275,6 +285,7 @@ impl Message {
             Message::ManifestRequest => "ManifestRequest",
             Message::Rehash => "Rehash",
             Message::KeepAlive => "KeepAlive",
+            Message::Open { .. } => "Open",
             Message::ManifestChunk { .. } => "ManifestChunk",
             Message::ManifestEnd { .. } => "ManifestEnd",
             Message::Extent { .. } => "Extent",
@@ -324,6 +335,12 @@ impl Message {
             Message::ManifestRequest => out.push(kind::MANIFEST_REQUEST),
             Message::Rehash => out.push(kind::REHASH),
             Message::KeepAlive => out.push(kind::KEEP_ALIVE),
+            Message::Open { target } => {
+                out.push(kind::OPEN);
+                let text = truncate_text(target);
+                put_u32(out, text.len() as u32);
+                out.extend_from_slice(text.as_bytes());
+            }
             Message::ManifestChunk {
                 first_block,
                 hashes,
@@ -458,6 +475,7 @@ impl Message {
             kind::MANIFEST_REQUEST => Message::ManifestRequest,
             kind::REHASH => Message::Rehash,
             kind::KEEP_ALIVE => Message::KeepAlive,
+            kind::OPEN => Message::Open { target: r.text()? },
             kind::MANIFEST_CHUNK => {
                 let first_block = r.u64()?;
                 let count = r.u32()?;
@@ -846,6 +864,7 @@ mod tests {
             Just(Message::ManifestRequest),
             Just(Message::Rehash),
             Just(Message::KeepAlive),
+            "[a-z0-9._-]{1,64}".prop_map(|target| Message::Open { target }),
             (
                 any::<u64>(),
                 proptest::collection::vec(hash_strategy(), 1..20)

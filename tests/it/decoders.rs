@@ -1,6 +1,6 @@
 //! Property tests of the decoders, through the public API:
 //!
-//! - every one of the 15 message types round-trips (encode then decode gives the value back,
+//! - every one of the 17 message types round-trips (encode then decode gives the value back,
 //!   the length prefix is the body's length, `Message::check_len` accepts it), over strategies
 //!   that respect the decoder's bounds and reach them (`MAX_EXTENT_BYTES`,
 //!   `MAX_EXTENT_BLOCKS`, `MAX_SUB_BLOCKS`, `MAX_MANIFEST_CHUNK`, `MAX_TEXT_LEN`, raw payload
@@ -143,7 +143,7 @@ proptest! {
 
     #[test]
     fn message_decode_survives_a_known_type_byte_and_arbitrary_body(
-        kind in 0u8..=17,
+        kind in 0u8..=18,
         body in proptest::collection::vec(any::<u8>(), 0..1024),
     ) {
         let mut bytes = vec![kind];
@@ -407,7 +407,7 @@ fn every_bound_is_accepted_at_the_limit_and_refused_one_past_it() {
     // Types, emptiness and trailing bytes.
     assert_eq!(Message::decode(&[]), Err(FrameError::Empty));
     assert_eq!(Message::decode(&[0]), Err(FrameError::UnknownType(0)));
-    assert_eq!(Message::decode(&[17]), Err(FrameError::UnknownType(17)));
+    assert_eq!(Message::decode(&[18]), Err(FrameError::UnknownType(18)));
     let mut b = body(&Message::ManifestRequest);
     b.push(0);
     assert_eq!(Message::decode(&b), Err(FrameError::Trailing(1)));

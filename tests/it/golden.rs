@@ -220,6 +220,7 @@ pub fn type_byte(message: &Message) -> u8 {
         Message::RefineKey { .. } => 14,
         Message::Rehash => 15,
         Message::KeepAlive => 16,
+        Message::Open { .. } => 17,
     }
 }
 
@@ -328,6 +329,12 @@ pub fn sample_frames() -> Vec<(&'static str, Message)> {
         ("14-refine-key", Message::RefineKey { key: hash_of(70) }),
         ("15-rehash", Message::Rehash),
         ("16-keep-alive", Message::KeepAlive),
+        (
+            "17-open",
+            Message::Open {
+                target: "web-1".into(),
+            },
+        ),
     ]
 }
 
@@ -372,7 +379,7 @@ fn one_frame_of_every_message_type_matches_its_fixture() {
     let frames = sample_frames();
     let mut types: Vec<u8> = frames.iter().map(|(_, m)| type_byte(m)).collect();
     types.sort_unstable();
-    assert_eq!(types, (1..=16).collect::<Vec<u8>>(), "one frame per type");
+    assert_eq!(types, (1..=17).collect::<Vec<u8>>(), "one frame per type");
     for (name, message) in frames {
         let mut encoded = Vec::new();
         message.encode(&mut encoded);

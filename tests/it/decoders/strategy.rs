@@ -104,7 +104,7 @@ pub fn condition() -> impl Strategy<Value = TargetCondition> {
     ]
 }
 
-/// A valid message of wire type `kind` (1..=16), within every bound the decoder checks; with
+/// A valid message of wire type `kind` (1..=17), within every bound the decoder checks; with
 /// `big`, sizes reach those bounds now and then.
 pub fn message(kind: u8, big: bool) -> BoxedStrategy<Message> {
     match kind {
@@ -222,18 +222,21 @@ pub fn message(kind: u8, big: bool) -> BoxedStrategy<Message> {
         14 => hash().prop_map(|key| Message::RefineKey { key }).boxed(),
         15 => Just(Message::Rehash).boxed(),
         16 => Just(Message::KeepAlive).boxed(),
+        17 => "[a-z0-9._-]{1,64}"
+            .prop_map(|target| Message::Open { target })
+            .boxed(),
         other => panic!("no message type {other}"),
     }
 }
 
 /// Any valid message, every type equally likely, sizes sometimes at the bounds.
 pub fn any_message() -> impl Strategy<Value = Message> {
-    Union::new((1..=16).map(|kind| message(kind, true)))
+    Union::new((1..=17).map(|kind| message(kind, true)))
 }
 
 /// Small valid messages (a few KiB at most), for the tests that edit them byte by byte.
 pub fn small_message() -> impl Strategy<Value = Message> {
-    Union::new((1..=16).map(|kind| message(kind, false)))
+    Union::new((1..=17).map(|kind| message(kind, false)))
 }
 
 pub fn encoded(message: &Message) -> Vec<u8> {

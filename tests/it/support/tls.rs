@@ -132,7 +132,28 @@ impl Receiver {
             s(state).into(),
         ];
         args.extend(extra.iter().cloned());
-        let mut proc = Proc::blkmirror_env("receiver", &args, env);
+        Self::spawn(&args, listen, env)
+    }
+
+    /// A receiver of several targets: `receive --targets FILE --listen 127.0.0.1:0
+    /// --state-dir STATE EXTRA...`, ready.
+    pub fn start_targets(file: &Path, state: &Path, extra: &[String]) -> Receiver {
+        let mut args: Vec<String> = vec![
+            "receive".into(),
+            "--targets".into(),
+            s(file).into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--state-dir".into(),
+            s(state).into(),
+        ];
+        args.extend(extra.iter().cloned());
+        Self::spawn(&args, "127.0.0.1:0", &[]).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Spawns `blkmirror ARGS` and waits for its `listening on` line (see above).
+    fn spawn(args: &[String], listen: &str, env: &[(&str, &str)]) -> Result<Receiver, String> {
+        let mut proc = Proc::blkmirror_env("receiver", args, env);
         let deadline = Instant::now() + READY_TIMEOUT;
         let line = loop {
             if let Some(first) = proc.stdout_lines().into_iter().next() {
