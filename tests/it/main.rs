@@ -25,6 +25,7 @@ mod fuzz_corpus;
 mod golden;
 mod interrupt;
 mod loop_devices;
+mod many_targets;
 mod lvm_guest;
 mod refinement;
 mod reflink;
