@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shlex
 import shutil
 import signal
@@ -233,7 +234,7 @@ class Rig:
         os.chmod(wrapper, 0o755)
         self.dest = f"ssh://root@127.0.0.1:{self.sshd.port}{self.target}"
         self.status_dir = self.rstate
-        self.extra = ["--ssh-command", self.sshd.ssh_command(), "--remote-command", wrapper,
+        self.extra = ["--create", "--ssh-command", self.sshd.ssh_command(), "--remote-command", wrapper,
                       "--remote-state-dir", self.rstate]
 
     def setup_relay(self):
@@ -242,7 +243,7 @@ class Rig:
         self.set_plan({"mode": "none", "direction": "up", "offset": 0, "length": 1})
         self.dest = f"ssh://relay{self.target}"
         self.status_dir = self.rstate
-        self.extra = ["--ssh-command", f"python3 {os.path.join(HERE, 'relay.py')} {self.plan}",
+        self.extra = ["--create", "--ssh-command", f"python3 {os.path.join(HERE, 'relay.py')} {self.plan}",
                       "--remote-command", self.camp.bin, "--remote-state-dir", self.rstate]
 
     def set_plan(self, plan):
@@ -554,7 +555,22 @@ def wait_lock_free(rstate, timeout):
     return None
 
 
-def summarize(camp, results, out):
+def power_cuts(seeds):
+    """The engine's power-cut sweep (`CrashTarget` and `CrashStore`: power lost at every sync
+    point of the receiver, target fsyncs and state saves, over several cycles per seed), run
+    with `seeds` seeds. Returns (trials, passed, seconds)."""
+    repo = os.path.dirname(os.path.dirname(HERE))
+    env = dict(os.environ, BLKMIRROR_CRASH_SEEDS=str(seeds))
+    started = time.monotonic()
+    out = subprocess.run(
+        ["cargo", "test", "--release", "--lib", "power_cut_at_every_sync_point", "--", "--nocapture"],
+        cwd=repo, env=env, capture_output=True, text=True)
+    found = re.search(r"power cut at (\d+) sync points", out.stderr + out.stdout)
+    trials = int(found.group(1)) if found else 0
+    return trials, out.returncode == 0 and trials > 0, time.monotonic() - started
+
+
+def summarize(camp, results, out, cuts):
     lines = ["| fault | transport | trials | converged | clean error | completed | killed | "
              "silent mismatch | panic | hang | max RSS |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -570,6 +586,11 @@ def summarize(camp, results, out):
         lines.append(f"| {kind} | {KINDS[kind][0]} | {n} | {conv} | {c['error']}"
                      f"{f' (+{other} other)' if other else ''} | {c['completed']} | {c['killed']} | "
                      f"{lies} | {c['panic']} | {c['hang']} | {rss:.0f} MiB |")
+    if cuts:
+        n, passed, _ = cuts
+        totals.update(trials=n, converged=n if passed else 0)
+        lines.append(f"| power-cut at every sync point | in-process (CrashTarget) | {n} | "
+                     f"{n if passed else 'FAILED'} | | | {n} | 0 | 0 | 0 | |")
     lines.append(f"| **total** | | **{totals['trials']}** | **{totals['converged']}** | | | | "
                  f"**{totals['lies']}** | **{totals['panic']}** | **{totals['hang']}** | |")
     text = "\n".join(lines) + "\n"
@@ -581,19 +602,25 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--bin", default="target/release/blkmirror")
     p.add_argument("--scale", type=float, default=1.0, help="multiply every kind's trial count")
-    p.add_argument("--kinds", default=",".join(KINDS))
+    p.add_argument("--kinds", default=",".join(list(KINDS) + ["power-cut"]),
+                   help="comma-separated; power-cut is the engine's power-cut sweep (needs cargo)")
     p.add_argument("--seed", type=int, default=20261201)
     p.add_argument("--out", default="/var/tmp/blkmirror-faults")
+    p.add_argument("--crash-seeds", type=int, default=20, help="seeds of the power-cut sweep")
     args = p.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root (sshd on 127.0.0.1 needs it)")
     camp = Campaign(args)
     results = {}
     started = time.monotonic()
-    for kind in args.kinds.split(","):
+    kinds = args.kinds.split(",")
+    for kind in kinds:
+        if kind == "power-cut":
+            continue
         count = max(1, round(KINDS[kind][1] * args.scale))
         results[kind] = camp.run_kind(kind, count)
-    text, totals = summarize(camp, results, camp.out)
+    cuts = power_cuts(args.crash_seeds) if "power-cut" in kinds else None
+    text, totals = summarize(camp, results, camp.out, cuts)
     print(text)
     print(f"{totals['trials']} trials in {time.monotonic() - started:.0f} s; results in {camp.out}")
     bad = totals["lies"] or totals["hang"] or totals["panic"] or totals["converged"] != totals["trials"]

@@ -298,7 +298,7 @@ send_cmd() {
     case $transport in
         local) CMD+=("${extra[@]}" "$src" "$work/dst.img") ;;
         tls) CMD+=(--identity "$work/tls-sender" --peer "$RCV_FP" "${extra[@]}" "$src" "tls://127.0.0.1:$TLS_PORT") ;;
-        ssh) CMD+=(--ssh-command "$SSH_CMD"
+        ssh) CMD+=(--create --ssh-command "$SSH_CMD"
                    --remote-command "/usr/bin/time -f %M -o $work/remote-rss $bin"
                    --remote-state-dir "$state/recv" "${extra[@]}"
                    "$src" "ssh://root@127.0.0.1:$SSH_PORT$work/dst.img") ;;

@@ -193,6 +193,11 @@ pub struct SendArgs {
     /// The remote receiver's --state-dir, for ssh:// destinations.
     #[arg(long)]
     pub remote_state_dir: Option<String>,
+    /// For ssh:// destinations: let the remote receiver create a missing file target (sparse,
+    /// of the source's size). Without it a missing remote target is an error. (A local
+    /// destination is always created; a TLS receiver decides with its own --create.)
+    #[arg(long)]
+    pub create: bool,
     /// How the scan reads the source: auto reads directly (O_DIRECT) where it can (see docs/benchmarks.md).
     #[arg(long, value_enum, default_value = "auto", hide = true)]
     pub read_mode: ReadModeArg,
@@ -201,8 +206,9 @@ pub struct SendArgs {
 /// Options of `receive`.
 #[derive(clap::Args, Debug)]
 pub struct ReceiveArgs {
-    /// File or block device to write (or --targets FILE for several).
-    #[arg(required_unless_present = "targets")]
+    /// File or block device to write (or --targets FILE for several; or, with --allow-target,
+    /// the one the sender asked for).
+    #[arg(required_unless_present_any = ["targets", "allow_target"])]
     pub target: Option<PathBuf>,
     /// With --listen: serve every target of FILE (TOML, one [NAME] table per target with its
     /// path and allowed senders; see README), on one port; a sender names its target with
@@ -215,6 +221,13 @@ pub struct ReceiveArgs {
     /// Speak the protocol on stdin/stdout (used through ssh).
     #[arg(long)]
     pub stdio: bool,
+    /// With --stdio: the only targets this receiver may write (repeatable), for a forced
+    /// command in authorized_keys (command="blkmirror receive --stdio --allow-target PATH...").
+    /// Without TARGET, the target is the one the sender asked for in $SSH_ORIGINAL_COMMAND,
+    /// refused unless listed; the sender's --create is honoured only if this command has
+    /// --create too, and its --state-dir is ignored.
+    #[arg(long = "allow-target", value_name = "PATH", requires = "stdio")]
+    pub allow_target: Vec<PathBuf>,
     /// Create a missing target as a sparse file of the source's size.
     #[arg(long)]
     pub create: bool,

@@ -2,6 +2,7 @@
 //! `--listen ADDR` (announcing `listening on ADDR` on stdout once bound) or over stdin/stdout
 //! with `--stdio` (how `send` reaches it through ssh).
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -22,13 +23,19 @@ pub fn run(args: ReceiveArgs) -> Result<i32, CliError> {
         init_logging(None);
         return listen_named(args, &file);
     }
-    let target = args
-        .target
-        .as_deref()
-        .expect("clap requires TARGET or --targets");
+    let (target, create) = if args.allow_target.is_empty() {
+        let target = args.target.as_deref().expect("clap requires a TARGET");
+        (receiver::absolute(target), args.create)
+    } else {
+        init_logging(None);
+        match restricted_target(&args) {
+            Ok(chosen) => chosen,
+            Err(reason) => return refuse_on_stdio(reason),
+        }
+    };
     let config = ReceiverConfig {
-        target: receiver::absolute(target),
-        create: args.create,
+        target,
+        create,
         state_dir: args
             .state_dir
             .clone()
@@ -44,7 +51,13 @@ pub fn run(args: ReceiveArgs) -> Result<i32, CliError> {
         peer_timeout: Some(args.peer_timeout),
     };
     init_logging(None);
-    receiver::check_config(&config).map_err(|e| CliError::Runtime(e.into()))?;
+    if let Err(e) = receiver::check_config(&config) {
+        if args.stdio {
+            // Through ssh: the sender reads why in its own error line too.
+            return refuse_on_stdio(e.to_string());
+        }
+        return Err(CliError::Runtime(e.into()));
+    }
     if args.stdio {
         let stream = Box::new(tokio::io::join(tokio::io::stdin(), tokio::io::stdout()));
         block_on(async {
@@ -86,6 +99,71 @@ fn listen(args: ReceiveArgs, config: ReceiverConfig) -> Result<i32, CliError> {
     Ok(0)
 }
 
+/// The target of a restricted receiver (`--stdio --allow-target PATH...`, a forced command in
+/// authorized_keys): TARGET when given, else the one the sender asked for in
+/// `$SSH_ORIGINAL_COMMAND`; it must be one of the allowed paths. Creating a missing one needs
+/// `--create` here and in the sender's request. Err: why the sender is refused.
+fn restricted_target(args: &ReceiveArgs) -> Result<(PathBuf, bool), String> {
+    let allowed: Vec<PathBuf> = args
+        .allow_target
+        .iter()
+        .map(|p| receiver::absolute(p))
+        .collect();
+    let (requested, create) = match &args.target {
+        Some(target) => (receiver::absolute(target), args.create),
+        None => {
+            let original = std::env::var("SSH_ORIGINAL_COMMAND").map_err(|_| {
+                "receive --allow-target without TARGET takes the target from $SSH_ORIGINAL_COMMAND (set by sshd for a forced command), which is not set".to_string()
+            })?;
+            let (path, asked_create) = requested_by_sender(&original)?;
+            (receiver::absolute(&path), args.create && asked_create)
+        }
+    };
+    if !allowed.contains(&requested) {
+        let list: Vec<String> = allowed.iter().map(|p| p.display().to_string()).collect();
+        return Err(format!(
+            "target {} is not allowed here (this key may write: {})",
+            requested.display(),
+            list.join(", ")
+        ));
+    }
+    Ok((requested, create))
+}
+
+/// The target path and `--create` of the command line a sender's ssh asked for
+/// (`... receive --stdio [--create] [--state-dir DIR] -- PATH`).
+fn requested_by_sender(original: &str) -> Result<(PathBuf, bool), String> {
+    let words = shlex::split(original)
+        .ok_or_else(|| format!("cannot parse the requested command {original:?}"))?;
+    let dashes = words.iter().rposition(|w| w == "--");
+    let (Some(dashes), true) = (dashes, words.iter().any(|w| w == "receive")) else {
+        return Err(format!(
+            "the requested command {original:?} is not `blkmirror receive --stdio ... -- PATH`"
+        ));
+    };
+    let [path] = &words[dashes + 1..] else {
+        return Err(format!(
+            "the requested command {original:?} does not end with exactly one PATH after --"
+        ));
+    };
+    let create = words[..dashes].iter().any(|w| w == "--create");
+    Ok((PathBuf::from(path), create))
+}
+
+/// Speaks just enough protocol on stdin/stdout to tell the sender why it is refused, then
+/// fails with the same line.
+fn refuse_on_stdio(reason: String) -> Result<i32, CliError> {
+    block_on(async {
+        let stream = Box::new(tokio::io::join(tokio::io::stdin(), tokio::io::stdout()));
+        let mut conn = crate::transport::Connection::new(stream);
+        let limit = Some(std::time::Duration::from_secs(10));
+        if conn.handshake_within(limit).await.is_ok() {
+            conn.refuse(&reason).await;
+        }
+    })?;
+    Err(CliError::Runtime(anyhow::anyhow!(reason)))
+}
+
 /// Serves every target of a targets file on one port, until SIGINT or SIGTERM.
 fn listen_named(args: ReceiveArgs, file: &std::path::Path) -> Result<i32, CliError> {
     let addr = args.listen.expect("clap: --targets requires --listen");
@@ -123,4 +201,30 @@ fn allowed_peers(given: &[String]) -> Result<Vec<[u8; 32]>, CliError> {
         .iter()
         .map(|p| tls::parse_fingerprint(p).map_err(|e| usage(format!("--allow-peer: {e}"))))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_senders_request_is_read_from_its_command_line() {
+        let ok = |line| requested_by_sender(line).unwrap();
+        assert_eq!(
+            ok("blkmirror receive --stdio -- /srv/a.img"),
+            (PathBuf::from("/srv/a.img"), false)
+        );
+        assert_eq!(
+            ok("sudo '/opt/b m/blkmirror' receive --stdio --create --state-dir '/x y' -- '/srv/a b.img'"),
+            (PathBuf::from("/srv/a b.img"), true)
+        );
+        for bad in [
+            "rm -rf /",
+            "blkmirror receive --stdio /srv/a.img",
+            "blkmirror receive --stdio -- /a /b",
+            "blkmirror receive --stdio -- '/a",
+        ] {
+            assert!(requested_by_sender(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -162,6 +162,7 @@ fn daemon_config(args: SendArgs, dest: Destination, tls: Option<TlsPair>) -> Dae
                 ssh_command: args.ssh_command,
                 remote_command: args.remote_command,
                 remote_state_dir: args.remote_state_dir,
+                create: args.create,
             },
             peer_timeout: args.peer_timeout,
             bwlimit: args.bwlimit,

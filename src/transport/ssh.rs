@@ -34,6 +34,8 @@ pub struct SshOptions {
     pub remote_command: String,
     /// The remote receiver's `--state-dir`, when not its default.
     pub remote_state_dir: Option<String>,
+    /// Ask the remote receiver to create a missing file target (`send --create`).
+    pub create: bool,
 }
 
 impl Default for SshOptions {
@@ -42,6 +44,7 @@ impl Default for SshOptions {
             ssh_command: "ssh".to_string(),
             remote_command: "blkmirror".to_string(),
             remote_state_dir: None,
+            create: false,
         }
     }
 }
@@ -264,7 +267,8 @@ fn check_host(host: &str) -> Result<(), SshError> {
 }
 
 /// The single string ssh hands to the remote shell, quoted:
-/// `REMOTE... receive --stdio --create [--state-dir DIR] -- PATH`. A missing remote file target is created sparse, as for a local destination.
+/// `REMOTE... receive --stdio [--create] [--state-dir DIR] -- PATH`: `--create` (a missing
+/// remote file target is created sparse) only when the sender was given `--create`.
 fn remote_line(opts: &SshOptions, path: &str) -> Result<String, SshError> {
     let remote_command = &opts.remote_command;
     let bad_remote = |cause| SshError::BadRemoteCommand {
@@ -276,7 +280,10 @@ fn remote_line(opts: &SshOptions, path: &str) -> Result<String, SshError> {
         Some(words) if words.is_empty() => return Err(bad_remote("empty")),
         Some(words) => words,
     };
-    words.extend(["receive", "--stdio", "--create"].map(String::from));
+    words.extend(["receive", "--stdio"].map(String::from));
+    if opts.create {
+        words.push("--create".into());
+    }
     if let Some(dir) = &opts.remote_state_dir {
         words.extend(["--state-dir".to_string(), dir.clone()]);
     }
@@ -486,7 +493,7 @@ mod tests {
                 "none",
                 "host",
                 "--",
-                "blkmirror receive --stdio --create -- /dev/sdb"
+                "blkmirror receive --stdio -- /dev/sdb"
             ]
         );
     }
@@ -497,6 +504,7 @@ mod tests {
             ssh_command: "ssh -i 'my key' -o StrictHostKeyChecking=no".into(),
             remote_command: "sudo '/opt/my dir/blkmirror'".into(),
             remote_state_dir: None,
+            create: true,
         };
         assert_eq!(
             line(Some("root"), "::1", Some(2222), "/tmp/a b's", &opts),
@@ -525,12 +533,10 @@ mod tests {
         let path = "/tmp/$(touch x) `y` \"z\" 'w'";
         let remote = remote_line(&SshOptions::default(), path).unwrap();
         let words = shlex::split(&remote).unwrap();
-        assert_eq!(
-            words,
-            ["blkmirror", "receive", "--stdio", "--create", "--", path]
-        );
+        assert_eq!(words, ["blkmirror", "receive", "--stdio", "--", path]);
         let opts = SshOptions {
             remote_state_dir: Some("/var/lib/my state".into()),
+            create: true,
             ..SshOptions::default()
         };
         assert_eq!(

@@ -41,11 +41,12 @@ fn mirror_over_ssh_two_cycles() {
     write_random_file(&src, len, 401);
     assert!(
         !tgt.exists(),
-        "the remote receiver creates a missing file target"
+        "the remote receiver creates a missing file target (send --create)"
     );
     let state = t.dir("state-sender");
     let dest = sshd.url(&tgt);
-    let extra = ssh_args(&sshd, bin());
+    let mut extra = ssh_args(&sshd, bin());
+    extra.push("--create".into());
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
 
     let c1 = send_once(s(&src), &dest, &state, &extra);
@@ -104,4 +105,72 @@ fn ssh_whose_remote_side_never_answers_is_given_up_within_the_bound() {
     let out = run(&args);
     out.assert_error(1, &["peer silent for 3 s", "preamble"]);
     assert!(!tgt.exists(), "nothing may be written");
+}
+
+#[test]
+fn a_missing_remote_target_is_created_only_when_the_sender_says_create() {
+    let t = Scratch::new("ssh-create");
+    let sshd = Sshd::start(&t.dir("sshd"));
+    let src = t.path("source.img");
+    let tgt = t.path("target.img");
+    write_random_file(&src, MIB, 431);
+    let mut args = send_args(s(&src), &sshd.url(&tgt), &t.dir("state"));
+    args.push("--once".into());
+    args.extend(ssh_args(&sshd, bin()));
+    let out = run(&args);
+    out.assert_code(1);
+    // The remote receiver's line comes through ssh; the sender's own is the last.
+    let last = out.error_lines().last().unwrap().to_string();
+    assert!(
+        last.contains("peer refused: target") && last.contains("pass --create"),
+        "{last}"
+    );
+    assert!(!tgt.exists(), "created without --create");
+    args.push("--create".into());
+    run(&args).assert_success();
+    assert_identical(&src, &tgt);
+}
+
+#[test]
+fn a_forced_command_restricts_the_key_to_its_allowed_targets() {
+    // authorized_keys: command="blkmirror receive --stdio --create --allow-target A ..."
+    let t = Scratch::new("ssh-forced");
+    let sshd = Sshd::start(&t.dir("sshd"));
+    let src = t.path("source.img");
+    write_random_file(&src, 2 * MIB, 441);
+    let (allowed, other) = (t.path("allowed.img"), t.path("other.img"));
+    let forced = format!(
+        "command=\"{} receive --stdio --create --allow-target {} --state-dir {}\" {}",
+        bin(),
+        allowed.display(),
+        sshd.remote_state.display(),
+        std::fs::read_to_string(sshd.user_key.with_extension("pub"))
+            .unwrap()
+            .trim()
+    );
+    std::fs::write(t.path("sshd").join("authorized_keys"), forced + "\n").unwrap();
+
+    let send = |target: &std::path::Path, state: &str| {
+        let mut args = send_args(s(&src), &sshd.url(target), &t.dir(state));
+        args.extend(["--once", "--create", "--ssh-command"].map(String::from));
+        args.push(sshd.ssh_command());
+        // The forced command decides the program and the state dir, whatever we ask.
+        args.extend(["--remote-command", "/nonexistent/blkmirror"].map(String::from));
+        run(&args)
+    };
+    send(&allowed, "state-a").assert_success();
+    assert_identical(&src, &allowed);
+    assert_receiver_consistent(&status_entry(&sshd.remote_state, "receiver"), 1);
+
+    let out = send(&other, "state-b");
+    out.assert_code(1);
+    let last = out.error_lines().last().unwrap().to_string();
+    assert!(
+        last.contains("peer refused: target") && last.contains("not allowed here"),
+        "{last}"
+    );
+    assert!(
+        !other.exists(),
+        "a target the key may not write was created"
+    );
 }
