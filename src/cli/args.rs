@@ -210,7 +210,7 @@ pub struct ReceiveArgs {
     /// the one the sender asked for).
     #[arg(required_unless_present_any = ["targets", "allow_target"])]
     pub target: Option<PathBuf>,
-    /// With --listen: serve every target of FILE (TOML, one [NAME] table per target with its
+    /// With --listen: serve every target of FILE (TOML, one `[NAME]` table per target with its
     /// path and allowed senders; see README), on one port; a sender names its target with
     /// tls://HOST:PORT/NAME.
     #[arg(long, value_name = "FILE", requires = "listen", conflicts_with_all = ["target", "create", "max_size", "allow_peer"])]

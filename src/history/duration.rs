@@ -79,7 +79,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn history_durations_parse() {
+    fn durations_parse() {
         assert_eq!(parse("10m"), Ok(600));
         assert_eq!(parse("1h"), Ok(3_600));
         assert_eq!(parse("24h"), Ok(86_400));
@@ -90,18 +90,23 @@ mod tests {
     }
 
     #[test]
-    fn history_durations_refuse() {
-        for bad in ["", "h", "10", "10x", "1.5h", "-1h", "1 h", "10M", "1h ", "m10", "10mm"] {
+    fn durations_refuse() {
+        for bad in [
+            "", "h", "10", "10x", "1.5h", "-1h", "1 h", "10M", "1h ", "m10", "10mm",
+        ] {
             assert_eq!(parse(bad), Err(DurationError::Malformed), "{bad:?}");
         }
         assert_eq!(parse("0m"), Err(DurationError::Zero));
         assert_eq!(parse("0h0m"), Err(DurationError::Zero));
         assert_eq!(parse("5300w"), Err(DurationError::TooLong));
-        assert_eq!(parse("99999999999999999999999w"), Err(DurationError::TooLong));
+        assert_eq!(
+            parse("99999999999999999999999w"),
+            Err(DurationError::TooLong)
+        );
     }
 
     #[test]
-    fn history_durations_format_in_the_largest_exact_unit() {
+    fn durations_format_in_the_largest_exact_unit() {
         assert_eq!(format(600), "10m");
         assert_eq!(format(3_600), "1h");
         assert_eq!(format(86_400), "1d");
