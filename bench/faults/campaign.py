@@ -99,6 +99,7 @@ class Run:
         self.code = None
         self.maxrss_kib = 0
         self.started = time.monotonic()
+        self.started_wall = time.time()
         self.elapsed = None
 
     def poll(self):
@@ -270,6 +271,23 @@ class Rig:
                 "--peer-timeout", f"{PEER_TIMEOUT}s", "--threads", "2"] + self.extra
         return Run(args, f"{name}-{self.counter}", self.dir)
 
+    def remote_started_after(self, run):
+        """Seconds from the start of `run` to its remote receiver's start (ssh), else None."""
+        if self.rig != "ssh" or not os.path.exists(self.remote_pidfile):
+            return None
+        return max(0.0, os.path.getmtime(self.remote_pidfile) - run.started_wall)
+
+    def wait_remote_receiver(self, run):
+        """Over ssh, waits (bounded) until the remote receiver has started, so that a fault
+        aimed at it lands in its session rather than before ssh has logged in."""
+        if self.rig != "ssh":
+            return
+        deadline = time.monotonic() + 10
+        while not os.path.exists(self.remote_pidfile) and run.poll() is None:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.005)
+
     def receiver_log_size(self):
         """Where the receiver logs and how much it has logged so far."""
         path = self.receiver.err_path if self.receiver else self.remote_err
@@ -431,7 +449,7 @@ class Campaign:
             ok, why, run = rig.converge()
             if not ok:
                 raise SystemExit(f"{rig.rig}: the rig does not work without faults: {why}")
-            times.append(run.elapsed)
+            times.append(run.elapsed - (rig.remote_started_after(run) or 0))
         return sorted(times)[1]
 
     def trial(self, kind, rig, window):
@@ -445,6 +463,7 @@ class Campaign:
             hung = run.wait(HANG) is None
         elif kind.startswith("kill-receiver"):
             run = rig.send("faulted")
+            rig.wait_remote_receiver(run)
             time.sleep(self.rng.uniform(0, window))
             if rig.rig == "tls":
                 rig.receiver.signal_group(signal.SIGKILL)
@@ -464,6 +483,7 @@ class Campaign:
             run.kill()
         elif kind.startswith("stall-receiver"):
             run = rig.send("faulted")
+            rig.wait_remote_receiver(run)
             time.sleep(self.rng.uniform(0, window))
             if rig.rig == "tls":
                 rig.receiver.signal_group(signal.SIGSTOP)
@@ -482,8 +502,12 @@ class Campaign:
             rig.set_plan({"mode": mode, "direction": direction, "offset": offset,
                           "length": self.rng.randrange(1, 17)})
             detail.update(offset=offset, of=expected)
+            hit = rig.relay_log + ".hit"
+            if os.path.exists(hit):
+                os.unlink(hit)
             run = rig.send("faulted")
             hung = run.wait(HANG) is None
+            detail["damaged"] = os.path.exists(hit)
             rig.set_plan({"mode": "none", "direction": "up", "offset": 0, "length": 1})
         if hung:
             run.kill()
@@ -492,6 +516,9 @@ class Campaign:
         outcome = classify(run, hung)
         lie = rig.lie_check(run)
         converged, why, _ = rig.converge()
+        if rig.rig == "relay" and os.path.exists(rig.relay_log):
+            # Aim the next damage within a stream as long as the last clean one.
+            rig.bytes_per_cycle = json.load(open(rig.relay_log))["bytes"]
         first_error = next((l for l in run.stderr().splitlines() if l.startswith("blkmirror: error: ")), None)
         return dict(outcome=outcome, code=run.code, silent_mismatch=lie, converged=converged,
                     not_converged_why=why, error=first_error, receiver_errors=receiver_errors,
@@ -575,6 +602,7 @@ def summarize(camp, results, out, cuts):
              "silent mismatch | panic | hang | max RSS |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     totals = collections.Counter()
+    notes = []
     for kind, (window, rows) in results.items():
         c = collections.Counter(r["outcome"] for r in rows)
         n = len(rows)
@@ -583,6 +611,13 @@ def summarize(camp, results, out, cuts):
         other = n - sum(c[k] for k in ("error", "completed", "killed", "panic", "hang"))
         totals.update(trials=n, converged=conv, lies=lies, hang=c["hang"], panic=c["panic"])
         rss = camp.rss.get(kind, 0) / 1024
+        if kind.startswith("damage"):
+            hit = sum(1 for r in rows if r.get("damaged"))
+            hit_ok = sum(1 for r in rows if r.get("damaged") and r["outcome"] == "completed")
+            notes.append(f"- {kind}: the damage reached the stream in {hit} of {n} trials; "
+                         f"{hit_ok} of those completed (the damaged bytes were not needed, "
+                         "e.g. a refinement hash that only made more data ship), the lie check "
+                         "passing")
         lines.append(f"| {kind} | {KINDS[kind][0]} | {n} | {conv} | {c['error']}"
                      f"{f' (+{other} other)' if other else ''} | {c['completed']} | {c['killed']} | "
                      f"{lies} | {c['panic']} | {c['hang']} | {rss:.0f} MiB |")
@@ -593,7 +628,7 @@ def summarize(camp, results, out, cuts):
                      f"{n if passed else 'FAILED'} | | | {n} | 0 | 0 | 0 | |")
     lines.append(f"| **total** | | **{totals['trials']}** | **{totals['converged']}** | | | | "
                  f"**{totals['lies']}** | **{totals['panic']}** | **{totals['hang']}** | |")
-    text = "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
     open(os.path.join(out, "summary.md"), "w").write(text)
     return text, totals
 

@@ -12,7 +12,7 @@ through it. The plan (a JSON file, the first argument) says what to damage:
      "offset": N,                            # stream offset of the damage in that direction
      "length": N,                            # bytes dropped or inserted (1..16)
      "seed": N,
-     "log": "PATH",                          # where to write the byte counts at the end
+     "log": "PATH",                          # byte counts at the end; PATH.hit once damaged
      "stderr": "PATH"}                       # the receiver's stderr is appended here
 
 flip XORs the byte at `offset` with a non-zero value; drop removes `length` bytes there;
@@ -53,6 +53,9 @@ def main():
         if not 0 <= at < len(data):
             return data, False
         damaged[name] = True
+        if plan.get("log"):
+            # Now, not at the end: the relay is often killed with the session it broke.
+            open(plan["log"] + ".hit", "w").close()
         mode = plan["mode"]
         if mode == "flip":
             b = bytearray(data)

@@ -56,6 +56,50 @@ pub enum Command {
     /// (the differing blocks are marked; the next cycle repairs them), 2 error or nothing to
     /// compare against. Writes nothing to the target.
     Scrub(ScrubArgs),
+    /// The snapshots a receiver keeps of its file TARGET (`receive --keep`): list them, prune
+    /// them by a retention grid, or restore one to a new file.
+    #[command(subcommand)]
+    History(HistoryCommand),
+}
+
+/// `history`.
+#[derive(clap::Subcommand, Debug)]
+pub enum HistoryCommand {
+    /// One line per snapshot: generation, creation time (UTC), path.
+    List(HistoryWhere),
+    /// Deletes the snapshots the grid does not keep (as the receiver does after each commit).
+    Prune {
+        /// Which target's history.
+        #[command(flatten)]
+        place: HistoryWhere,
+        /// The retention grid, as receive --keep.
+        #[arg(long, value_name = "SPEC", value_parser = keep_arg)]
+        keep: crate::history::Policy,
+        /// Prune as if it were this time (Unix seconds), for tests and dry reasoning.
+        #[arg(long, value_name = "UNIX_SECONDS", hide = true)]
+        now: Option<u64>,
+    },
+    /// Clones the snapshot of GENERATION to DEST, a new file (never overwritten) on the same
+    /// filesystem.
+    Restore {
+        /// Which target's history.
+        #[command(flatten)]
+        place: HistoryWhere,
+        /// The generation to restore.
+        generation: u64,
+        /// The new file.
+        dest: PathBuf,
+    },
+}
+
+/// Which target's history.
+#[derive(clap::Args, Debug)]
+pub struct HistoryWhere {
+    /// The receiver's target (a file).
+    pub target: PathBuf,
+    /// The history dir, when not the default (.NAME.history next to the target).
+    #[arg(long, value_name = "DIR")]
+    pub history_dir: Option<PathBuf>,
 }
 
 /// When to draw progress bars (`--progress`).
@@ -256,6 +300,15 @@ pub struct ReceiveArgs {
     /// it is created) plus the free space of its filesystem. A block device is never resized.
     #[arg(long, value_name = "SIZE", value_parser = max_size_arg)]
     pub max_size: Option<u64>,
+    /// Keep a snapshot of the (file) target after each commit, pruned by a retention grid:
+    /// WINDOW:INTERVAL,... e.g. "1h:10m,24h:hourly,7d:daily,4w:weekly" (within the last 1 h
+    /// one per 10 minutes, within 24 h one per hour...). Needs xfs (reflink) or btrfs.
+    #[arg(long, value_name = "SPEC", value_parser = keep_arg)]
+    pub keep: Option<crate::history::Policy>,
+    /// Where --keep puts the snapshots (on the target's filesystem; default .NAME.history
+    /// next to the target).
+    #[arg(long, value_name = "DIR", requires = "keep")]
+    pub history_dir: Option<PathBuf>,
     /// Give up on the peer after this long without a word from it (3s to 1d). Both ends send
     /// a keep-alive every second while busy, so only a stopped, frozen or cut-off peer goes
     /// this quiet; a looping sender then retries.
@@ -361,6 +414,11 @@ fn interval_arg(text: &str) -> Result<Duration, String> {
 
 fn snapshot_size_arg(text: &str) -> Result<u64, String> {
     size_between(text, MIN_SNAPSHOT_SIZE, MAX_SNAPSHOT_SIZE, "1M and 1P")
+}
+
+fn keep_arg(text: &str) -> Result<crate::history::Policy, String> {
+    text.parse()
+        .map_err(|e: crate::history::PolicyError| e.to_string())
 }
 
 /// A peer timeout: 3 seconds (a few keep-alives) to a day.

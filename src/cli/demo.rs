@@ -235,6 +235,7 @@ async fn start_receiver(dir: &Path, target: &Path) -> anyhow::Result<DemoReceive
         scrub: None,
         max_size: crate::receiver::GrowthLimit::FreeSpace,
         peer_timeout: Some(Duration::from_secs(60)),
+        history: None,
     });
     let (stop, stop_rx) = oneshot::channel::<()>();
     let task = tokio::spawn(crate::receiver::listen::serve_tls(

@@ -8,6 +8,7 @@
 
 pub mod args;
 pub mod demo;
+pub mod history;
 pub mod keygen;
 pub mod out;
 pub mod progress;
@@ -83,6 +84,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Verify(args) => verify::run(args),
         Command::Status(args) => status::run(args),
         Command::Scrub(args) => scrub::run(args),
+        Command::History(command) => history::run(command),
         Command::Demo(DemoArgs { dir, size }) => {
             let progress = make_progress(ProgressMode::Auto);
             block_on(demo::run(dir, size, progress))??;

@@ -33,6 +33,7 @@ pub fn run(args: ReceiveArgs) -> Result<i32, CliError> {
             Err(reason) => return refuse_on_stdio(reason),
         }
     };
+    let history = keep_history(&args, &target)?;
     let config = ReceiverConfig {
         target,
         create,
@@ -49,6 +50,7 @@ pub fn run(args: ReceiveArgs) -> Result<i32, CliError> {
             .max_size
             .map_or(GrowthLimit::FreeSpace, GrowthLimit::AtMost),
         peer_timeout: Some(args.peer_timeout),
+        history,
     };
     init_logging(None);
     if let Err(e) = receiver::check_config(&config) {
@@ -97,6 +99,26 @@ fn listen(args: ReceiveArgs, config: ReceiverConfig) -> Result<i32, CliError> {
     })?
     .map_err(|e| CliError::Runtime(e.into()))?;
     Ok(0)
+}
+
+/// `--keep SPEC [--history-dir DIR]`, checked: the policy parses, the target is a file, and
+/// (when it exists) its filesystem can clone it into DIR.
+fn keep_history(
+    args: &ReceiveArgs,
+    target: &std::path::Path,
+) -> Result<Option<receiver::KeepHistory>, CliError> {
+    let Some(policy) = args.keep.clone() else {
+        return Ok(None);
+    };
+    let dir = args
+        .history_dir
+        .clone()
+        .unwrap_or_else(|| receiver::KeepHistory::default_dir(target));
+    if target.exists() {
+        crate::history::classify(target).map_err(|e| CliError::Runtime(e.into()))?;
+        crate::history::check(target, &dir).map_err(|e| CliError::Runtime(e.into()))?;
+    }
+    Ok(Some(receiver::KeepHistory { dir, policy }))
 }
 
 /// The target of a restricted receiver (`--stdio --allow-target PATH...`, a forced command in

@@ -135,6 +135,7 @@ impl Link {
                     scrub: None,
                     max_size: receiver::GrowthLimit::Unbounded,
                     peer_timeout: None,
+                    history: None,
                 };
                 let stop = stop.clone();
                 let task = tokio::spawn(async move {

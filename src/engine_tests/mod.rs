@@ -167,6 +167,7 @@ impl Rig {
             threads: 2,
             progress: Arc::new(NoProgress),
             stop,
+            history: None,
         };
         self.runtime.block_on(async move {
             let (ours, theirs) = pair().await;

@@ -55,6 +55,51 @@ pub struct ReceiverConfig {
     /// Give up on a sender silent (not even a keep-alive) for this long (`--peer-timeout`),
     /// freeing the target; `None` for an in-process sender.
     pub peer_timeout: Option<std::time::Duration>,
+    /// Keep snapshots of the target after each commit (`--keep`).
+    pub history: Option<KeepHistory>,
+}
+
+/// History on the target (`receive --keep SPEC [--history-dir DIR]`): after each committed
+/// generation, a reflink snapshot of the (file) target in `dir`, then pruning by `policy`.
+/// Only a committed, consistent target is ever snapshotted: this runs right after the
+/// commit. A failure is logged and does not fail the cycle: the mirror goes on.
+#[derive(Clone, Debug)]
+pub struct KeepHistory {
+    /// Where the snapshots go (on the target's filesystem).
+    pub dir: PathBuf,
+    /// What to keep.
+    pub policy: crate::history::Policy,
+}
+
+impl KeepHistory {
+    /// The default history dir of `target`: `.NAME.history` next to it (a reflink clone
+    /// must stay on the target's filesystem).
+    pub fn default_dir(target: &Path) -> PathBuf {
+        let name = target.file_name().unwrap_or_default().to_string_lossy();
+        target.with_file_name(format!(".{name}.history"))
+    }
+
+    /// Snapshots `target` as `generation`, then prunes; logs what it did or why it could not.
+    pub fn keep(&self, target: &Path, generation: u64) {
+        let now = crate::state::now();
+        match crate::history::take(target, &self.dir, generation, now) {
+            Ok(entry) => {
+                tracing::info!(generation, snapshot = %entry.path.display(), "history: snapshot kept")
+            }
+            Err(e) => {
+                tracing::warn!(generation, error = %e, "history: no snapshot of this generation");
+                return;
+            }
+        }
+        match crate::history::prune(&self.dir, &self.policy, now) {
+            Ok(pruned) => {
+                for entry in pruned {
+                    tracing::info!(generation = entry.generation, "history: snapshot pruned");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "history: pruning failed"),
+        }
+    }
 }
 
 /// How large a sender may make a file target (a block device never changes size).
@@ -229,6 +274,7 @@ async fn serve_connection(
         max_size: config.max_size,
         progress,
         stop,
+        history: config.history.clone(),
     };
     let span = tracing::info_span!("session", peer, target = %config.target.display());
     span.in_scope(|| tracing::info!("sender connected"));

@@ -45,6 +45,8 @@ pub struct SessionParts {
     pub progress: Arc<dyn Progress>,
     /// Set on a requested stop.
     pub stop: Arc<AtomicBool>,
+    /// Keep a snapshot of the target after each commit (`receive --keep`).
+    pub history: Option<super::KeepHistory>,
 }
 
 /// The per-target state a session keeps between cycles.
@@ -227,6 +229,9 @@ impl Session {
             bytes_written = self.state.last_cycle_bytes_written,
             "generation committed"
         );
+        if let Some(history) = &self.parts.history {
+            history.keep(self.parts.opener.name(), generation);
+        }
         Ok(root)
     }
 

@@ -11,6 +11,7 @@
 //! allow = ["sha256:3f1c..."]           # senders that may write it (at least one)
 //! create = true                        # create a missing file target (default false)
 //! max_size = "2T"                      # largest size a sender may make it (default: free space)
+//! keep = "24h:hourly,7d:daily"          # history on the target, as `receive --keep`
 //! ```
 //!
 //! Each target keeps its own lock, state and manifest under the receiver's state dir (keyed
@@ -84,6 +85,7 @@ struct Entry {
     #[serde(default)]
     create: bool,
     max_size: Option<String>,
+    keep: Option<String>,
 }
 
 /// What every target shares: from the `receive` command line.
@@ -159,7 +161,15 @@ impl NamedTargets {
                     crate::units::parse_size(text).map_err(|e| bad(format!("max_size: {e}")))?,
                 ),
             };
+            let history = match &entry.keep {
+                None => None,
+                Some(spec) => Some(super::KeepHistory {
+                    dir: super::KeepHistory::default_dir(&entry.path),
+                    policy: spec.parse().map_err(|e| bad(format!("keep: {e}")))?,
+                }),
+            };
             let config = ReceiverConfig {
+                history,
                 target: entry.path,
                 create: entry.create,
                 state_dir: shared.state_dir.clone(),
