@@ -137,3 +137,54 @@ fn demo_runs_to_completion() {
     );
     assert!(out.error_lines().is_empty(), "{out:?}");
 }
+
+/// Runs `blkmirror ARGS` with stdout a pipe whose reading end is already closed (as in
+/// `blkmirror ... | head -0`); returns (exit code, stderr).
+fn with_closed_stdout(args: &[&str]) -> (Option<i32>, String) {
+    use std::process::{Command, Stdio};
+    let (reader, writer) = nix::unistd::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(writer))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_closed_stdout_is_a_clean_exit_everywhere() {
+    let t = Scratch::new("closed-stdout");
+    let src = t.path("source.img");
+    let tgt = t.path("target.img");
+    write_random_file(&src, 2 * MIB, 901);
+    let state = t.dir("state");
+    // send --json: the report has nowhere to go; the mirror is made all the same.
+    let (code, err) = with_closed_stdout(&[
+        "send",
+        s(&src),
+        s(&tgt),
+        "--once",
+        "--json",
+        "--snapshot",
+        "none",
+        "--state-dir",
+        s(&state),
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_identical(&src, &tgt);
+    for args in [
+        vec!["verify", s(&src), s(&tgt)],
+        vec!["status", "--state-dir", s(&state)],
+        vec!["status", "--json", "--state-dir", s(&state)],
+    ] {
+        let (code, err) = with_closed_stdout(&args);
+        assert_eq!(code, Some(0), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
