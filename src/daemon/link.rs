@@ -70,6 +70,7 @@ pub fn dialer_for(config: &LinkConfig) -> Result<Option<Box<dyn Dialer>>, LinkEr
             port: *port,
             path: path.clone(),
             options: config.ssh.clone(),
+            finish_within: config.peer_timeout,
         }),
     }))
 }

@@ -180,21 +180,25 @@ impl SshConnection {
 pub struct SshChild {
     child: Child,
     host: String,
+    /// How long [`SshChild::finish`] waits ([`FINISH_TIMEOUT`] unless told otherwise).
+    finish_within: Duration,
 }
 
 impl SshChild {
-    /// Waits (up to [`FINISH_TIMEOUT`], then kills) for ssh to exit and reports a failure.
-    /// Drop the stream first, or the remote receiver may wait forever for end of input.
+    /// Waits (up to [`FINISH_TIMEOUT`] or the dialer's peer timeout, then kills) for ssh to
+    /// exit and reports a failure. Drop the stream first, or the remote receiver may wait
+    /// forever for end of input.
     pub async fn finish(mut self) -> Result<(), SshError> {
         let host = self.host.clone();
-        match tokio::time::timeout(FINISH_TIMEOUT, self.child.wait()).await {
+        let limit = self.finish_within;
+        match tokio::time::timeout(limit, self.child.wait()).await {
             Ok(Ok(status)) => check_status(&host, status),
             Ok(Err(source)) => Err(SshError::Wait { host, source }),
             Err(_) => {
                 let _ = self.child.kill().await;
                 Err(SshError::Timeout {
                     host,
-                    secs: FINISH_TIMEOUT.as_secs(),
+                    secs: limit.as_secs(),
                 })
             }
         }
@@ -321,6 +325,7 @@ pub fn spawn(
     let child = SshChild {
         child,
         host: host.to_string(),
+        finish_within: FINISH_TIMEOUT,
     };
     Ok(SshConnection { stream, child })
 }
@@ -339,18 +344,21 @@ pub struct SshDialer {
     pub path: String,
     /// The ssh program, the remote blkmirror and its state dir.
     pub options: SshOptions,
+    /// How long to wait for ssh to exit after the session (`--peer-timeout`).
+    pub finish_within: Duration,
 }
 
 impl Dialer for SshDialer {
     fn dial(&self) -> BoxFuture<'_, Result<Dialed, DialError>> {
         Box::pin(async move {
-            let SshConnection { stream, child } = spawn(
+            let SshConnection { stream, mut child } = spawn(
                 self.user.as_deref(),
                 &self.host,
                 self.port,
                 &self.path,
                 &self.options,
             )?;
+            child.finish_within = self.finish_within;
             Ok(Dialed {
                 stream,
                 finisher: Some(Box::new(child)),
@@ -449,6 +457,7 @@ mod tests {
                 ssh_command: "sh -c 'cat; exit 3'".into(),
                 ..SshOptions::default()
             },
+            finish_within: FINISH_TIMEOUT,
         };
         let Dialed {
             mut stream,
