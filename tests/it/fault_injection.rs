@@ -332,6 +332,36 @@ fn a_frame_that_does_not_decode_is_answered_with_the_reason() {
 }
 
 #[test]
+fn a_target_grown_by_a_cycle_start_is_not_read_to_be_hashed() {
+    // 64 GiB announced for a 1 MiB target: the grown region is known zeros (holes). Reading
+    // it to hash it would be 64 GiB of read(2) before the receiver could answer.
+    let s = setup();
+    let mut peer =
+        RawSender::start_with(&s.target, &s.state, &["--max-size", "1T", "--threads", "1"]);
+    let pid = peer.child.id();
+    let read_so_far = || -> u64 {
+        let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+        let line = io.lines().find(|l| l.starts_with("rchar:")).unwrap();
+        line[6..].trim().parse().unwrap()
+    };
+    peer.handshake(Preamble::ours()).expect("handshake");
+    peer.send(&Message::CycleStart {
+        generation: 2,
+        device_size: 64 << 30,
+        block_size: BS as u32,
+        base_root: None,
+    });
+    let answer = peer.recv();
+    assert!(
+        matches!(answer, Some(Message::TargetState { .. })),
+        "{answer:?}"
+    );
+    let read = read_so_far();
+    assert!(read < 256 << 20, "the receiver read {read} bytes to answer");
+    drop(peer.finish());
+}
+
+#[test]
 fn oversized_frame_is_refused_before_allocating() {
     let s = setup();
     let mut peer = RawSender::start(&s.target, &s.state);
