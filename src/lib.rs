@@ -35,6 +35,7 @@ pub mod device;
 mod engine_tests;
 pub mod error;
 pub mod faults;
+pub mod fsclone;
 pub mod history;
 pub mod progress;
 pub mod receiver;

@@ -34,24 +34,10 @@ pub fn run(args: ReceiveArgs) -> Result<i32, CliError> {
         }
     };
     let history = keep_history(&args, &target)?;
-    let config = ReceiverConfig {
-        target,
-        create,
-        state_dir: args
-            .state_dir
-            .clone()
-            .unwrap_or_else(crate::state::default_state_dir),
-        threads: threads_or_default(args.threads),
-        scrub: args.scrub_every.map(|every| ScrubSchedule {
-            every,
-            rate: args.scrub_rate,
-        }),
-        max_size: args
-            .max_size
-            .map_or(GrowthLimit::FreeSpace, GrowthLimit::AtMost),
-        peer_timeout: Some(args.peer_timeout),
-        history,
-    };
+    let max_size = args
+        .max_size
+        .map_or(GrowthLimit::FreeSpace, GrowthLimit::AtMost);
+    let config = shared(&args).config(target, create, max_size, history);
     init_logging(None);
     if let Err(e) = receiver::check_config(&config) {
         if args.stdio {
@@ -99,6 +85,22 @@ fn listen(args: ReceiveArgs, config: ReceiverConfig) -> Result<i32, CliError> {
     })?
     .map_err(|e| CliError::Runtime(e.into()))?;
     Ok(0)
+}
+
+/// What every target of this receiver shares, from the command line.
+fn shared(args: &ReceiveArgs) -> Shared {
+    Shared {
+        state_dir: args
+            .state_dir
+            .clone()
+            .unwrap_or_else(crate::state::default_state_dir),
+        threads: threads_or_default(args.threads),
+        scrub: args.scrub_every.map(|every| ScrubSchedule {
+            every,
+            rate: args.scrub_rate,
+        }),
+        peer_timeout: Some(args.peer_timeout),
+    }
 }
 
 /// `--keep SPEC [--history-dir DIR]`, checked: the policy parses, the target is a file, and
@@ -188,22 +190,14 @@ fn refuse_on_stdio(reason: String) -> Result<i32, CliError> {
 
 /// Serves every target of a targets file on one port, until SIGINT or SIGTERM.
 fn listen_named(args: ReceiveArgs, file: &std::path::Path) -> Result<i32, CliError> {
-    let addr = args.listen.expect("clap: --targets requires --listen");
+    let addr = args
+        .listen
+        .clone()
+        .expect("clap: --targets requires --listen");
     let Some(identity_dir) = &args.identity else {
         return Err(usage("receive --listen needs --identity DIR"));
     };
-    let shared = Shared {
-        state_dir: args
-            .state_dir
-            .clone()
-            .unwrap_or_else(crate::state::default_state_dir),
-        threads: threads_or_default(args.threads),
-        scrub: args.scrub_every.map(|every| ScrubSchedule {
-            every,
-            rate: args.scrub_rate,
-        }),
-        peer_timeout: Some(args.peer_timeout),
-    };
+    let shared = shared(&args);
     let named = NamedTargets::load(file, &shared).map_err(|e| CliError::Runtime(e.into()))?;
     let identity = tls::load_identity(identity_dir).context("--identity")?;
     block_on(async {

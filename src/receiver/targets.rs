@@ -101,6 +101,28 @@ pub struct Shared {
     pub peer_timeout: Option<std::time::Duration>,
 }
 
+impl Shared {
+    /// The configuration of one target served with these settings.
+    pub fn config(
+        &self,
+        target: PathBuf,
+        create: bool,
+        max_size: GrowthLimit,
+        history: Option<super::KeepHistory>,
+    ) -> ReceiverConfig {
+        ReceiverConfig {
+            target,
+            create,
+            state_dir: self.state_dir.clone(),
+            threads: self.threads,
+            scrub: self.scrub,
+            max_size,
+            peer_timeout: self.peer_timeout,
+            history,
+        }
+    }
+}
+
 impl NamedTargets {
     /// Reads and checks a targets file.
     pub fn load(path: &Path, shared: &Shared) -> Result<NamedTargets, TargetsError> {
@@ -168,16 +190,7 @@ impl NamedTargets {
                     policy: spec.parse().map_err(|e| bad(format!("keep: {e}")))?,
                 }),
             };
-            let config = ReceiverConfig {
-                history,
-                target: entry.path,
-                create: entry.create,
-                state_dir: shared.state_dir.clone(),
-                threads: shared.threads,
-                scrub: shared.scrub,
-                max_size,
-                peer_timeout: shared.peer_timeout,
-            };
+            let config = shared.config(entry.path, entry.create, max_size, history);
             super::check_config(&config).map_err(|e| bad(e.to_string()))?;
             let config = Arc::new(config);
             targets.insert(name, NamedTarget { config, allowed });

@@ -10,7 +10,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -20,41 +19,6 @@ use nix::fcntl::{Flock, FlockArg};
 
 use super::naming::{is_own, probe_name, source_key, Namer};
 use super::{Consistency, FrozenView, SnapshotError, SnapshotOptions, SnapshotProvider};
-
-// FICLONE = _IOW(0x94, 9, int): make the destination share all the source's extents.
-nix::ioctl_write_int!(
-    /// `ioctl(dest_fd, FICLONE, source_fd)`.
-    ///
-    /// # Safety
-    ///
-    /// Both descriptors must be open for the whole call.
-    ficlone_ioctl,
-    0x94,
-    9
-);
-// FS_IOC_GETFLAGS / FS_IOC_SETFLAGS: declared with `long`, but the kernel moves an `int`.
-nix::ioctl_read_bad!(
-    /// `ioctl(fd, FS_IOC_GETFLAGS, &mut flags)`: reads the inode flags (`chattr`'s).
-    ///
-    /// # Safety
-    ///
-    /// `fd` must be open and the pointer must point at a writable `c_int`.
-    fs_ioc_getflags,
-    nix::request_code_read!(b'f', 1, std::mem::size_of::<libc::c_long>()),
-    libc::c_int
-);
-nix::ioctl_write_ptr_bad!(
-    /// `ioctl(fd, FS_IOC_SETFLAGS, &flags)`: sets the inode flags (`chattr`'s).
-    ///
-    /// # Safety
-    ///
-    /// `fd` must be open and the pointer must point at a readable `c_int`.
-    fs_ioc_setflags,
-    nix::request_code_write!(b'f', 2, std::mem::size_of::<libc::c_long>()),
-    libc::c_int
-);
-/// btrfs' "no copy-on-write" inode flag: source and clone must agree on it.
-const FS_NOCOW_FL: libc::c_int = 0x0080_0000;
 
 /// Clones of one image file.
 pub struct Reflink {
@@ -259,7 +223,6 @@ fn probe(source: &Path, dir: &Path, key: &str, hidden: bool) -> Result<(), Clone
 }
 
 /// FICLONE of `source` into a new file `dest` (mode 0600); `dest` is removed on failure.
-#[allow(unsafe_code)]
 fn clone_file(source: &Path, dest: &Path) -> Result<File, CloneFailure> {
     let src = File::open(source).map_err(CloneFailure::Create)?;
     let dst = OpenOptions::new()
@@ -269,36 +232,13 @@ fn clone_file(source: &Path, dest: &Path) -> Result<File, CloneFailure> {
         .mode(0o600)
         .open(dest)
         .map_err(CloneFailure::Create)?;
-    copy_nocow_flag(&src, &dst);
-    // SAFETY: both descriptors are open for the whole call; FICLONE takes the source fd as
-    // its integer argument.
-    let result = unsafe { ficlone_ioctl(dst.as_raw_fd(), src.as_raw_fd() as libc::c_ulong) };
+    let result = crate::fsclone::clone_into(&src, &dst);
     match result {
         Ok(_) => Ok(dst),
         Err(errno) => {
             drop(dst);
             let _ = std::fs::remove_file(dest);
             Err(CloneFailure::Ficlone(errno))
-        }
-    }
-}
-
-/// btrfs refuses to clone between a NOCOW file (`chattr +C`, common for VM images) and a
-/// normal one: give the (still empty) clone the source's NOCOW flag. Best effort.
-#[allow(unsafe_code)]
-fn copy_nocow_flag(src: &File, dst: &File) {
-    let mut flags: libc::c_int = 0;
-    // SAFETY: `src` is open for the whole call, and the kernel writes one int into `flags`.
-    if unsafe { fs_ioc_getflags(src.as_raw_fd(), &mut flags) }.is_err() || flags & FS_NOCOW_FL == 0
-    {
-        return;
-    }
-    let mut dst_flags: libc::c_int = 0;
-    // SAFETY: as above, for `dst`; then the kernel reads one int from `dst_flags`.
-    unsafe {
-        if fs_ioc_getflags(dst.as_raw_fd(), &mut dst_flags).is_ok() {
-            dst_flags |= FS_NOCOW_FL;
-            let _ = fs_ioc_setflags(dst.as_raw_fd(), &dst_flags);
         }
     }
 }

@@ -7,7 +7,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use blkmirror::history::{self, HistoryError, Policy};
 use nix::fcntl::{Flock, FlockArg};
@@ -19,34 +19,6 @@ const T0: u64 = 1_767_225_600;
 const MINUTE: u64 = 60;
 const HOUR: u64 = 3_600;
 const DAY: u64 = 86_400;
-
-/// A filesystem made on a sparse file, on a loop device, mounted; unmounted and detached on
-/// drop (the mount is declared first, so it drops first).
-struct Fs {
-    mount: Mount,
-    _dev: LoopDevice,
-}
-
-impl Fs {
-    fn new(t: &Scratch, kind: &str) -> Fs {
-        let image = t.path(&format!("{kind}.fs"));
-        let size = if kind == "xfs" { 512 * MIB } else { 256 * MIB };
-        File::create(&image).unwrap().set_len(size).unwrap();
-        match kind {
-            "xfs" => sh("mkfs.xfs", &["-q", "-f", "-m", "reflink=1", s(&image)]),
-            "btrfs" => sh("mkfs.btrfs", &["-q", "-f", s(&image)]),
-            "ext4" => sh("mkfs.ext4", &["-q", "-F", s(&image)]),
-            other => panic!("no mkfs for {other}"),
-        };
-        let dev = LoopDevice::attach(&image);
-        let mount = Mount::new(dev.path(), &t.path(&format!("{kind}-mnt")));
-        Fs { mount, _dev: dev }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.mount.dir.join(name)
-    }
-}
 
 /// Writes `len` seeded random bytes at `offset` of `path` (created if missing).
 fn write_at(path: &Path, offset: u64, len: usize, seed: u64) {
@@ -96,7 +68,7 @@ fn generations(entries: &[history::Entry]) -> Vec<u64> {
 /// | 7   | T0 + 9h55  | 5m         | kept: the newest (and younger than 10m)            |
 fn take_list_prune_restore(kind: &str) {
     let t = Scratch::new(&format!("history-{kind}"));
-    let fs = Fs::new(&t, kind);
+    let fs = Filesystem::new(&t, kind);
     let target = fs.path("target.img");
     let dir = fs.path("state/targets/key/history");
     let times = [
@@ -305,7 +277,7 @@ fn take_list_prune_restore_on_btrfs() {
 #[test]
 fn ext4_has_no_reflink_and_says_so() {
     let t = Scratch::new("history-ext4");
-    let fs = Fs::new(&t, "ext4");
+    let fs = Filesystem::new(&t, "ext4");
     let target = fs.path("target.img");
     write_at(&target, 0, MIB as usize, 7);
     let dir = fs.path("history");
@@ -329,7 +301,7 @@ fn ext4_has_no_reflink_and_says_so() {
 #[test]
 fn history_dir_on_another_filesystem_is_refused() {
     let t = Scratch::new("history-exdev");
-    let fs = Fs::new(&t, "xfs");
+    let fs = Filesystem::new(&t, "xfs");
     let target = fs.path("target.img");
     write_at(&target, 0, MIB as usize, 8);
     let dir = t.path("history");
@@ -375,7 +347,7 @@ fn block_device_targets_are_not_supported_yet() {
 #[test]
 fn a_receiver_with_keep_snapshots_each_commit_and_history_restores_one() {
     let t = Scratch::new("history-e2e");
-    let fs = Fs::new(&t, "xfs");
+    let fs = Filesystem::new(&t, "xfs");
     let ids = TlsPair::new(&t);
     let src = t.path("source.img");
     write_random_file(&src, 4 * MIB, 801);
@@ -433,7 +405,7 @@ fn a_receiver_with_keep_snapshots_each_commit_and_history_restores_one() {
     drop(receiver);
 
     // No reflink on ext4: --keep is refused at start, naming the cause.
-    let ext4 = Fs::new(&t, "ext4");
+    let ext4 = Filesystem::new(&t, "ext4");
     let plain = ext4.path("mirror.img");
     std::fs::write(&plain, vec![0u8; 1 << 20]).unwrap();
     let err = Receiver::try_start_at(&plain, &t.dir("rstate4"), "127.0.0.1:0", &rargs)

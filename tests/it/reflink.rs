@@ -10,7 +10,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -19,40 +19,6 @@ use std::time::Duration;
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::support::*;
-
-/// A filesystem made on a sparse file, on a loop device, mounted; unmounted and detached on
-/// drop (the mount is declared first, so it drops first).
-struct Fs {
-    mount: Mount,
-    _dev: LoopDevice,
-}
-
-impl Fs {
-    fn new(t: &Scratch, kind: &str) -> Fs {
-        let image = t.path(&format!("{kind}.fs"));
-        let size = if kind == "xfs" { 512 * MIB } else { 256 * MIB };
-        File::create(&image).unwrap().set_len(size).unwrap();
-        match kind {
-            "xfs" => sh("mkfs.xfs", &["-q", "-f", "-m", "reflink=1", s(&image)]),
-            "btrfs" => sh("mkfs.btrfs", &["-q", "-f", s(&image)]),
-            "ext4" => sh("mkfs.ext4", &["-q", "-F", s(&image)]),
-            other => panic!("no mkfs for {other}"),
-        };
-        let dev = LoopDevice::attach(&image);
-        let mount = Mount::new(dev.path(), &t.path(&format!("{kind}-mnt")));
-        Fs { mount, _dev: dev }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.mount.dir.join(name)
-    }
-
-    fn dir(&self, name: &str) -> PathBuf {
-        let p = self.path(name);
-        std::fs::create_dir_all(&p).unwrap();
-        p
-    }
-}
 
 /// `send SRC DEST --once --json --progress never --state-dir STATE EXTRA...` (no `--snapshot`
 /// unless in `extra`: the default is auto).
@@ -226,7 +192,7 @@ fn mirror_with_writes_during_cycle(
 #[test]
 fn reflink_on_xfs_reads_the_clone_while_the_source_changes() {
     let t = Scratch::new("reflink-xfs");
-    let fs = Fs::new(&t, "xfs");
+    let fs = Filesystem::new(&t, "xfs");
     let state = fs.dir("state");
     let src = fs.path("vm.img");
     let snapshots = state.join("snapshots");
@@ -243,7 +209,7 @@ fn reflink_on_xfs_reads_the_clone_while_the_source_changes() {
 #[test]
 fn auto_on_btrfs_clones_a_nocow_image() {
     let t = Scratch::new("reflink-btrfs");
-    let fs = Fs::new(&t, "btrfs");
+    let fs = Filesystem::new(&t, "btrfs");
     let state = fs.dir("state");
     let src = fs.path("vm.img");
     // VM images on btrfs are often NOCOW (chattr +C, set while empty): btrfs only clones
@@ -257,7 +223,7 @@ fn auto_on_btrfs_clones_a_nocow_image() {
 #[test]
 fn clones_go_next_to_the_source_when_the_state_dir_is_elsewhere() {
     let t = Scratch::new("reflink-exdev");
-    let fs = Fs::new(&t, "xfs");
+    let fs = Filesystem::new(&t, "xfs");
     let images = fs.dir("images");
     let src = images.join("vm.img");
     // The state dir is on the scratch dir's filesystem, not on the xfs mount.
@@ -270,7 +236,7 @@ fn clones_go_next_to_the_source_when_the_state_dir_is_elsewhere() {
 #[test]
 fn stale_clone_of_a_killed_sender_is_removed_at_next_start_and_only_ours() {
     let t = Scratch::new("reflink-stale");
-    let fs = Fs::new(&t, "xfs");
+    let fs = Filesystem::new(&t, "xfs");
     let state = fs.dir("state");
     let snapshots = state.join("snapshots");
     let src = fs.path("vm.img");
@@ -320,7 +286,7 @@ fn stale_clone_of_a_killed_sender_is_removed_at_next_start_and_only_ours() {
 #[test]
 fn sigterm_mid_cycle_deletes_the_clone() {
     let t = Scratch::new("reflink-sigterm");
-    let fs = Fs::new(&t, "xfs");
+    let fs = Filesystem::new(&t, "xfs");
     let state = fs.dir("state");
     let snapshots = state.join("snapshots");
     let src = fs.path("vm.img");
@@ -344,7 +310,7 @@ fn sigterm_mid_cycle_deletes_the_clone() {
 #[test]
 fn ext4_source_is_refused_with_a_way_out() {
     let t = Scratch::new("reflink-ext4");
-    let fs = Fs::new(&t, "ext4");
+    let fs = Filesystem::new(&t, "ext4");
     let state = fs.dir("state");
     let src = fs.path("vm.img");
     write_random_file(&src, 4 * MIB, 51);
@@ -372,7 +338,7 @@ fn ext4_source_is_refused_with_a_way_out() {
 /// full scan and says why, and only the kept clone is left between cycles.
 fn tracker_cycles(kind: &str) {
     let t = Scratch::new(&format!("reflink-tracker-{kind}"));
-    let fs = Fs::new(&t, kind);
+    let fs = Filesystem::new(&t, kind);
     let state = fs.dir("state");
     let snapshots = state.join("snapshots");
     let src = fs.path("vm.img");
@@ -453,7 +419,7 @@ fn reflink_tracker_on_btrfs_reads_only_what_changed() {
 #[test]
 fn full_scan_tracker_keeps_no_clone() {
     let t = Scratch::new("reflink-full-scan");
-    let fs = Fs::new(&t, "xfs");
+    let fs = Filesystem::new(&t, "xfs");
     let state = fs.dir("state");
     let src = fs.path("vm.img");
     let tgt = t.path("target.img");

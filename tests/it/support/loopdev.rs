@@ -1,12 +1,13 @@
-//! Kernel objects a test creates: a [`LoopDevice`] over a file (detached on drop) and a
-//! [`Mount`] (unmounted on drop, lazily as a last resort).
+//! Kernel objects a test creates: a [`LoopDevice`] over a file (detached on drop), a
+//! [`Mount`] (unmounted on drop, lazily as a last resort), and both as a [`Filesystem`] made
+//! on a sparse file (xfs with reflink, btrfs, ext4).
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::{run_program, s, sh};
+use super::{run_program, s, sh, Scratch, MIB};
 
 /// A loop device attached to a file with `losetup -f --show`; detached on drop.
 pub struct LoopDevice {
@@ -91,5 +92,42 @@ impl Drop for Mount {
             }
             thread::sleep(Duration::from_millis(100));
         }
+    }
+}
+
+/// A filesystem made on a sparse file in the test's scratch dir, on a loop device, mounted;
+/// unmounted and detached on drop (the mount is declared first, so it drops first).
+pub struct Filesystem {
+    pub mount: Mount,
+    _dev: LoopDevice,
+}
+
+impl Filesystem {
+    /// `kind`: "xfs" (512 MiB, reflink=1), "btrfs" or "ext4" (256 MiB).
+    pub fn new(t: &Scratch, kind: &str) -> Filesystem {
+        let image = t.path(&format!("{kind}.fs"));
+        let size = if kind == "xfs" { 512 * MIB } else { 256 * MIB };
+        fs::File::create(&image).unwrap().set_len(size).unwrap();
+        match kind {
+            "xfs" => sh("mkfs.xfs", &["-q", "-f", "-m", "reflink=1", s(&image)]),
+            "btrfs" => sh("mkfs.btrfs", &["-q", "-f", s(&image)]),
+            "ext4" => sh("mkfs.ext4", &["-q", "-F", s(&image)]),
+            other => panic!("no mkfs for {other}"),
+        };
+        let dev = LoopDevice::attach(&image);
+        let mount = Mount::new(dev.path(), &t.path(&format!("{kind}-mnt")));
+        Filesystem { mount, _dev: dev }
+    }
+
+    /// A path on the filesystem.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.mount.dir.join(name)
+    }
+
+    /// A directory on the filesystem, created.
+    pub fn dir(&self, name: &str) -> PathBuf {
+        let p = self.path(name);
+        fs::create_dir_all(&p).unwrap();
+        p
     }
 }
