@@ -246,7 +246,7 @@ async fn serve_connection(
     stop: Arc<AtomicBool>,
 ) -> Result<(), ReceiveError> {
     let paths = ReceiverPaths::new(&config.state_dir, &config.target);
-    let lock = wait_for_lock(&paths).await;
+    // The pumps start first: keep-alives flow while we wait for the lock.
     let endpoint = Arc::new(Endpoint::start(
         conn,
         EndpointOptions {
@@ -255,6 +255,7 @@ async fn serve_connection(
             limit: None,
         },
     ));
+    let lock = wait_for_lock(&paths).await;
     let _lock = match lock {
         Ok(Some(lock)) => lock,
         Ok(None) => return refuse(&endpoint, ReceiveError::Busy(config.target.clone())).await,
