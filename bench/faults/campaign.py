@@ -641,7 +641,7 @@ def main():
                    help="comma-separated; power-cut is the engine's power-cut sweep (needs cargo)")
     p.add_argument("--seed", type=int, default=20261201)
     p.add_argument("--out", default="/var/tmp/blkmirror-faults")
-    p.add_argument("--crash-seeds", type=int, default=20, help="seeds of the power-cut sweep")
+    p.add_argument("--crash-seeds", type=int, default=50, help="seeds of the power-cut sweep")
     args = p.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root (sshd on 127.0.0.1 needs it)")

@@ -14,6 +14,8 @@ use crate::units::{parse_duration, parse_size};
 
 /// Most worker threads a command accepts (see `--threads`' help for why).
 pub const MAX_THREADS: usize = 1024;
+/// `--peer-timeout`'s default (the `default_value` of the options says "60s" too).
+pub const DEFAULT_PEER_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest pause between cycles.
 pub const MAX_INTERVAL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Smallest classic LVM snapshot COW space (LVM rounds up to one extent anyway).
@@ -597,7 +599,7 @@ mod tests {
 
     #[test]
     fn peer_timeout_bounds() {
-        assert_eq!(send(&[]).unwrap().peer_timeout, Duration::from_secs(60));
+        assert_eq!(send(&[]).unwrap().peer_timeout, DEFAULT_PEER_TIMEOUT);
         assert_eq!(
             send(&["--peer-timeout", "3s"]).unwrap().peer_timeout,
             Duration::from_secs(3)

@@ -163,6 +163,8 @@ fn daemon_config(args: SendArgs, dest: Destination, tls: Option<TlsPair>) -> Dae
                 remote_command: args.remote_command,
                 remote_state_dir: args.remote_state_dir,
                 create: args.create,
+                remote_peer_timeout: (args.peer_timeout != super::args::DEFAULT_PEER_TIMEOUT)
+                    .then_some(args.peer_timeout),
             },
             peer_timeout: args.peer_timeout,
             bwlimit: args.bwlimit,

@@ -26,7 +26,9 @@ fn trial(seed: u64, cut: Option<u64>) -> u64 {
     let rig = Rig::new(BLOCK);
     let mut rng = Rng(seed);
     let mut source: Vec<u8> = (0..SIZE).map(|_| rng.next() as u8).collect();
-    let junk: Vec<u8> = (0..SIZE).map(|_| rng.next() as u8).collect();
+    // Larger than any first cycle's source (a change grows it by less than 40,000 bytes): an
+    // unknown target smaller than the source is refused, by design, before any commit.
+    let junk: Vec<u8> = (0..SIZE + 65536).map(|_| rng.next() as u8).collect();
     let image = Arc::new(Mutex::new(StoreImage::default()));
     let mut roots: HashSet<BlockHash> = HashSet::new();
     let power = Power::new(cut);
@@ -44,7 +46,9 @@ fn trial(seed: u64, cut: Option<u64>) -> u64 {
             );
             break;
         }
-        sent.unwrap_or_else(|e| panic!("cycle failed with the power on: {e}"));
+        if let Err(e) = sent {
+            panic!("seed {seed:#x}: cycle failed with the power on: {e}; receiver: {received:?}");
+        }
         received.unwrap();
     }
     let points = power.points();

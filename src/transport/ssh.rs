@@ -36,6 +36,10 @@ pub struct SshOptions {
     pub remote_state_dir: Option<String>,
     /// Ask the remote receiver to create a missing file target (`send --create`).
     pub create: bool,
+    /// The remote receiver's `--peer-timeout`, when not its default: both ends then give up
+    /// on the other after the same silence (a receiver stuck reading a damaged frame is
+    /// alive to the sender, which only its own bound can end).
+    pub remote_peer_timeout: Option<Duration>,
 }
 
 impl Default for SshOptions {
@@ -45,6 +49,7 @@ impl Default for SshOptions {
             remote_command: "blkmirror".to_string(),
             remote_state_dir: None,
             create: false,
+            remote_peer_timeout: None,
         }
     }
 }
@@ -271,8 +276,9 @@ fn check_host(host: &str) -> Result<(), SshError> {
 }
 
 /// The single string ssh hands to the remote shell, quoted:
-/// `REMOTE... receive --stdio [--create] [--state-dir DIR] -- PATH`: `--create` (a missing
-/// remote file target is created sparse) only when the sender was given `--create`.
+/// `REMOTE... receive --stdio [--create] [--peer-timeout N] [--state-dir DIR] -- PATH`:
+/// `--create` (a missing remote file target is created sparse) only when the sender was given
+/// `--create`.
 fn remote_line(opts: &SshOptions, path: &str) -> Result<String, SshError> {
     let remote_command = &opts.remote_command;
     let bad_remote = |cause| SshError::BadRemoteCommand {
@@ -287,6 +293,12 @@ fn remote_line(opts: &SshOptions, path: &str) -> Result<String, SshError> {
     words.extend(["receive", "--stdio"].map(String::from));
     if opts.create {
         words.push("--create".into());
+    }
+    if let Some(limit) = opts.remote_peer_timeout {
+        words.extend([
+            "--peer-timeout".to_string(),
+            format!("{}s", limit.as_secs()),
+        ]);
     }
     if let Some(dir) = &opts.remote_state_dir {
         words.extend(["--state-dir".to_string(), dir.clone()]);
@@ -514,6 +526,7 @@ mod tests {
             remote_command: "sudo '/opt/my dir/blkmirror'".into(),
             remote_state_dir: None,
             create: true,
+            remote_peer_timeout: Some(Duration::from_secs(5)),
         };
         assert_eq!(
             line(Some("root"), "::1", Some(2222), "/tmp/a b's", &opts),
@@ -532,7 +545,7 @@ mod tests {
                 "root",
                 "::1",
                 "--",
-                r#"sudo '/opt/my dir/blkmirror' receive --stdio --create -- "/tmp/a b's""#,
+                r#"sudo '/opt/my dir/blkmirror' receive --stdio --create --peer-timeout 5s -- "/tmp/a b's""#,
             ]
         );
     }
