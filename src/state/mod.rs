@@ -120,9 +120,18 @@ pub fn now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Formats Unix seconds as RFC 3339.
+/// Formats Unix seconds as RFC 3339; a time RFC 3339 cannot write (the year 10000 or later:
+/// a damaged record) as the number, marked.
 pub fn format_time(secs: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + std::time::Duration::from_secs(secs)).to_string()
+    use std::fmt::Write;
+    let mut text = String::new();
+    let written = UNIX_EPOCH
+        .checked_add(std::time::Duration::from_secs(secs))
+        .is_some_and(|time| write!(text, "{}", humantime::format_rfc3339_seconds(time)).is_ok());
+    match written {
+        true => text,
+        false => format!("{secs} (not a valid time)"),
+    }
 }
 
 /// The default state directory: `/var/lib/blkmirror` for root, else
@@ -253,6 +262,18 @@ fn json_files(root: &Path, suffix: &str) -> io::Result<Vec<PathBuf>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_rfc3339_cannot_write_are_shown_as_numbers() {
+        // Found by the fuzzer (fuzz/findings/state): `status` panicked on these.
+        assert_eq!(format_time(1_767_225_600), "2026-01-01T00:00:00Z");
+        assert_eq!(
+            format_time(700_000_000_000),
+            "700000000000 (not a valid time)"
+        );
+        let huge = 17_672_277_737_777_775_601;
+        assert_eq!(format_time(huge), format!("{huge} (not a valid time)"));
+    }
 
     #[test]
     fn atomic_write_replaces() {

@@ -820,7 +820,9 @@ impl<'a> Reader<'a> {
             return Err(FrameError::Invalid(format!("text of {len} bytes")));
         }
         let bytes = self.bytes(len as usize)?;
-        Ok(String::from_utf8_lossy(bytes).into_owned())
+        // Each invalid byte becomes U+FFFD (3 bytes): cut back to what `encode` would send, so
+        // a decoded text encodes and decodes to itself.
+        Ok(truncate_text(&String::from_utf8_lossy(bytes)).to_string())
     }
 }
 
@@ -929,6 +931,19 @@ mod tests {
                 prop_assert!(Message::decode(&body[..body.len() - cut]).is_err());
             }
         }
+    }
+
+    #[test]
+    fn a_text_of_invalid_utf8_decodes_to_what_encodes_and_decodes_to_itself() {
+        // Found by the fuzzer (fuzz/findings/frame): 1366 invalid bytes became 4098 bytes of
+        // U+FFFD, which `encode` cut; decoding again gave a shorter reason.
+        let mut body = vec![1u8];
+        body.extend_from_slice(&1366u32.to_le_bytes());
+        body.extend(std::iter::repeat(0xFF).take(1366));
+        let decoded = Message::decode(&body).unwrap();
+        let mut frame = Vec::new();
+        decoded.encode(&mut frame);
+        assert_eq!(Message::decode(&frame[4..]).unwrap(), decoded);
     }
 
     #[test]
