@@ -1,10 +1,15 @@
-//! Reflink clones (FICLONE): the one primitive that the `reflink` snapshot provider (clones of
-//! a source image) and the target's history (clones of a mirror) share. A clone is a
-//! metadata-only copy that shares every extent of the original, on xfs (`reflink=1`) and
-//! btrfs; the callers open, name, lock and remove the files themselves.
+//! Reflink clones (FICLONE), what the `reflink` snapshot provider (clones of a source image)
+//! and the target's history (clones of a mirror) share: a clone into a new file, the errors
+//! that mean "no reflink here", and a rename that never replaces. A clone is a metadata-only
+//! copy that shares every extent of the original, on xfs (`reflink=1`) and btrfs; the callers
+//! name, lock and remove the files themselves.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::ops::Deref;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 
 use nix::errno::Errno;
 
@@ -42,6 +47,71 @@ nix::ioctl_write_ptr_bad!(
 );
 /// btrfs' "no copy-on-write" inode flag: source and clone must agree on it.
 const FS_NOCOW_FL: libc::c_int = 0x0080_0000;
+
+/// Why a clone into a new file failed.
+#[derive(Debug)]
+pub enum CloneFailure {
+    /// The source could not be opened.
+    Open(io::Error),
+    /// The destination could not be created or held (it exists, no space, permissions...).
+    Create(io::Error),
+    /// FICLONE refused.
+    Ficlone(Errno),
+}
+
+/// Creates `dest` (mode 0600, must not exist) and makes it a clone of `source`; `dest` is
+/// removed on failure.
+pub fn clone_new(source: &Path, dest: &Path) -> Result<File, CloneFailure> {
+    clone_new_held(source, dest, |file| Ok(Box::new(file))).map(|file| *file)
+}
+
+/// [`clone_new`], letting `hold` take the new file before it is cloned into (to lock it, so
+/// that a concurrent clean-up of leftovers skips it). `dest` is removed on any failure.
+pub fn clone_new_held<T: Deref<Target = File>>(
+    source: &Path,
+    dest: &Path,
+    hold: impl FnOnce(File) -> io::Result<T>,
+) -> Result<T, CloneFailure> {
+    let src = File::open(source).map_err(CloneFailure::Open)?;
+    let created = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dest)
+        .map_err(CloneFailure::Create)?;
+    let cloned =
+        hold(created)
+            .map_err(CloneFailure::Create)
+            .and_then(|dst| match clone_into(&src, &dst) {
+                Ok(()) => Ok(dst),
+                Err(errno) => Err(CloneFailure::Ficlone(errno)),
+            });
+    if cloned.is_err() {
+        let _ = std::fs::remove_file(dest);
+    }
+    cloned
+}
+
+/// True when FICLONE's error means "this file system cannot reflink" rather than "this clone
+/// failed" (EXDEV, two file systems, is told apart by the caller).
+pub fn no_reflink(errno: Errno) -> bool {
+    matches!(
+        errno,
+        Errno::EOPNOTSUPP | Errno::EINVAL | Errno::ENOTTY | Errno::ENOSYS
+    )
+}
+
+/// Renames `from` to `to` unless `to` exists (`RENAME_NOREPLACE`: EEXIST then).
+pub fn rename_noreplace(from: &Path, to: &Path) -> Result<(), Errno> {
+    nix::fcntl::renameat2(
+        None,
+        from,
+        None,
+        to,
+        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+    )
+}
 
 /// Makes the empty file `dst` a clone of `src` (both open; `dst` writable): first gives it
 /// `src`'s NOCOW flag (btrfs refuses to clone between a NOCOW file, common for VM images, and

@@ -1,74 +1,23 @@
-//! The file-system primitives the store needs: a reflink clone (FICLONE), a rename that never
-//! replaces, and fsync of a directory. No policy, no names.
+//! The file-system primitives the store needs: a reflink clone held with a lock (on
+//! [`crate::fsclone`], which also has the rename that never replaces), fsync of a directory,
+//! and the removal of leftovers no one holds. No policy, no names.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
-/// Why a clone failed.
-#[derive(Debug)]
-pub enum CloneFailure {
-    /// The source could not be opened.
-    Open(io::Error),
-    /// The destination could not be created (it exists, no space, permissions...).
-    Create(io::Error),
-    /// FICLONE refused.
-    Ficlone(Errno),
-}
+pub use crate::fsclone::{no_reflink, rename_noreplace, CloneFailure};
 
 /// Creates `dest` (mode 0600, must not exist), holds it with an exclusive `flock` (a
 /// concurrent clean-up of leftovers skips it), and makes it a reflink clone of `source`. On
 /// failure `dest` is removed.
 pub fn clone_new(source: &Path, dest: &Path) -> Result<Flock<File>, CloneFailure> {
-    let src = File::open(source).map_err(CloneFailure::Open)?;
-    let dst = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(dest)
-        .map_err(CloneFailure::Create)?;
-    let dst = match Flock::lock(dst, FlockArg::LockExclusiveNonblock) {
-        Ok(locked) => locked,
-        Err((file, errno)) => {
-            drop(file);
-            let _ = std::fs::remove_file(dest);
-            return Err(CloneFailure::Create(errno.into()));
-        }
-    };
-    let result = crate::fsclone::clone_into(&src, &dst);
-    match result {
-        Ok(_) => Ok(dst),
-        Err(errno) => {
-            drop(dst);
-            let _ = std::fs::remove_file(dest);
-            Err(CloneFailure::Ficlone(errno))
-        }
-    }
-}
-
-/// True when FICLONE's error means "this file system cannot reflink" rather than "this clone
-/// failed" (EXDEV, two file systems, is told apart by the caller).
-pub fn no_reflink(errno: Errno) -> bool {
-    matches!(
-        errno,
-        Errno::EOPNOTSUPP | Errno::EINVAL | Errno::ENOTTY | Errno::ENOSYS
-    )
-}
-
-/// Renames `from` to `to` unless `to` exists (`RENAME_NOREPLACE`: EEXIST then).
-pub fn rename_noreplace(from: &Path, to: &Path) -> Result<(), Errno> {
-    nix::fcntl::renameat2(
-        None,
-        from,
-        None,
-        to,
-        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
-    )
+    crate::fsclone::clone_new_held(source, dest, |file| {
+        Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| errno.into())
+    })
 }
 
 /// Makes the entries of `dir` (creations, renames, deletions) durable.

@@ -8,9 +8,9 @@
 //! always a whole clone. Each clone is held with an exclusive `flock` while in use: the stale
 //! clean-up skips locked clones (another live sender of the same source).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
@@ -19,6 +19,7 @@ use nix::fcntl::{Flock, FlockArg};
 
 use super::naming::{is_own, probe_name, source_key, Namer};
 use super::{Consistency, FrozenView, SnapshotError, SnapshotOptions, SnapshotProvider};
+use crate::fsclone::{self, clone_new, rename_noreplace, CloneFailure};
 
 /// Clones of one image file.
 pub struct Reflink {
@@ -29,12 +30,6 @@ pub struct Reflink {
     hidden: bool,
     state_clones: PathBuf,
     namer: Namer,
-}
-
-/// Why one clone failed.
-enum CloneFailure {
-    Create(io::Error),
-    Ficlone(Errno),
 }
 
 impl Reflink {
@@ -136,7 +131,7 @@ impl SnapshotProvider for Reflink {
 
     fn freeze(&self, source: &Path, _stop: &AtomicBool) -> Result<FrozenView, SnapshotError> {
         let partial = self.dir.join(self.file_name(&probe_name(self.namer.key())));
-        let clone = clone_file(source, &partial).map_err(|f| failure(source, &self.dir, f))?;
+        let clone = clone_new(source, &partial).map_err(|f| failure(source, &self.dir, f))?;
         // Never over a kept clone: a name that exists already is skipped.
         let mut path = self.dir.join(self.file_name(&self.namer.next()));
         let mut attempts = 0;
@@ -175,17 +170,6 @@ impl SnapshotProvider for Reflink {
     }
 }
 
-/// Renames `from` to `to` unless `to` exists (`RENAME_NOREPLACE`).
-fn rename_noreplace(from: &Path, to: &Path) -> Result<(), Errno> {
-    nix::fcntl::renameat2(
-        None,
-        from,
-        None,
-        to,
-        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
-    )
-}
-
 /// The view of a clone at `path`: held with an exclusive `flock` while in use (the stale
 /// clean-up of another sender skips it), deleted on release.
 fn clone_view(clone: File, path: PathBuf) -> FrozenView {
@@ -216,39 +200,15 @@ fn clone_view(clone: File, path: PathBuf) -> FrozenView {
 fn probe(source: &Path, dir: &Path, key: &str, hidden: bool) -> Result<(), CloneFailure> {
     let name = probe_name(key);
     let path = dir.join(if hidden { format!(".{name}") } else { name });
-    let clone = clone_file(source, &path)?;
+    let clone = clone_new(source, &path)?;
     drop(clone);
     let _ = std::fs::remove_file(&path);
     Ok(())
 }
 
-/// FICLONE of `source` into a new file `dest` (mode 0600); `dest` is removed on failure.
-fn clone_file(source: &Path, dest: &Path) -> Result<File, CloneFailure> {
-    let src = File::open(source).map_err(CloneFailure::Create)?;
-    let dst = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(dest)
-        .map_err(CloneFailure::Create)?;
-    let result = crate::fsclone::clone_into(&src, &dst);
-    match result {
-        Ok(_) => Ok(dst),
-        Err(errno) => {
-            drop(dst);
-            let _ = std::fs::remove_file(dest);
-            Err(CloneFailure::Ficlone(errno))
-        }
-    }
-}
-
 /// Errors that mean "this filesystem cannot reflink" rather than "this clone failed".
 fn no_reflink(errno: Errno) -> bool {
-    matches!(
-        errno,
-        Errno::EOPNOTSUPP | Errno::EINVAL | Errno::ENOTTY | Errno::ENOSYS | Errno::EXDEV
-    )
+    fsclone::no_reflink(errno) || errno == Errno::EXDEV
 }
 
 /// `Operation not supported`: the C library's text for an errno.
@@ -271,7 +231,7 @@ fn failure(source: &Path, dir: &Path, failure: CloneFailure) -> SnapshotError {
             dir: dir.to_owned(),
             errno: errno_text(errno),
         },
-        CloneFailure::Create(error) => SnapshotError::Io {
+        CloneFailure::Create(error) | CloneFailure::Open(error) => SnapshotError::Io {
             what: "cannot create a reflink clone in",
             path: dir.to_owned(),
             error,
