@@ -6,10 +6,11 @@ apt-get update
 # openssh-server/-client: sshd + ssh + ssh-keygen for tests/it/ssh.rs and the rsync
 # benchmark; e2fsprogs xfsprogs btrfs-progs: real filesystems on loop devices (reflink tests,
 # benchmark fixture); util-linux mount: losetup, mount, unshare; rsync, time, python3:
-# tests/it/bench_small.rs.
+# tests/it/bench_small.rs; systemd (for systemd-analyze; nothing starts it) and man-db:
+# tests/it/service.rs verifies the units of contrib/systemd, their man pages included.
 apt-get install -y --no-install-recommends \
     openssh-server openssh-client e2fsprogs xfsprogs btrfs-progs util-linux mount coreutils \
-    rsync time python3
+    rsync time python3 systemd man-db
 # The QEMU guest of tests/it/lvm_guest.rs (real LVM: the host kernel has no device-mapper), booted
 # by ci/guest/run-in-guest.sh: QEMU, Debian's kernel with its modules, a static busybox for the
 # guest's initramfs (built by the script), lvm2 and the thin-pool tools used inside the guest.

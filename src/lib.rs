@@ -20,9 +20,12 @@
 //! * [`transport`] owns the wire: frames, the [`transport::Endpoint`] the engines use, a dialer
 //!   per transport (ssh, mutual TLS), and the in-process pair for local destinations.
 //! * [`daemon`] loops cycles, handles signals and backoff; [`daemon::link`] is the one place
-//!   that wires both sides together (a local destination's in-process receiver).
+//!   that wires both sides together (a local destination's in-process receiver);
+//!   [`daemon::fanout`] runs one source to several destinations. [`forward`] makes a receiver
+//!   the sender of a chain's next hop.
 //! * [`state`] persists both sides' state; [`cli`] turns arguments into configs and renders
 //!   progress and status. [`error`] states the error policy every module follows.
+//! * [`notify`] tells systemd when a service is ready, stopping or alive (`sd_notify`).
 //!
 //! One cycle is one generation: the sender commits its manifest for generation N only after the
 //! receiver acknowledged that N is durable. Until then the receiver's state says "applying N".
@@ -35,8 +38,10 @@ pub mod device;
 mod engine_tests;
 pub mod error;
 pub mod faults;
+pub mod forward;
 pub mod fsclone;
 pub mod history;
+pub mod notify;
 pub mod progress;
 pub mod receiver;
 pub mod sender;

@@ -165,6 +165,25 @@ impl Manifest {
         self.hashes.get(index as usize)
     }
 
+    /// The bytes of the blocks whose hashes differ from `other`'s, or `None` when the two
+    /// describe devices of different geometry.
+    pub fn differing(&self, other: &Manifest) -> Option<super::ranges::RangeSet> {
+        if !other.matches_geometry(self.block_size, self.device_size) {
+            return None;
+        }
+        let block = self.block_size as u64;
+        let differ = self.hashes.iter().zip(&other.hashes).enumerate();
+        Some(
+            differ
+                .filter(|(_, (a, b))| a != b)
+                .map(|(i, _)| {
+                    let start = i as u64 * block;
+                    start..(start + block).min(self.device_size)
+                })
+                .collect(),
+        )
+    }
+
     /// Sets the hash of block `index`. Panics past the end.
     pub fn set_hash(&mut self, index: u64, hash: BlockHash) {
         self.hashes[index as usize] = hash;

@@ -84,6 +84,16 @@ impl RangeSet {
         RangeSet::from_ranges(self.ranges.iter().map(|r| r.start..r.end.min(end)))
     }
 
+    /// The part of the set at or after `start`.
+    pub fn from_offset(&self, start: u64) -> RangeSet {
+        RangeSet::from_ranges(self.ranges.iter().map(|r| r.start.max(start)..r.end))
+    }
+
+    /// Everything in either set.
+    pub fn union(&self, other: &RangeSet) -> RangeSet {
+        RangeSet::from_ranges(self.ranges.iter().chain(other.ranges.iter()).cloned())
+    }
+
     /// Each range widened to multiples of `unit` (starts rounded down, ends up).
     pub fn aligned_out(&self, unit: u64) -> RangeSet {
         assert!(unit > 0);

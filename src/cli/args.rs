@@ -45,7 +45,8 @@ pub enum Command {
     Send(SendArgs),
     /// Receive a mirror into TARGET (the only path this receiver ever writes).
     Receive(ReceiveArgs),
-    /// Create a TLS identity (key + self-signed certificate) in DIR; prints its fingerprint.
+    /// Create a TLS identity (key + self-signed certificate) in DIR; prints its fingerprint
+    /// (with --show: prints the fingerprint of the identity already there).
     Keygen(KeygenArgs),
     /// Compare SOURCE and TARGET byte by byte: exit 0 identical, 1 different, 2 error.
     Verify(VerifyArgs),
@@ -62,6 +63,27 @@ pub enum Command {
     /// them by a retention grid, or restore one to a new file.
     #[command(subcommand)]
     History(HistoryCommand),
+    /// Write man pages (roff): the top page to stdout, or with --out DIR one page per command.
+    Man(ManArgs),
+    /// Print a shell completion script for SHELL to stdout.
+    Completions(CompletionsArgs),
+}
+
+/// Options of `man`.
+#[derive(clap::Args, Debug)]
+pub struct ManArgs {
+    /// Write blkmirror.1 and one page per command (blkmirror-send.1, ...) into DIR (created
+    /// if missing; existing pages are replaced) instead of the top page to stdout.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+/// Options of `completions`.
+#[derive(clap::Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell: bash, zsh, fish, elvish or powershell.
+    #[arg(value_parser = shell_arg)]
+    pub shell: clap_complete::Shell,
 }
 
 /// `history`.
@@ -142,10 +164,12 @@ pub enum ReadModeArg {
 pub struct SendArgs {
     /// Block device or image file to mirror.
     pub source: PathBuf,
-    /// Local path, tls://HOST:PORT, or `ssh://[USER@]HOST[:PORT]/PATH` (`-` is refused: write
-    /// ./- for a file of that name).
-    #[arg(value_parser = dest_arg)]
-    pub dest: String,
+    /// Local path, tls://HOST:PORT[/NAME], or `ssh://[USER@]HOST[:PORT]/PATH` (`-` is
+    /// refused: write ./- for a file of that name). Several: fan-out, one snapshot and one read
+    /// of the source per cycle shipped to each, each against its own base; a destination that
+    /// is down is retried while the others go on, then catches up with its own difference.
+    #[arg(value_name = "DEST", value_parser = dest_arg, required = true, num_args = 1..)]
+    pub dests: Vec<String>,
     /// Run one cycle and exit.
     #[arg(long, conflicts_with = "until_quiet")]
     pub once: bool,
@@ -227,9 +251,10 @@ pub struct SendArgs {
     /// Our TLS identity directory (from `keygen`), for tls:// destinations.
     #[arg(long)]
     pub identity: Option<PathBuf>,
-    /// The receiver's certificate fingerprint, for tls:// destinations.
-    #[arg(long)]
-    pub peer: Option<String>,
+    /// The receiver's certificate fingerprint, for tls:// destinations. Fan-out to several
+    /// TLS receivers: one --peer per tls:// DEST, in the same order (or one for all).
+    #[arg(long, value_name = "FINGERPRINT")]
+    pub peer: Vec<String>,
     /// The ssh program and options, for ssh:// destinations.
     #[arg(long, default_value = "ssh")]
     pub ssh_command: String,
@@ -316,6 +341,15 @@ pub struct ReceiveArgs {
     /// this quiet; a looping sender then retries.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = peer_timeout_arg)]
     pub peer_timeout: Duration,
+    /// A chain: after each commit, ship the committed generation on to DEST (a local path,
+    /// tls://HOST:PORT[/NAME] with this receiver's --identity and --forward-peer, or
+    /// ssh://...), sending the blocks written since DEST last committed, without rescanning.
+    /// With --create, a missing next-hop file is created.
+    #[arg(long, value_name = "DEST", value_parser = dest_arg, conflicts_with = "targets")]
+    pub forward: Option<String>,
+    /// The next hop's certificate fingerprint, for a tls:// --forward.
+    #[arg(long, value_name = "FINGERPRINT", requires = "forward")]
+    pub forward_peer: Option<String>,
 }
 
 /// Options of `keygen`.
@@ -324,6 +358,9 @@ pub struct KeygenArgs {
     /// Directory for key.pem and cert.pem (created with mode 0700 if missing; an existing key
     /// is never overwritten).
     pub dir: PathBuf,
+    /// Print the fingerprint of the identity already in DIR; create nothing.
+    #[arg(long)]
+    pub show: bool,
 }
 
 /// Options of `verify`.
@@ -468,6 +505,13 @@ fn size_between(text: &str, min: u64, max: u64, range: &str) -> Result<u64, Stri
         return Err(format!("must be between {range}"));
     }
     Ok(size)
+}
+
+/// A shell `completions` knows, named in the message when it is not one.
+fn shell_arg(text: &str) -> Result<clap_complete::Shell, String> {
+    <clap_complete::Shell as ValueEnum>::from_str(text, true).map_err(|_| {
+        "not a shell blkmirror completes; one of bash, zsh, fish, elvish, powershell".into()
+    })
 }
 
 /// DEST as given; `-` is refused rather than taken as a local file of that name.
@@ -646,7 +690,7 @@ mod tests {
         refused(send_to("-"), "DEST", "./-");
         let message = send_to("-").unwrap_err();
         assert!(message.contains("`-` is not a destination"), "{message}");
-        assert_eq!(send_to("./-").unwrap().dest, "./-");
+        assert_eq!(send_to("./-").unwrap().dests, ["./-"]);
     }
 
     fn send_to(dest: &str) -> Result<SendArgs, String> {

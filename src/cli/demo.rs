@@ -236,6 +236,7 @@ async fn start_receiver(dir: &Path, target: &Path) -> anyhow::Result<DemoReceive
         max_size: crate::receiver::GrowthLimit::FreeSpace,
         peer_timeout: Some(Duration::from_secs(60)),
         history: None,
+        on_commit: None,
     });
     let (stop, stop_rx) = oneshot::channel::<()>();
     let task = tokio::spawn(crate::receiver::listen::serve_tls(

@@ -3,13 +3,15 @@
 //! "different"). A reader of stdout that goes away ends a command's output quietly ([`out`]).
 //!
 //! [`args`] is the grammar (clap, with bounds on every numeric option); each command has its
-//! own file ([`send`], [`receive`], [`keygen`], [`verify`], [`status`], [`demo`]); [`progress`]
+//! own file ([`send`], [`receive`], [`keygen`], [`verify`], [`status`], [`demo`]; [`man`] for
+//! `man` and `completions`); [`progress`]
 //! draws bars on stderr. This file keeps `main`, the error type, logging and the runtime.
 
 pub mod args;
 pub mod demo;
 pub mod history;
 pub mod keygen;
+pub mod man;
 pub mod out;
 pub mod progress;
 pub mod receive;
@@ -85,6 +87,8 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Status(args) => status::run(args),
         Command::Scrub(args) => scrub::run(args),
         Command::History(command) => history::run(command),
+        Command::Man(args) => man::man(args),
+        Command::Completions(args) => man::completions(args),
         Command::Demo(DemoArgs { dir, size }) => {
             let progress = make_progress(ProgressMode::Auto);
             block_on(demo::run(dir, size, progress))??;
@@ -145,10 +149,16 @@ fn error_line(message: &str) {
 /// The first line of a clap error, without its own "error: " prefix.
 fn clap_message(error: &clap::Error) -> String {
     if error.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-        return "missing command: one of send, receive, keygen, verify, status, demo".into();
+        return "missing command: one of send, receive, keygen, verify, status, scrub, history, demo, man, completions".into();
     }
     let rendered = error.render().to_string();
-    let line = rendered.lines().next().unwrap_or("invalid arguments");
+    let mut lines = rendered.lines();
+    let mut line = lines.next().unwrap_or("invalid arguments").to_string();
+    if line.ends_with(':') {
+        // "the following required arguments were not provided:" lists them on the next lines.
+        let listed: Vec<&str> = lines.map(str::trim).take_while(|l| !l.is_empty()).collect();
+        line = format!("{line} {}", listed.join(", "));
+    }
     line.trim_start_matches("error: ").to_string()
 }
 

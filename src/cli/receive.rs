@@ -15,6 +15,7 @@ use crate::progress::NoProgress;
 use crate::receiver::listen::Served;
 use crate::receiver::targets::Shared;
 use crate::receiver::{self, GrowthLimit, NamedTargets, ReceiverConfig, ScrubSchedule};
+use crate::transport::dest::Destination;
 use crate::transport::tls;
 
 /// Runs `receive`.
@@ -37,8 +38,9 @@ pub fn run(args: ReceiveArgs) -> Result<i32, CliError> {
     let max_size = args
         .max_size
         .map_or(GrowthLimit::FreeSpace, GrowthLimit::AtMost);
-    let config = shared(&args).config(target, create, max_size, history);
+    let mut config = shared(&args).config(target, create, max_size, history);
     init_logging(None);
+    config.on_commit = forwarder(&args, &config)?;
     if let Err(e) = receiver::check_config(&config) {
         if args.stdio {
             // Through ssh: the sender reads why in its own error line too.
@@ -75,13 +77,15 @@ fn listen(args: ReceiveArgs, config: ReceiverConfig) -> Result<i32, CliError> {
     let allowed = allowed_peers(&args.allow_peer)?;
     let identity = tls::load_identity(identity_dir).context("--identity")?;
     block_on(async {
+        let stop = stop_requested();
         let server = tls::TlsServer::bind(&addr, &identity, allowed).await?;
         // Scripts read this line to learn the port; if they close the pipe afterwards, the
         // receiver goes on serving.
         outln!("listening on {}", server.local_addr());
-        tracing::info!(addr = %server.local_addr(), target = %config.target.display(), "receiver ready");
+        tracing::info!(addr = %server.local_addr(), target = %config.target.display(), fingerprint = %identity.fingerprint(), "receiver ready");
+        announce_ready();
         let served = Served::One(Arc::new(config));
-        crate::receiver::listen::serve_tls(server, served, crate::daemon::shutdown_signal()).await
+        crate::receiver::listen::serve_tls(server, served, stop).await
     })?
     .map_err(|e| CliError::Runtime(e.into()))?;
     Ok(0)
@@ -201,15 +205,36 @@ fn listen_named(args: ReceiveArgs, file: &std::path::Path) -> Result<i32, CliErr
     let named = NamedTargets::load(file, &shared).map_err(|e| CliError::Runtime(e.into()))?;
     let identity = tls::load_identity(identity_dir).context("--identity")?;
     block_on(async {
+        let stop = stop_requested();
         let server = tls::TlsServer::bind(&addr, &identity, named.all_peers()).await?;
         outln!("listening on {}", server.local_addr());
         let names: Vec<&str> = named.targets.keys().map(String::as_str).collect();
-        tracing::info!(addr = %server.local_addr(), targets = %names.join(", "), "receiver ready");
+        tracing::info!(addr = %server.local_addr(), targets = %names.join(", "), fingerprint = %identity.fingerprint(), "receiver ready");
+        announce_ready();
         let served = Served::Named(Arc::new(named));
-        crate::receiver::listen::serve_tls(server, served, crate::daemon::shutdown_signal()).await
+        crate::receiver::listen::serve_tls(server, served, stop).await
     })?
     .map_err(|e| CliError::Runtime(e.into()))?;
     Ok(0)
+}
+
+/// Resolves on SIGINT or SIGTERM, after telling systemd the service is stopping. The
+/// handlers are installed when this is called (inside the runtime), before the receiver says
+/// it is ready, so a stop right after `READY=1` is not missed.
+fn stop_requested() -> impl std::future::Future<Output = ()> {
+    let mut signals = crate::daemon::Signals::new();
+    async move {
+        signals.recv().await;
+        tracing::info!("stop requested");
+        crate::notify::stopping();
+    }
+}
+
+/// A listening receiver is up: tells systemd (`READY=1`) and, with a watchdog, keeps pinging
+/// it from the runtime.
+fn announce_ready() {
+    crate::notify::ready();
+    crate::notify::spawn_watchdog();
 }
 
 fn allowed_peers(given: &[String]) -> Result<Vec<[u8; 32]>, CliError> {
@@ -217,6 +242,59 @@ fn allowed_peers(given: &[String]) -> Result<Vec<[u8; 32]>, CliError> {
         .iter()
         .map(|p| tls::parse_fingerprint(p).map_err(|e| usage(format!("--allow-peer: {e}"))))
         .collect()
+}
+
+/// The chain's next hop (`--forward DEST`), if any.
+fn forwarder(
+    args: &ReceiveArgs,
+    config: &ReceiverConfig,
+) -> Result<Option<Arc<dyn receiver::CommitHook>>, CliError> {
+    let Some(text) = &args.forward else {
+        return Ok(None);
+    };
+    let dest = match crate::transport::dest::parse_destination(text).map_err(usage)? {
+        Destination::Local(path) => Destination::Local(receiver::absolute(&path)),
+        other => other,
+    };
+    if dest.to_string() == config.target.display().to_string() {
+        return Err(usage("--forward names this receiver's own target"));
+    }
+    let tls = match (&dest, &args.identity, &args.forward_peer) {
+        (Destination::Tls { .. }, Some(dir), Some(peer)) => {
+            let peer =
+                tls::parse_fingerprint(peer).map_err(|e| usage(format!("--forward-peer: {e}")))?;
+            let identity = tls::load_identity(dir).context("--identity")?;
+            Some((Arc::new(identity), peer))
+        }
+        (Destination::Tls { .. }, _, _) => {
+            return Err(usage(
+                "a tls:// --forward needs --identity DIR and --forward-peer FINGERPRINT",
+            ))
+        }
+        _ => None,
+    };
+    let link = crate::daemon::link::LinkConfig {
+        dest,
+        state_dir: config.state_dir.clone(),
+        threads: config.threads,
+        tls,
+        ssh: crate::transport::ssh::SshOptions {
+            create: args.create,
+            ..Default::default()
+        },
+        peer_timeout: args.peer_timeout,
+        bwlimit: None,
+    };
+    let settings = crate::forward::ForwardSettings {
+        target: config.target.clone(),
+        state_dir: config.state_dir.clone(),
+        block_size: 64 * 1024,
+        threads: config.threads,
+        stop: Arc::new(AtomicBool::new(false)),
+    };
+    let forwarder = crate::forward::Forwarder::new(link, settings)
+        .map_err(|e| CliError::Runtime(anyhow::anyhow!("cannot start worker threads: {e}")))?;
+    Ok(Some(Arc::new(forwarder)))
 }
 
 #[cfg(test)]

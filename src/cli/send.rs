@@ -10,6 +10,7 @@ use anyhow::Context;
 use super::args::{threads_or_default, ReadModeArg, SendArgs, TrackerArg};
 use super::out::outln;
 use super::{block_on, make_progress, usage, CliError};
+use crate::daemon::fanout::FanoutConfig;
 use crate::daemon::link::LinkConfig;
 use crate::daemon::{DaemonConfig, Mode};
 use crate::receiver;
@@ -26,13 +27,15 @@ type TlsPair = (Arc<Identity>, [u8; 32]);
 
 /// Runs `send`.
 pub fn run(args: SendArgs) -> Result<i32, CliError> {
-    let dest = destination(&args.dest)?;
-    let tls = tls_pair(&dest, &args)?;
+    let dests = destinations(&args.dests)?;
+    let tls = tls_pairs(&dests, &args)?;
     let progress = make_progress(args.progress);
     // Fail fast on a bad source or a local target that cannot work.
     BlockSource::open(&args.source).map_err(|e| CliError::Runtime(e.into()))?;
-    if let Destination::Local(path) = &dest {
-        check_local_dest(&args.source, path)?;
+    for dest in &dests {
+        if let Destination::Local(path) = dest {
+            check_local_dest(&args.source, path)?;
+        }
     }
     let provider: Arc<dyn crate::snapshot::SnapshotProvider> = Arc::from(snapshot_provider(&args)?);
     let tracker: Arc<dyn crate::tracker::ChangeTracker> = match args.tracker {
@@ -48,13 +51,31 @@ pub fn run(args: SendArgs) -> Result<i32, CliError> {
         progress,
     };
     let json = args.json;
-    let config = daemon_config(args, dest, tls);
+    let fan_out = dests.len() > 1;
     let mut faults = 0;
-    block_on(crate::daemon::run(config, engines, |report| {
+    let on_report = |report: &CycleReport| {
         faults += report.tracking_faults;
-        print_report(report, json)
-    }))?
-    .map_err(|e| CliError::Runtime(e.into()))?;
+        match fan_out && !json {
+            true => outln!("{}: {}", report.dest, report_line(report, json)),
+            false => print_report(report, json),
+        }
+    };
+    let mut config = daemon_config(args, dests, tls);
+    let ended = match config.links.len() {
+        1 => block_on(crate::daemon::run(
+            DaemonConfig {
+                cycle: config.cycle,
+                link: config.links.remove(0),
+                mode: config.mode,
+                interval: config.interval,
+                threads: config.threads,
+            },
+            engines,
+            on_report,
+        )),
+        _ => block_on(crate::daemon::fanout::run(config, engines, on_report)),
+    };
+    ended?.map_err(|e| CliError::Runtime(e.into()))?;
     if faults > 0 {
         eprintln!(
             "blkmirror: the change tracker missed {faults} changed blocks (tracking faults, shipped by the audit: the target is consistent); exit 3"
@@ -62,6 +83,19 @@ pub fn run(args: SendArgs) -> Result<i32, CliError> {
         return Ok(3);
     }
     Ok(0)
+}
+
+/// Every DEST parsed; refuses one given twice.
+fn destinations(texts: &[String]) -> Result<Vec<Destination>, CliError> {
+    let mut dests: Vec<Destination> = Vec::with_capacity(texts.len());
+    for text in texts {
+        let dest = destination(text)?;
+        if dests.iter().any(|d| d.to_string() == dest.to_string()) {
+            return Err(usage(format!("DEST {dest} is given twice")));
+        }
+        dests.push(dest);
+    }
+    Ok(dests)
 }
 
 /// DEST parsed; a local path made absolute, so state is keyed alike from any directory.
@@ -72,19 +106,47 @@ fn destination(text: &str) -> Result<Destination, CliError> {
     })
 }
 
-/// The TLS credentials a tls:// destination needs (there is no unauthenticated mode).
-fn tls_pair(dest: &Destination, args: &SendArgs) -> Result<Option<TlsPair>, CliError> {
-    match (dest, &args.identity, &args.peer) {
-        (Destination::Tls { .. }, Some(dir), Some(peer)) => {
-            let peer = tls::parse_fingerprint(peer).map_err(|e| usage(format!("--peer: {e}")))?;
-            let identity = tls::load_identity(dir).context("--identity")?;
-            Ok(Some((Arc::new(identity), peer)))
-        }
-        (Destination::Tls { .. }, _, _) => Err(usage(
-            "tls:// destinations need --identity DIR and --peer FINGERPRINT (there is no unauthenticated mode)",
-        )),
-        _ => Ok(None),
+/// The TLS credentials each tls:// destination needs (there is no unauthenticated mode): our
+/// identity, and the pinned fingerprint of its receiver (one `--peer` per tls:// DEST in
+/// order, or one for all). `None` for other destinations.
+fn tls_pairs(dests: &[Destination], args: &SendArgs) -> Result<Vec<Option<TlsPair>>, CliError> {
+    let tls_count = dests
+        .iter()
+        .filter(|d| matches!(d, Destination::Tls { .. }))
+        .count();
+    if tls_count == 0 {
+        return Ok(vec![None; dests.len()]);
     }
+    let Some(dir) = &args.identity else {
+        return Err(usage(
+            "tls:// destinations need --identity DIR and --peer FINGERPRINT (there is no unauthenticated mode)",
+        ));
+    };
+    if args.peer.is_empty() {
+        return Err(usage(
+            "tls:// destinations need --identity DIR and --peer FINGERPRINT (there is no unauthenticated mode)",
+        ));
+    }
+    if args.peer.len() != 1 && args.peer.len() != tls_count {
+        return Err(usage(format!(
+            "--peer is given {} times for {tls_count} tls:// destinations: give one per tls:// DEST, in order, or one for all",
+            args.peer.len()
+        )));
+    }
+    let identity = Arc::new(tls::load_identity(dir).context("--identity")?);
+    let mut peers = args.peer.iter().cycle();
+    dests
+        .iter()
+        .map(|dest| match dest {
+            Destination::Tls { .. } => {
+                let peer = peers.next().expect("cycled");
+                let peer =
+                    tls::parse_fingerprint(peer).map_err(|e| usage(format!("--peer: {e}")))?;
+                Ok(Some((identity.clone(), peer)))
+            }
+            _ => Ok(None),
+        })
+        .collect()
 }
 
 /// Refuses a local target that cannot be written, or that is the source itself.
@@ -124,7 +186,11 @@ fn state_dir(args: &SendArgs) -> std::path::PathBuf {
 }
 
 /// The daemon's config from the (already validated) arguments.
-fn daemon_config(args: SendArgs, dest: Destination, tls: Option<TlsPair>) -> DaemonConfig {
+fn daemon_config(
+    args: SendArgs,
+    dests: Vec<Destination>,
+    tls: Vec<Option<TlsPair>>,
+) -> FanoutConfig {
     let threads = threads_or_default(args.threads);
     let state_dir = state_dir(&args);
     let mode = if args.once {
@@ -134,10 +200,35 @@ fn daemon_config(args: SendArgs, dest: Destination, tls: Option<TlsPair>) -> Dae
     } else {
         Mode::Forever
     };
-    DaemonConfig {
+    let names: Vec<String> = dests.iter().map(ToString::to_string).collect();
+    let ssh = SshOptions {
+        ssh_command: args.ssh_command,
+        remote_command: args.remote_command,
+        remote_state_dir: args.remote_state_dir,
+        create: args.create,
+        remote_peer_timeout: (args.peer_timeout != super::args::DEFAULT_PEER_TIMEOUT)
+            .then_some(args.peer_timeout),
+    };
+    let links = dests
+        .into_iter()
+        .zip(tls)
+        .map(|(dest, tls)| LinkConfig {
+            dest,
+            state_dir: state_dir.clone(),
+            threads,
+            tls,
+            ssh: ssh.clone(),
+            peer_timeout: args.peer_timeout,
+            bwlimit: args.bwlimit,
+        })
+        .collect();
+    FanoutConfig {
         cycle: CycleConfig {
             source: args.source,
-            dest: dest.to_string(),
+            dest: match names.len() {
+                1 => names[0].clone(),
+                _ => crate::daemon::fanout::group_key(&names),
+            },
             block_size: args.block_size,
             state_dir: state_dir.clone(),
             compress_level: args.compress_level,
@@ -153,22 +244,7 @@ fn daemon_config(args: SendArgs, dest: Destination, tls: Option<TlsPair>) -> Dae
             rehash_target: args.rehash_target,
             read_limit: args.read_limit,
         },
-        link: LinkConfig {
-            dest,
-            state_dir,
-            threads,
-            tls,
-            ssh: SshOptions {
-                ssh_command: args.ssh_command,
-                remote_command: args.remote_command,
-                remote_state_dir: args.remote_state_dir,
-                create: args.create,
-                remote_peer_timeout: (args.peer_timeout != super::args::DEFAULT_PEER_TIMEOUT)
-                    .then_some(args.peer_timeout),
-            },
-            peer_timeout: args.peer_timeout,
-            bwlimit: args.bwlimit,
-        },
+        links,
         mode,
         interval: args.interval,
         threads,

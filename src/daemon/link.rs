@@ -137,6 +137,7 @@ impl Link {
                     max_size: receiver::GrowthLimit::Unbounded,
                     peer_timeout: None,
                     history: None,
+                    on_commit: None,
                 };
                 let stop = stop.clone();
                 let task = tokio::spawn(async move {

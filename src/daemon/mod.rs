@@ -6,6 +6,7 @@
 //! a second), the cycle in progress is recorded as interrupted on the receiver, the snapshot
 //! is released, and the run ends successfully.
 
+pub mod fanout;
 pub mod link;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -77,6 +78,9 @@ pub enum DaemonError {
     /// Stale snapshots could not be cleaned up.
     #[error(transparent)]
     Snapshot(#[from] crate::snapshot::SnapshotError),
+    /// Fan-out with `--once`: some destinations did not commit (each named, with why).
+    #[error("{0}")]
+    Destinations(String),
     /// The worker threads could not be started.
     #[error("cannot start worker threads: {0}")]
     Threads(#[source] rayon::ThreadPoolBuildError),
@@ -123,6 +127,9 @@ pub async fn run(
     })
     .await
     .expect("stale clean-up panicked")?;
+    // Under systemd (Type=notify): ready once the loop starts; the watchdog pinged from here.
+    crate::notify::ready();
+    let _watchdog = crate::notify::spawn_watchdog();
     let mut link: Option<Link> = None;
     let mut failures = 0u32;
     loop {
@@ -135,19 +142,7 @@ pub async fn run(
                 failures = 0;
                 // A re-hash is asked for once per run.
                 config.cycle.rehash_target = false;
-                tracing::info!(
-                    generation = report.generation,
-                    tracker = %report.tracker,
-                    ranges = report.ranges_scanned,
-                    bytes_read = report.bytes_read,
-                    full_scan_reason = report.full_scan_reason.as_deref().unwrap_or("-"),
-                    audit = report.audit,
-                    tracking_faults = report.tracking_faults,
-                    blocks_changed = report.blocks_changed,
-                    bytes_sent = report.bytes_sent,
-                    ms = report.duration_ms.total,
-                    "cycle committed"
-                );
+                log_committed(&report);
                 on_report(&report);
                 let quiet = report.blocks_changed == 0;
                 match config.mode {
@@ -244,9 +239,33 @@ async fn one_cycle(
     })
 }
 
+/// The log line of a committed cycle.
+fn log_committed(report: &CycleReport) {
+    tracing::info!(
+        dest = %report.dest,
+        generation = report.generation,
+        tracker = %report.tracker,
+        ranges = report.ranges_scanned,
+        bytes_read = report.bytes_read,
+        full_scan_reason = report.full_scan_reason.as_deref().unwrap_or("-"),
+        audit = report.audit,
+        tracking_faults = report.tracking_faults,
+        blocks_changed = report.blocks_changed,
+        bytes_sent = report.bytes_sent,
+        ms = report.duration_ms.total,
+        "cycle committed"
+    );
+}
+
 /// After a stop: lets an in-process receiver record the abort, then reports the stop.
 async fn stopped(link: Option<Link>) -> Ended {
-    if let Some(link) = link {
+    stopped_all(link).await
+}
+
+/// After a stop: lets every in-process receiver record the abort, then reports the stop.
+async fn stopped_all(links: impl IntoIterator<Item = Link>) -> Ended {
+    crate::notify::stopping();
+    for link in links {
         link.abandon().await;
     }
     tracing::info!("stopped on request");

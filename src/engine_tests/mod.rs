@@ -168,6 +168,7 @@ impl Rig {
             progress: Arc::new(NoProgress),
             stop,
             history: None,
+            on_commit: None,
         };
         self.runtime.block_on(async move {
             let (ours, theirs) = pair().await;

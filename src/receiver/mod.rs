@@ -26,6 +26,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use crate::blockdiff::manifest::BlockHash;
+use crate::blockdiff::ranges::RangeSet;
 use crate::progress::Progress;
 use crate::state::{DirStore, ReceiverPaths};
 use crate::target::{BlockTarget, FileTarget, TargetError};
@@ -57,6 +59,21 @@ pub struct ReceiverConfig {
     pub peer_timeout: Option<std::time::Duration>,
     /// Keep snapshots of the target after each commit (`--keep`).
     pub history: Option<KeepHistory>,
+    /// Told of every cycle's writes and commits (`--forward`: a chain's next hop).
+    pub on_commit: Option<Arc<dyn CommitHook>>,
+}
+
+/// What a receiver tells of its target's writes: a chain's forwarder (`receive --forward`)
+/// keeps, durably, the blocks written since its next hop last committed, and ships each
+/// committed generation onward.
+pub trait CommitHook: Send + Sync + std::fmt::Debug {
+    /// Before a cycle may write the target. An error fails the cycle before any write.
+    fn cycle_starting(&self) -> std::io::Result<()>;
+    /// The blocks (indices of `block_size` blocks) a cycle wrote or tried to: before its
+    /// commit is recorded, or when it aborts. An error fails a cycle that would commit.
+    fn cycle_wrote(&self, written: &RangeSet, block_size: u32) -> std::io::Result<()>;
+    /// After generation `generation` (of root `root`) was committed and the sender told.
+    fn committed(&self, target: &Path, generation: u64, root: BlockHash);
 }
 
 /// History on the target (`receive --keep SPEC [--history-dir DIR]`): after each committed
@@ -276,6 +293,7 @@ async fn serve_connection(
         progress,
         stop,
         history: config.history.clone(),
+        on_commit: config.on_commit.clone(),
     };
     let span = tracing::info_span!("session", peer, target = %config.target.display());
     span.in_scope(|| tracing::info!("sender connected"));

@@ -47,6 +47,8 @@ pub struct SessionParts {
     pub stop: Arc<AtomicBool>,
     /// Keep a snapshot of the target after each commit (`receive --keep`).
     pub history: Option<super::KeepHistory>,
+    /// Told of every cycle's writes and commits (`receive --forward`).
+    pub on_commit: Option<Arc<dyn super::CommitHook>>,
 }
 
 /// The per-target state a session keeps between cycles.
@@ -165,6 +167,9 @@ impl Session {
         };
         let generation = proposal.generation.max(next);
         let prior = self.state.condition;
+        if let Some(hook) = &self.parts.on_commit {
+            hook.cycle_starting().map_err(|e| self.state_error(e))?;
+        }
         self.resized = false;
         self.pending_shrink = None;
         self.written = RangeSet::new();
@@ -185,6 +190,9 @@ impl Session {
         match result {
             Ok(root) => {
                 endpoint.send(Message::Committed { generation, root })?;
+                if let Some(hook) = &self.parts.on_commit {
+                    hook.committed(self.parts.opener.name(), generation, root);
+                }
                 Ok(())
             }
             Err(error) => {
@@ -212,6 +220,11 @@ impl Session {
         self.sync_target()?;
         // Everything written is durable now: an abort from here on keeps an exact manifest.
         self.written_durable = true;
+        if let Some(hook) = &self.parts.on_commit {
+            let block_size = self.manifest.as_ref().expect("prepared").block_size;
+            let told = hook.cycle_wrote(&self.written, block_size);
+            told.map_err(|e| self.state_error(e))?;
+        }
         let manifest = self.manifest.as_mut().expect("prepared");
         manifest.generation = generation;
         let saved = self.parts.store.save_manifest(manifest);
@@ -241,6 +254,12 @@ impl Session {
     fn abort(&mut self, error: &ReceiveError, prior: Condition) {
         let touched = self.resized || !self.written.is_empty();
         tracing::error!(target = %self.parts.opener.name().display(), %error, touched, "cycle aborted");
+        if let Some(hook) = &self.parts.on_commit {
+            let block_size = self.manifest.as_ref().map_or(0, |m| m.block_size);
+            if let Err(e) = hook.cycle_wrote(&self.written, block_size) {
+                tracing::warn!(error = %e, "cannot record the aborted cycle's writes for forwarding: the next forward compares everything");
+            }
+        }
         self.state.last_error = Some(error.to_string());
         if !touched && prior == Condition::Consistent {
             self.state.condition = Condition::Consistent;

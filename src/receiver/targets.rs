@@ -119,6 +119,7 @@ impl Shared {
             max_size,
             peer_timeout: self.peer_timeout,
             history,
+            on_commit: None,
         }
     }
 }

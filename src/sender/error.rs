@@ -49,6 +49,10 @@ pub enum SendError {
     /// The receiver cannot do what was asked.
     #[error("{0}")]
     Unsupported(&'static str),
+    /// Fan-out: the read shared by the destinations failed; this destination did not get all
+    /// of the cycle's data (the cause is logged, and reported by the other destinations).
+    #[error("the shared read of the source failed: {0}")]
+    SharedRead(String),
     /// A stop was requested (signal) during the cycle.
     #[error("stopped on request")]
     Stopped,
@@ -75,7 +79,10 @@ impl SendError {
         match self {
             SendError::Transport(e) => e.is_transient(),
             SendError::Snapshot(e) => e.is_transient(),
-            SendError::Read { .. } | SendError::State { .. } | SendError::Randomness(_) => true,
+            SendError::Read { .. }
+            | SendError::State { .. }
+            | SendError::Randomness(_)
+            | SendError::SharedRead(_) => true,
             SendError::Source(_)
             | SendError::Protocol(_)
             | SendError::Unsupported(_)

@@ -7,6 +7,7 @@
 pub mod audit;
 mod base;
 mod error;
+pub mod fanout;
 mod health;
 pub mod packing;
 mod report;
@@ -149,7 +150,7 @@ pub fn run_cycle(
     };
     let scan_time = scan_start.elapsed();
     let commit_start = Instant::now();
-    let manifest = commit(endpoint, &paths, &frozen, &dest, manifest)?;
+    let manifest = commit(endpoint, &paths, &frozen.identity, &dest, manifest)?;
     if *ranges == everything {
         audit::record(&paths.audit, dest.generation);
     }
@@ -165,38 +166,74 @@ pub fn run_cycle(
     } else {
         view.release()?;
     }
-    let mut report = CycleReport {
-        generation: dest.generation,
-        source: config.source.display().to_string(),
-        dest: config.dest.clone(),
-        device_size: manifest.device_size,
-        block_size: config.block_size,
-        blocks_scanned: manifest.block_count(),
-        bytes_scanned: ranges
-            .aligned_out(config.block_size as u64)
-            .clipped(manifest.device_size)
-            .total_len(),
-        bytes_sent: endpoint.bytes_sent() - sent_before,
-        base: dest.base_name.to_string(),
-        target_condition: condition_name(dest.condition).to_string(),
-        tracker: ctx.tracker.name().to_string(),
+    let report = cycle_report(Reported {
+        config,
+        dest_text: &config.dest,
+        dest: &dest,
+        manifest: &manifest,
+        ranges,
+        stats: &stats,
+        tracker: ctx.tracker.name(),
         full_scan_reason,
-        ranges_scanned: ranges.range_count() as u64,
         audit,
         tracking_faults,
-        root: hex::encode(manifest.root()),
-        duration_ms: StageDurations {
+        bytes_sent: endpoint.bytes_sent() - sent_before,
+        durations: StageDurations {
             snapshot: ms(snapshot_time),
             handshake: ms(handshake_time),
             scan_and_send: ms(scan_time),
             commit: ms(commit_start.elapsed()),
             total: ms(started.elapsed()),
         },
+    });
+    save_status(&paths, &identity, &report)?;
+    Ok(report)
+}
+
+/// What one destination's cycle did, for its report.
+struct Reported<'a> {
+    config: &'a CycleConfig,
+    dest_text: &'a str,
+    dest: &'a DestCycle,
+    manifest: &'a Manifest,
+    ranges: &'a RangeSet,
+    stats: &'a ChangeStats,
+    tracker: &'static str,
+    full_scan_reason: Option<String>,
+    audit: bool,
+    tracking_faults: u64,
+    bytes_sent: u64,
+    durations: StageDurations,
+}
+
+fn cycle_report(r: Reported<'_>) -> CycleReport {
+    let block_size = r.config.block_size;
+    let mut report = CycleReport {
+        generation: r.dest.generation,
+        source: r.config.source.display().to_string(),
+        dest: r.dest_text.to_string(),
+        device_size: r.manifest.device_size,
+        block_size,
+        blocks_scanned: r.manifest.block_count(),
+        bytes_scanned: r
+            .ranges
+            .aligned_out(block_size as u64)
+            .clipped(r.manifest.device_size)
+            .total_len(),
+        bytes_sent: r.bytes_sent,
+        base: r.dest.base_name.to_string(),
+        target_condition: condition_name(r.dest.condition).to_string(),
+        tracker: r.tracker.to_string(),
+        full_scan_reason: r.full_scan_reason,
+        ranges_scanned: r.ranges.range_count() as u64,
+        audit: r.audit,
+        tracking_faults: r.tracking_faults,
+        root: hex::encode(r.manifest.root()),
+        duration_ms: r.durations,
         ..CycleReport::default()
     };
-    report.add_changes(&stats);
-    save_status(&paths, &identity, config, &report)?;
-    Ok(report)
+    report.add_changes(r.stats);
+    report
 }
 
 /// What to read: the tracker's ranges when the base is our own committed manifest (and the
@@ -288,13 +325,13 @@ fn scan_and_ship(
 fn commit(
     endpoint: &Endpoint,
     paths: &SenderPaths,
-    frozen: &Frozen,
+    identity: &str,
     dest: &DestCycle,
     mut manifest: Manifest,
 ) -> Result<Manifest, SendError> {
     let generation = dest.generation;
     manifest.generation = generation;
-    manifest.source_identity = *blake3::hash(frozen.identity.as_bytes()).as_bytes();
+    manifest.source_identity = *blake3::hash(identity.as_bytes()).as_bytes();
     let root = manifest.root();
     endpoint.send(Message::CycleEnd { generation, root })?;
     match endpoint.recv()? {
@@ -323,16 +360,11 @@ fn commit(
     Ok(manifest)
 }
 
-fn save_status(
-    paths: &SenderPaths,
-    identity: &str,
-    config: &CycleConfig,
-    report: &CycleReport,
-) -> Result<(), SendError> {
+fn save_status(paths: &SenderPaths, identity: &str, report: &CycleReport) -> Result<(), SendError> {
     let status = SenderStatus {
         source: report.source.clone(),
         source_identity: identity.to_string(),
-        dest: config.dest.clone(),
+        dest: report.dest.clone(),
         generation: report.generation,
         root: report.root.clone(),
         committed_at: crate::state::now(),

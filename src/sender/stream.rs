@@ -61,22 +61,24 @@ pub(crate) fn stream_changes<S: DeltaSink>(
         streaming.progress,
         |chunk| packer.chunk(streaming.pool, chunk, streaming.progress),
     );
-    match scanned {
-        Ok(()) => {}
-        Err(ScanError::Cancelled) => return Err(SendError::Stopped),
-        Err(ScanError::Read {
+    scanned.map_err(scan_error)?;
+    let (manifest, _sink, stats) = packer.finish()?;
+    Ok((manifest, stats))
+}
+
+/// A scan's failure as the cycle's.
+pub(crate) fn scan_error(e: ScanError<SendError>) -> SendError {
+    match e {
+        ScanError::Cancelled => SendError::Stopped,
+        ScanError::Read {
             path,
             offset,
             source,
-        }) => {
-            return Err(SendError::Read {
-                path,
-                offset,
-                source,
-            })
-        }
-        Err(ScanError::Sink(e)) => return Err(e),
+        } => SendError::Read {
+            path,
+            offset,
+            source,
+        },
+        ScanError::Sink(e) => e,
     }
-    let (manifest, _sink, stats) = packer.finish()?;
-    Ok((manifest, stats))
 }

@@ -82,6 +82,28 @@ impl KeptViews {
         Ok(&kept.view)
     }
 
+    /// The kept view and what it was committed as, whatever generation a destination holds
+    /// (fan-out: each destination has its own generations; the root says which content the
+    /// view holds). Or why there is none.
+    pub fn recorded(&mut self) -> Result<(&FrozenView, Since), String> {
+        self.load()?;
+        let Some(kept) = &self.kept else {
+            return Err("no previous snapshot (first cycle, or it was removed)".into());
+        };
+        let mut root = [0u8; 32];
+        hex::decode_to_slice(&kept.record.root, &mut root).map_err(|_| {
+            format!(
+                "kept-snapshot record with a bad root {:?}",
+                kept.record.root
+            )
+        })?;
+        let since = Since {
+            generation: kept.record.generation,
+            root,
+        };
+        Ok((&kept.view, since))
+    }
+
     fn load(&mut self) -> Result<(), String> {
         if self.loaded {
             return Ok(());
