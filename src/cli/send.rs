@@ -224,7 +224,7 @@ fn daemon_config(
         .collect();
     FanoutConfig {
         cycle: CycleConfig {
-            source: args.source,
+            source: std::path::absolute(&args.source).unwrap_or(args.source),
             dest: match names.len() {
                 1 => names[0].clone(),
                 _ => crate::daemon::fanout::group_key(&names),

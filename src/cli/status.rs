@@ -75,6 +75,21 @@ struct LastCycle {
 }
 
 fn describe_sender(status: &SenderStatus) -> String {
+    let failing = match (&status.last_failure, status.consecutive_failures) {
+        (Some(f), n) if n > 0 => format!(
+            "; FAILING: {n} cycle(s) failed since the last commit, the last at {}: {}",
+            format_time(f.at),
+            f.error
+        ),
+        (Some(f), _) => format!("; last failure {}: {}", format_time(f.at), f.error),
+        (None, _) => String::new(),
+    };
+    if status.generation == 0 {
+        return format!(
+            "sender   {} -> {}: nothing committed yet{failing}",
+            status.source, status.dest
+        );
+    }
     let last = LastCycle::deserialize(&status.last_cycle).unwrap_or_default();
     let tracker = last
         .tracker
@@ -91,8 +106,16 @@ fn describe_sender(status: &SenderStatus) -> String {
         0 => String::new(),
         n => format!("; AUDIT FOUND {n} TRACKING FAULTS (blocks the tracker had missed; shipped)"),
     };
+    let lag = crate::state::sender::lag_seconds(status, crate::state::now())
+        .map(|s| {
+            format!(
+                " (lag {})",
+                humantime::format_duration(std::time::Duration::from_secs(s))
+            )
+        })
+        .unwrap_or_default();
     format!(
-        "sender   {} -> {}: generation {} committed {}; last cycle {} of {} blocks changed, {} read{tracker}, {} sent{full_scan}{audit}",
+        "sender   {} -> {}: generation {} committed {}{lag}; last cycle {} of {} blocks changed, {} read{tracker}, {} sent{full_scan}{audit}{failing}",
         status.source,
         status.dest,
         status.generation,
@@ -106,6 +129,12 @@ fn describe_sender(status: &SenderStatus) -> String {
 
 fn describe_receiver(state: &ReceiverState) -> String {
     let target = &state.target;
+    if !std::path::Path::new(target).exists() {
+        return format!(
+            "receiver {target}: MISSING: the target no longer exists (last committed generation {}); `status --json` still lists its record",
+            state.committed_generation
+        );
+    }
     let committed = state.committed_generation;
     if state.condition == Condition::Consistent {
         return format!(
@@ -171,6 +200,9 @@ mod tests {
                                "bytes_read": 3 << 20, "bytes_sent": 200_000,
                                "tracker": "thin", "full_scan_reason": null,
                                "duration_ms": {"total": 5}}),
+            snapshot_at: None,
+            last_failure: None,
+            consecutive_failures: 0,
         }
     }
 

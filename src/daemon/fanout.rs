@@ -102,6 +102,11 @@ pub async fn run(
         else {
             return Ok(stopped_all(slots.into_iter().filter_map(|s| s.link)).await);
         };
+        for (dest, why) in &end.failed {
+            if slots.iter().any(|slot| &slot.name == dest) {
+                super::note_failure(&config.cycle, &identity, dest, why);
+            }
+        }
         // A re-hash is asked for once per run.
         config.cycle.rehash_target = false;
         let wait = match config.mode {

@@ -153,13 +153,27 @@ pub async fn run(
                 }
             }
             Err(error) if is_transient(&error) && config.mode != Mode::Once => {
+                note_failure(
+                    &config.cycle,
+                    &identity,
+                    &config.cycle.dest,
+                    &error.to_string(),
+                );
                 link = None;
                 failures += 1;
                 let wait = backoff(config.interval, failures);
                 tracing::warn!(%error, retry_in = ?wait, "cycle failed; will retry");
                 wait
             }
-            Err(error) => return Err(error),
+            Err(error) => {
+                note_failure(
+                    &config.cycle,
+                    &identity,
+                    &config.cycle.dest,
+                    &error.to_string(),
+                );
+                return Err(error);
+            }
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
@@ -237,6 +251,20 @@ async fn one_cycle(
         }
         Err(e) => Err(e.into()),
     })
+}
+
+/// Records a failed cycle in the destination's status (best effort: logged if it cannot be).
+fn note_failure(cycle: &CycleConfig, identity: &str, dest: &str, error: &str) {
+    let paths = SenderPaths::new(&cycle.state_dir, identity, dest);
+    let source = cycle.source.display().to_string();
+    let failed = crate::state::sender::FailedCycle {
+        source: &source,
+        source_identity: identity,
+        dest,
+    };
+    if let Err(e) = crate::state::sender::record_failure(&paths, &failed, error) {
+        tracing::warn!(path = %paths.status.display(), error = %e, "cannot record the failure in the status");
+    }
 }
 
 /// The log line of a committed cycle.

@@ -361,14 +361,21 @@ fn commit(
 }
 
 fn save_status(paths: &SenderPaths, identity: &str, report: &CycleReport) -> Result<(), SendError> {
+    let previous = crate::state::read_json::<SenderStatus>(&paths.status)
+        .ok()
+        .flatten();
+    let committed_at = crate::state::now();
     let status = SenderStatus {
         source: report.source.clone(),
         source_identity: identity.to_string(),
         dest: report.dest.clone(),
         generation: report.generation,
         root: report.root.clone(),
-        committed_at: crate::state::now(),
+        committed_at,
         last_cycle: serde_json::to_value(report).unwrap_or_default(),
+        snapshot_at: Some(committed_at.saturating_sub(report.duration_ms.total / 1000)),
+        last_failure: previous.and_then(|p| p.last_failure),
+        consecutive_failures: 0,
     };
     crate::state::write_json(&paths.status, &status).map_err(|source| SendError::State {
         path: paths.status.clone(),

@@ -190,8 +190,16 @@ impl StatusEntry {
             }),
         };
         value["role"] = self.role().into();
+        if let StatusEntry::Sender(status) = self {
+            value["lag_seconds"] = sender::lag_seconds(status, now()).into();
+            value["consecutive_failures"] = status.consecutive_failures.into();
+        }
         if let StatusEntry::Receiver(state) = self {
-            value["condition"] = condition_summary(state.condition).into();
+            value["condition"] = match Path::new(&state.target).exists() {
+                true => condition_summary(state.condition),
+                false => "missing",
+            }
+            .into();
             value["detail"] = serde_json::to_value(state.condition)?;
         }
         Ok(value)

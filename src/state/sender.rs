@@ -56,4 +56,76 @@ pub struct SenderStatus {
     pub committed_at: u64,
     /// The cycle's report, as `send --json` prints it.
     pub last_cycle: serde_json::Value,
+    /// Unix time (seconds) of the snapshot the committed generation was read from: the age of
+    /// the data the target holds is the time since (its lag).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_at: Option<u64>,
+    /// The last cycle that failed, whether or not one committed since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<Failure>,
+    /// Cycles that failed since the last commit (0 after a commit).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub consecutive_failures: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// The age, at `now`, of the source data the destination holds (seconds since the snapshot its
+/// committed generation was read from); `None` before the first commit.
+pub fn lag_seconds(status: &SenderStatus, now: u64) -> Option<u64> {
+    if status.generation == 0 {
+        return None;
+    }
+    Some(now.saturating_sub(status.snapshot_at.unwrap_or(status.committed_at)))
+}
+
+/// A failed cycle, as the sender recorded it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// Unix time (seconds).
+    pub at: u64,
+    /// The error, one line.
+    pub error: String,
+}
+
+/// What a failure record names besides the error.
+pub struct FailedCycle<'a> {
+    /// The source as given (absolute).
+    pub source: &'a str,
+    /// The source's identity text.
+    pub source_identity: &'a str,
+    /// The destination's canonical text.
+    pub dest: &'a str,
+}
+
+/// Records a failed cycle in the destination's status record (creating one that says nothing
+/// was committed yet, when there is none), so `status` shows a failing sender.
+pub fn record_failure(
+    paths: &SenderPaths,
+    cycle: &FailedCycle<'_>,
+    error: &str,
+) -> std::io::Result<()> {
+    let mut status = match super::read_json::<SenderStatus>(&paths.status) {
+        Ok(Some(status)) => status,
+        _ => SenderStatus {
+            source: cycle.source.to_string(),
+            source_identity: cycle.source_identity.to_string(),
+            dest: cycle.dest.to_string(),
+            generation: 0,
+            root: String::new(),
+            committed_at: 0,
+            last_cycle: serde_json::Value::Null,
+            snapshot_at: None,
+            last_failure: None,
+            consecutive_failures: 0,
+        },
+    };
+    status.last_failure = Some(Failure {
+        at: super::now(),
+        error: error.to_string(),
+    });
+    status.consecutive_failures = status.consecutive_failures.saturating_add(1);
+    super::write_json(&paths.status, &status)
 }

@@ -165,6 +165,9 @@ pub fn sample_sender_status() -> SenderStatus {
         root,
         committed_at: 1_767_225_600,
         last_cycle: report,
+        snapshot_at: None,
+        last_failure: None,
+        consecutive_failures: 0,
     }
 }
 

@@ -188,3 +188,61 @@ fn a_closed_stdout_is_a_clean_exit_everywhere() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+/// `status` of a sender that fails says so (with why and how many times), before and after a
+/// first commit; a committed one shows its lag and its source as an absolute path; a receiver
+/// whose target was deleted is listed as missing, not consistent.
+#[test]
+fn status_shows_failures_lag_absolute_sources_and_missing_targets() {
+    let t = Scratch::new("status-failures");
+    let src = t.path("source.img");
+    write_random_file(&src, MIB, 1401);
+    let state = t.dir("state");
+    let id = t.dir("id");
+    let fp = keygen(&id);
+    // Nothing listens on port 9 of 127.0.0.1: connection refused.
+    let mut args = send_args(s(&src), "tls://127.0.0.1:9", &state);
+    args.extend(["--once".into(), "--identity".into(), s(&id).into()]);
+    args.extend(["--peer".into(), fp]);
+    run(&args).assert_code(1);
+    let entry = status_entry(&state, "sender");
+    assert_eq!(entry["generation"], 0, "{entry}");
+    assert_eq!(entry["consecutive_failures"], 1, "{entry}");
+    let why = entry["last_failure"]["error"].as_str().unwrap_or_default();
+    assert!(why.contains("127.0.0.1:9"), "{entry}");
+    assert!(entry["lag_seconds"].is_null(), "{entry}");
+    let text = run(&["status", "--state-dir", s(&state)]);
+    text.assert_success();
+    assert!(
+        text.stdout_text()
+            .contains("nothing committed yet; FAILING: 1 cycle(s) failed"),
+        "{text:?}"
+    );
+
+    // A relative SOURCE, mirrored to a local file: recorded absolute, with a lag.
+    let tgt = t.path("target.img");
+    let mut args = send_args("source.img", s(&tgt), &state);
+    args.push("--once".into());
+    let mut sender = Proc::spawn_in("sender", bin(), &args, Some(t.root()), &[]);
+    assert!(
+        sender.wait_exit(RUN_TIMEOUT).success(),
+        "{}",
+        sender.describe()
+    );
+    let local = status_entries(&state, "sender")
+        .into_iter()
+        .find(|e| e["dest"] == s(&tgt))
+        .expect("a sender entry for the local target");
+    assert_eq!(local["source"], s(&src), "{local}");
+    assert_eq!(local["consecutive_failures"], 0, "{local}");
+    assert!(
+        local["lag_seconds"].as_u64().is_some_and(|l| l < 3600),
+        "{local}"
+    );
+
+    std::fs::remove_file(&tgt).unwrap();
+    let receiver = status_entry(&state, "receiver");
+    assert_eq!(receiver["condition"], "missing", "{receiver}");
+    let text = run(&["status", "--state-dir", s(&state)]);
+    assert!(text.stdout_text().contains("MISSING"), "{text:?}");
+}
