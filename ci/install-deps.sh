@@ -23,5 +23,15 @@ case "$installed" in *"install ok installed"*) initramfs_tool= ;; esac
 apt-get install -y --no-install-recommends \
     qemu-system-x86 linux-image-amd64 $initramfs_tool busybox-static lvm2 \
     thin-provisioning-tools kmod cpio
+# promtool, for tests/it/metrics.rs (checks and unit-tests contrib/prometheus/): taken from
+# Debian's prometheus package, unpacked rather than installed, so that no Prometheus server is
+# set up or started.
+if ! command -v promtool >/dev/null; then
+    promdir="$(mktemp -d)"
+    chmod 755 "$promdir"
+    (cd "$promdir" && apt-get download prometheus && dpkg-deb -x prometheus_*.deb root)
+    install -m 0755 "$promdir/root/usr/bin/promtool" /usr/local/bin/promtool
+    rm -rf "$promdir"
+fi
 # sshd wants its privilege-separation directory.
 mkdir -p /run/sshd

@@ -248,6 +248,7 @@ impl Forwarder {
             audit: crate::sender::audit::AuditPolicy::default(),
             rehash_target: false,
             read_limit: None,
+            post_commit: None,
         };
         Ok(Forwarder {
             store,
@@ -279,6 +280,7 @@ impl Forwarder {
                     .restart(&report.root)
                     .map_err(|e| format!("cannot restart the record of written blocks: {e}"))?;
                 tracing::info!(
+                    event = "forwarded",
                     generation,
                     next_hop = %self.cycle.dest,
                     next_hop_generation = report.generation,
@@ -314,6 +316,7 @@ impl CommitHook for Forwarder {
     fn committed(&self, _target: &Path, generation: u64, _root: BlockHash) {
         if let Err(why) = self.forward(generation) {
             tracing::warn!(
+                event = "forward_failed",
                 generation,
                 next_hop = %self.cycle.dest,
                 error = %why,

@@ -25,6 +25,7 @@
 //!   the sender of a chain's next hop.
 //! * [`state`] persists both sides' state; [`cli`] turns arguments into configs and renders
 //!   progress and status. [`error`] states the error policy every module follows.
+//! * [`metrics`] keeps the Prometheus metrics and serves them (`--metrics-listen`).
 //! * [`notify`] tells systemd when a service is ready, stopping or alive (`sd_notify`).
 //!
 //! One cycle is one generation: the sender commits its manifest for generation N only after the
@@ -32,6 +33,7 @@
 
 pub mod blockdiff;
 pub mod cli;
+pub mod commit_hooks;
 pub mod daemon;
 pub mod device;
 #[cfg(test)]
@@ -41,6 +43,7 @@ pub mod faults;
 pub mod forward;
 pub mod fsclone;
 pub mod history;
+pub mod metrics;
 pub mod notify;
 pub mod progress;
 pub mod receiver;

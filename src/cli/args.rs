@@ -36,6 +36,25 @@ pub struct Cli {
     /// The command to run.
     #[command(subcommand)]
     pub command: Command,
+    /// Log lines on stderr: text, or json (the event log: one object per line with ts,
+    /// schema, level, event and the event's fields).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// More log detail: -v debug, -vv trace.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Less log detail: -q warnings and errors only, -qq errors only.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "verbose")]
+    pub quiet: u8,
+}
+
+/// `--log-format`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One human line per event.
+    Text,
+    /// One JSON object per line (see docs/operations.md).
+    Json,
 }
 
 /// The commands.
@@ -59,10 +78,15 @@ pub enum Command {
     /// (the differing blocks are marked; the next cycle repairs them), 2 error or nothing to
     /// compare against. Writes nothing to the target.
     Scrub(ScrubArgs),
-    /// The snapshots a receiver keeps of its file TARGET (`receive --keep`): list them, prune
-    /// them by a retention grid, or restore one to a new file.
+    /// The snapshots a receiver keeps of its TARGET, a file or a thin LV (`receive --keep`):
+    /// list them, prune them by a retention grid, or restore one to a new file.
     #[command(subcommand)]
     History(HistoryCommand),
+    /// Run every job (sender) and receiver of a configuration file; SIGHUP reloads it (see
+    /// docs/operations.md).
+    Run(RunArgs),
+    /// Check a configuration file: exit 0, or 2 with one line FILE:LINE per mistake.
+    CheckConfig(CheckConfigArgs),
     /// Write man pages (roff): the top page to stdout, or with --out DIR one page per command.
     Man(ManArgs),
     /// Print a shell completion script for SHELL to stdout.
@@ -86,6 +110,22 @@ pub struct CompletionsArgs {
     pub shell: clap_complete::Shell,
 }
 
+/// Options of `run`.
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// The configuration file (TOML; default /etc/blkmirror/blkmirror.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// Options of `check-config`.
+#[derive(clap::Args, Debug)]
+pub struct CheckConfigArgs {
+    /// The configuration file (TOML; default /etc/blkmirror/blkmirror.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
 /// `history`.
 #[derive(clap::Subcommand, Debug)]
 pub enum HistoryCommand {
@@ -103,8 +143,8 @@ pub enum HistoryCommand {
         #[arg(long, value_name = "UNIX_SECONDS", hide = true)]
         now: Option<u64>,
     },
-    /// Clones the snapshot of GENERATION to DEST, a new file (never overwritten) on the same
-    /// filesystem.
+    /// Copies the snapshot of GENERATION to DEST, a new file (never overwritten): a reflink
+    /// clone on the same filesystem for a file target, a copy of the LV for a thin LV.
     Restore {
         /// Which target's history.
         #[command(flatten)]
@@ -119,9 +159,9 @@ pub enum HistoryCommand {
 /// Which target's history.
 #[derive(clap::Args, Debug)]
 pub struct HistoryWhere {
-    /// The receiver's target (a file).
+    /// The receiver's target (a file, or a thin LV).
     pub target: PathBuf,
-    /// The history dir, when not the default (.NAME.history next to the target).
+    /// The history dir of a file target, when not the default (.NAME.history next to it).
     #[arg(long, value_name = "DIR")]
     pub history_dir: Option<PathBuf>,
 }
@@ -176,6 +216,11 @@ pub struct SendArgs {
     /// Loop until a cycle finds nothing changed, then exit 0.
     #[arg(long)]
     pub until_quiet: bool,
+    /// Say what one cycle would send to each DEST (blocks, bytes before compression), compared
+    /// with the sender's record of what DEST holds, without contacting it, sending or writing
+    /// anything (the snapshot is taken and released; hooks run).
+    #[arg(long, conflicts_with = "until_quiet")]
+    pub dry_run: bool,
     /// Pause between cycles when looping, 0s to 7days; 0s starts the next cycle as soon as one
     /// commits (each still rereads the whole source). Retries after a failure wait at least 1s.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = interval_arg)]
@@ -221,6 +266,16 @@ pub struct SendArgs {
     /// (e.g. "fsfreeze -u /srv").
     #[arg(long)]
     pub post_snapshot: Option<String>,
+    /// Shell command run after each committed cycle, per destination, with the cycle's figures
+    /// in BLKMIRROR_DEST, BLKMIRROR_GENERATION, BLKMIRROR_ROOT, BLKMIRROR_BLOCKS_CHANGED,
+    /// BLKMIRROR_BYTES_READ, BLKMIRROR_BYTES_SENT, BLKMIRROR_DURATION_MS (and BLKMIRROR_SOURCE);
+    /// the next cycle waits for it. A failure is logged; the generation stays committed.
+    #[arg(long, value_name = "COMMAND")]
+    pub post_commit: Option<String>,
+    /// Kill a hook (pre/post-snapshot, post-commit) still running after this long, 1s to 1d;
+    /// a killed pre/post-snapshot hook fails the cycle.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = hook_timeout_arg)]
+    pub hook_timeout: Duration,
     /// zstd level 1-22; 0 sends raw. Level 1 is the measured default (docs/benchmarks.md).
     #[arg(long, value_name = "LEVEL", default_value_t = 1, value_parser = compress_level_arg)]
     pub compress_level: i32,
@@ -272,6 +327,10 @@ pub struct SendArgs {
     /// How the scan reads the source: auto reads directly (O_DIRECT) where it can (see docs/benchmarks.md).
     #[arg(long, value_enum, default_value = "auto", hide = true)]
     pub read_mode: ReadModeArg,
+    /// Serve Prometheus metrics on http://ADDR/metrics (IP:PORT, e.g. 127.0.0.1:9477; port 0
+    /// picks one, logged at start). See docs/metrics.md.
+    #[arg(long, value_name = "ADDR", value_parser = metrics_listen_arg)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Options of `receive`.
@@ -282,9 +341,9 @@ pub struct ReceiveArgs {
     #[arg(required_unless_present_any = ["targets", "allow_target"])]
     pub target: Option<PathBuf>,
     /// With --listen: serve every target of FILE (TOML, one `[NAME]` table per target with its
-    /// path and allowed senders; see README), on one port; a sender names its target with
-    /// tls://HOST:PORT/NAME.
-    #[arg(long, value_name = "FILE", requires = "listen", conflicts_with_all = ["target", "create", "max_size", "allow_peer"])]
+    /// path and allowed senders; see README), or of every *.toml file of a directory, on one
+    /// port; a sender names its target with tls://HOST:PORT/NAME.
+    #[arg(long, value_name = "FILE|DIR", requires = "listen", conflicts_with_all = ["target", "create", "max_size", "allow_peer"])]
     pub targets: Option<PathBuf>,
     /// Listen for mutual-TLS senders on ADDR (e.g. 0.0.0.0:7300).
     #[arg(long, required_unless_present = "stdio", conflicts_with = "stdio")]
@@ -327,13 +386,14 @@ pub struct ReceiveArgs {
     /// it is created) plus the free space of its filesystem. A block device is never resized.
     #[arg(long, value_name = "SIZE", value_parser = max_size_arg)]
     pub max_size: Option<u64>,
-    /// Keep a snapshot of the (file) target after each commit, pruned by a retention grid:
+    /// Keep a snapshot of the target after each commit, pruned by a retention grid:
     /// WINDOW:INTERVAL,... e.g. "1h:10m,24h:hourly,7d:daily,4w:weekly" (within the last 1 h
-    /// one per 10 minutes, within 24 h one per hour...). Needs xfs (reflink) or btrfs.
+    /// one per 10 minutes, within 24 h one per hour...). A file target needs xfs (reflink) or
+    /// btrfs; an LV target must be a thin LV (thin snapshots in its VG).
     #[arg(long, value_name = "SPEC", value_parser = keep_arg)]
     pub keep: Option<crate::history::Policy>,
-    /// Where --keep puts the snapshots (on the target's filesystem; default .NAME.history
-    /// next to the target).
+    /// Where --keep puts the snapshots of a file target (on its filesystem; default
+    /// .NAME.history next to the target). Refused for a thin LV.
     #[arg(long, value_name = "DIR", requires = "keep")]
     pub history_dir: Option<PathBuf>,
     /// Give up on the peer after this long without a word from it (3s to 1d). Both ends send
@@ -350,6 +410,18 @@ pub struct ReceiveArgs {
     /// The next hop's certificate fingerprint, for a tls:// --forward.
     #[arg(long, value_name = "FINGERPRINT", requires = "forward")]
     pub forward_peer: Option<String>,
+    /// Shell command run after each committed generation, with BLKMIRROR_TARGET,
+    /// BLKMIRROR_GENERATION and BLKMIRROR_ROOT; the next generation waits for it (up to
+    /// --hook-timeout). A failure is logged; the generation stays committed.
+    #[arg(long, value_name = "COMMAND")]
+    pub post_commit: Option<String>,
+    /// Kill a --post-commit hook still running after this long, 1s to 1d.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = hook_timeout_arg)]
+    pub hook_timeout: Duration,
+    /// With --listen: serve Prometheus metrics on http://ADDR/metrics (IP:PORT, e.g.
+    /// 127.0.0.1:9478; port 0 picks one, logged at start). See docs/metrics.md.
+    #[arg(long, value_name = "ADDR", value_parser = metrics_listen_arg, conflicts_with = "stdio")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Options of `keygen`.
@@ -397,6 +469,11 @@ pub struct StatusArgs {
     /// Print a JSON array.
     #[arg(long)]
     pub json: bool,
+    /// Delete the records of ENTRY instead (a receiver's target path or a sender's
+    /// destination, as `status` shows them): exit 0 when something was forgotten, 1 when
+    /// nothing is named so. A receiver in use is refused.
+    #[arg(long, value_name = "ENTRY", conflicts_with = "json")]
+    pub forget: Option<String>,
 }
 
 /// Options of `demo`.
@@ -461,6 +538,14 @@ fn keep_arg(text: &str) -> Result<crate::history::Policy, String> {
 }
 
 /// A peer timeout: 3 seconds (a few keep-alives) to a day.
+fn hook_timeout_arg(text: &str) -> Result<Duration, String> {
+    let limit = parse_duration(text)?;
+    if !(1..=86400).contains(&limit.as_secs()) {
+        return Err("must be between 1s and 1d".into());
+    }
+    Ok(limit)
+}
+
 fn peer_timeout_arg(text: &str) -> Result<Duration, String> {
     let limit = parse_duration(text)?;
     if !(3..=86400).contains(&limit.as_secs()) {
@@ -511,6 +596,13 @@ fn size_between(text: &str, min: u64, max: u64, range: &str) -> Result<u64, Stri
 fn shell_arg(text: &str) -> Result<clap_complete::Shell, String> {
     <clap_complete::Shell as ValueEnum>::from_str(text, true).map_err(|_| {
         "not a shell blkmirror completes; one of bash, zsh, fish, elvish, powershell".into()
+    })
+}
+
+/// `--metrics-listen`: an IP:PORT (no host names: the address is bound as given).
+fn metrics_listen_arg(text: &str) -> Result<std::net::SocketAddr, String> {
+    text.parse().map_err(|_| {
+        "expected IP:PORT, e.g. 127.0.0.1:9477 or [::1]:9477 (port 0 picks one)".into()
     })
 }
 

@@ -269,6 +269,7 @@ fn daemon_config(source: &Path, state: &Path, receiver: &DemoReceiver) -> Daemon
             audit: Default::default(),
             rehash_target: false,
             read_limit: None,
+            post_commit: None,
         },
         link: LinkConfig {
             dest: Destination::Tls {
@@ -289,5 +290,6 @@ fn daemon_config(source: &Path, state: &Path, receiver: &DemoReceiver) -> Daemon
         mode: Mode::Once,
         interval: Duration::from_secs(1),
         threads: 2,
+        boundary: Default::default(),
     }
 }

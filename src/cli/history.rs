@@ -1,23 +1,25 @@
-//! `blkmirror history list|prune|restore TARGET`: the snapshots a receiver keeps of its file
-//! target (`receive --keep`, see [`crate::history`]). Exit 0, or 2 with one error line.
+//! `blkmirror history list|prune|restore TARGET`: the snapshots a receiver keeps of its target
+//! (`receive --keep`, see [`crate::history`]): reflink clones of a file target in its history
+//! dir, thin snapshots of a thin-LV target in its volume group. Exit 0, or 2 with one error
+//! line.
 
 use super::args::{HistoryCommand, HistoryWhere};
 use super::out::outln;
 use super::CliError;
-use crate::receiver::KeepHistory;
+use crate::history::{HistoryError, Store};
 
 /// Runs `history`.
 pub fn run(command: HistoryCommand) -> Result<i32, CliError> {
-    let fail = |e: crate::history::HistoryError| CliError::Usage(e.to_string());
+    let fail = |e: HistoryError| CliError::Usage(e.to_string());
     match command {
         HistoryCommand::List(place) => {
-            for entry in crate::history::list(&dir(&place)).map_err(fail)? {
+            for entry in store(&place)?.list().map_err(fail)? {
                 outln!("{}", line(&entry));
             }
         }
         HistoryCommand::Prune { place, keep, now } => {
             let now = now.unwrap_or_else(crate::state::now);
-            for entry in crate::history::prune(&dir(&place), &keep, now).map_err(fail)? {
+            for entry in store(&place)?.prune(&keep, now).map_err(fail)? {
                 outln!("pruned {}", line(&entry));
             }
         }
@@ -26,7 +28,7 @@ pub fn run(command: HistoryCommand) -> Result<i32, CliError> {
             generation,
             dest,
         } => {
-            let entry = crate::history::restore(&dir(&place), generation, &dest).map_err(fail)?;
+            let entry = store(&place)?.restore(generation, &dest).map_err(fail)?;
             outln!(
                 "restored generation {} to {}",
                 entry.generation,
@@ -37,15 +39,15 @@ pub fn run(command: HistoryCommand) -> Result<i32, CliError> {
     Ok(0)
 }
 
-fn dir(place: &HistoryWhere) -> std::path::PathBuf {
+/// The store of the target: its history dir (`--history-dir`, or the default), or its volume
+/// group for a thin LV.
+fn store(place: &HistoryWhere) -> Result<Store, CliError> {
     let target = crate::receiver::absolute(&place.target);
-    place
-        .history_dir
-        .clone()
-        .unwrap_or_else(|| KeepHistory::default_dir(&target))
+    Store::for_target(&target, place.history_dir.as_deref())
+        .map_err(|e| CliError::Usage(e.to_string()))
 }
 
-/// `GENERATION  CREATED (UTC)  PATH`
+/// `GENERATION  CREATED (UTC)  PATH` (a file, or `/dev/VG/LV`)
 fn line(entry: &crate::history::Entry) -> String {
     let created = std::time::UNIX_EPOCH + std::time::Duration::from_secs(entry.created);
     format!(

@@ -8,13 +8,16 @@
 //! draws bars on stderr. This file keeps `main`, the error type, logging and the runtime.
 
 pub mod args;
+pub mod config;
 pub mod demo;
 pub mod history;
 pub mod keygen;
+pub mod logging;
 pub mod man;
 pub mod out;
 pub mod progress;
 pub mod receive;
+pub mod run;
 pub mod scrub;
 pub mod send;
 pub mod status;
@@ -79,6 +82,10 @@ pub fn main() -> i32 {
 }
 
 fn run(cli: Cli) -> Result<i32, CliError> {
+    logging::configure(logging::LogOptions {
+        format: cli.log_format,
+        verbosity: cli.verbose.min(100) as i8 - cli.quiet.min(100) as i8,
+    });
     match cli.command {
         Command::Send(args) => send::run(args),
         Command::Receive(args) => receive::run(args),
@@ -88,6 +95,8 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Scrub(args) => scrub::run(args),
         Command::History(command) => history::run(command),
         Command::Man(args) => man::man(args),
+        Command::Run(args) => run::run(args),
+        Command::CheckConfig(args) => run::check(args),
         Command::Completions(args) => man::completions(args),
         Command::Demo(DemoArgs { dir, size }) => {
             let progress = make_progress(ProgressMode::Auto);
@@ -147,9 +156,9 @@ fn error_line(message: &str) {
 }
 
 /// The first line of a clap error, without its own "error: " prefix.
-fn clap_message(error: &clap::Error) -> String {
+pub(crate) fn clap_message(error: &clap::Error) -> String {
     if error.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-        return "missing command: one of send, receive, keygen, verify, status, scrub, history, demo, man, completions".into();
+        return "missing command: one of send, receive, run, check-config, keygen, verify, status, scrub, history, demo, man, completions".into();
     }
     let rendered = error.render().to_string();
     let mut lines = rendered.lines();
@@ -192,30 +201,30 @@ fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, CliError> {
 }
 
 fn init_logging(multi: Option<indicatif::MultiProgress>) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BLKMIRROR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(progress::LogWriter { multi })
-        .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+    logging::init(multi)
 }
 
 /// Progress for a command: bars when asked or on a terminal, else nothing; logging set up
 /// to print around them.
 fn make_progress(mode: ProgressMode) -> Arc<dyn Progress> {
-    let show = match mode {
-        ProgressMode::Always => true,
-        ProgressMode::Never => false,
-        ProgressMode::Auto => std::io::stderr().is_terminal(),
+    let terminal = std::io::stderr().is_terminal();
+    let (bars, every) = match mode {
+        ProgressMode::Always if terminal => (true, LOG_PROGRESS_EVERY),
+        // No terminal to draw on: plain progress lines instead, often.
+        ProgressMode::Always => (false, std::time::Duration::from_secs(1)),
+        ProgressMode::Never => (false, LOG_PROGRESS_EVERY),
+        ProgressMode::Auto => (terminal, LOG_PROGRESS_EVERY),
     };
-    if show {
+    let inner: Arc<dyn Progress> = if bars {
         let bars = progress::Bars::new();
         init_logging(Some(bars.multi()));
         Arc::new(bars)
     } else {
         init_logging(None);
         Arc::new(NoProgress)
-    }
+    };
+    Arc::new(progress::LoggedProgress::new(inner, every))
 }
+
+/// How often a long stage (a scan, a re-hash) logs how far it got.
+const LOG_PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(30);

@@ -127,3 +127,90 @@ impl Drop for LogLine {
         }
     }
 }
+
+/// Progress as log lines: an info line (event `progress`) at most every `every` while a stage
+/// runs, whatever draws the bars (`inner`). Long cycles are visible in the log, and
+/// `--progress always` without a terminal prints plain lines.
+pub struct LoggedProgress {
+    inner: std::sync::Arc<dyn Progress>,
+    every: std::time::Duration,
+    stages: Mutex<Vec<StageLog>>,
+}
+
+struct StageLog {
+    stage: Stage,
+    total: u64,
+    done: u64,
+    started: std::time::Instant,
+    logged: std::time::Instant,
+}
+
+impl LoggedProgress {
+    /// Logs every `every` (the `BLKMIRROR_PROGRESS_EVERY` environment variable, a duration,
+    /// overrides it: tests and the impatient), drawing through `inner`.
+    pub fn new(inner: std::sync::Arc<dyn Progress>, every: std::time::Duration) -> Self {
+        let every = std::env::var("BLKMIRROR_PROGRESS_EVERY")
+            .ok()
+            .and_then(|text| humantime::parse_duration(&text).ok())
+            .unwrap_or(every);
+        LoggedProgress {
+            inner,
+            every,
+            stages: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl Progress for LoggedProgress {
+    fn start(&self, stage: Stage, total: u64) {
+        self.inner.start(stage, total);
+        let now = std::time::Instant::now();
+        let mut stages = self.stages.lock().expect("stages lock");
+        stages.retain(|s| s.stage != stage);
+        stages.push(StageLog {
+            stage,
+            total,
+            done: 0,
+            started: now,
+            logged: now,
+        });
+    }
+
+    fn advance(&self, stage: Stage, bytes: u64, shipped: u64) {
+        self.inner.advance(stage, bytes, shipped);
+        let mut stages = self.stages.lock().expect("stages lock");
+        let Some(s) = stages.iter_mut().find(|s| s.stage == stage) else {
+            return;
+        };
+        s.done = s.done.saturating_add(bytes);
+        let now = std::time::Instant::now();
+        if now.duration_since(s.logged) < self.every {
+            return;
+        }
+        s.logged = now;
+        let elapsed = now.duration_since(s.started).as_secs_f64().max(1e-3);
+        let percent = match s.total {
+            0 => 100.0,
+            total => s.done as f64 * 100.0 / total as f64,
+        };
+        tracing::info!(
+            event = "progress",
+            stage = stage.label(),
+            done = s.done,
+            total = s.total,
+            "{}: {} of {} ({percent:.0}%), {}/s",
+            stage.label(),
+            human_bytes(s.done),
+            human_bytes(s.total),
+            human_bytes((s.done as f64 / elapsed) as u64)
+        );
+    }
+
+    fn finish(&self, stage: Stage) {
+        self.inner.finish(stage);
+        self.stages
+            .lock()
+            .expect("stages lock")
+            .retain(|s| s.stage != stage);
+    }
+}

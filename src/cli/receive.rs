@@ -40,7 +40,7 @@ pub fn run(args: ReceiveArgs) -> Result<i32, CliError> {
         .map_or(GrowthLimit::FreeSpace, GrowthLimit::AtMost);
     let mut config = shared(&args).config(target, create, max_size, history);
     init_logging(None);
-    config.on_commit = forwarder(&args, &config)?;
+    config.on_commit = commit_hooks(&args, &config)?;
     if let Err(e) = receiver::check_config(&config) {
         if args.stdio {
             // Through ssh: the sender reads why in its own error line too.
@@ -76,9 +76,11 @@ fn listen(args: ReceiveArgs, config: ReceiverConfig) -> Result<i32, CliError> {
     };
     let allowed = allowed_peers(&args.allow_peer)?;
     let identity = tls::load_identity(identity_dir).context("--identity")?;
+    let metrics = super::send::bind_metrics(args.metrics_listen)?;
     block_on(async {
         let stop = stop_requested();
         let server = tls::TlsServer::bind(&addr, &identity, allowed).await?;
+        crate::metrics::serve_if(metrics);
         // Scripts read this line to learn the port; if they close the pipe afterwards, the
         // receiver goes on serving.
         outln!("listening on {}", server.local_addr());
@@ -107,8 +109,8 @@ fn shared(args: &ReceiveArgs) -> Shared {
     }
 }
 
-/// `--keep SPEC [--history-dir DIR]`, checked: the policy parses, the target is a file, and
-/// (when it exists) its filesystem can clone it into DIR.
+/// `--keep SPEC [--history-dir DIR]`, checked when the target exists: a file whose
+/// filesystem can clone it into DIR, or a thin LV (without DIR); any other target is refused.
 fn keep_history(
     args: &ReceiveArgs,
     target: &std::path::Path,
@@ -121,8 +123,10 @@ fn keep_history(
         .clone()
         .unwrap_or_else(|| receiver::KeepHistory::default_dir(target));
     if target.exists() {
-        crate::history::classify(target).map_err(|e| CliError::Runtime(e.into()))?;
-        crate::history::check(target, &dir).map_err(|e| CliError::Runtime(e.into()))?;
+        let runtime = |e: crate::history::HistoryError| CliError::Runtime(e.into());
+        let store = crate::history::Store::for_target(target, args.history_dir.as_deref())
+            .map_err(runtime)?;
+        store.check(target).map_err(runtime)?;
     }
     Ok(Some(receiver::KeepHistory { dir, policy }))
 }
@@ -204,9 +208,11 @@ fn listen_named(args: ReceiveArgs, file: &std::path::Path) -> Result<i32, CliErr
     let shared = shared(&args);
     let named = NamedTargets::load(file, &shared).map_err(|e| CliError::Runtime(e.into()))?;
     let identity = tls::load_identity(identity_dir).context("--identity")?;
+    let metrics = super::send::bind_metrics(args.metrics_listen)?;
     block_on(async {
         let stop = stop_requested();
         let server = tls::TlsServer::bind(&addr, &identity, named.all_peers()).await?;
+        crate::metrics::serve_if(metrics);
         outln!("listening on {}", server.local_addr());
         let names: Vec<&str> = named.targets.keys().map(String::as_str).collect();
         tracing::info!(addr = %server.local_addr(), targets = %names.join(", "), fingerprint = %identity.fingerprint(), "receiver ready");
@@ -242,6 +248,28 @@ fn allowed_peers(given: &[String]) -> Result<Vec<[u8; 32]>, CliError> {
         .iter()
         .map(|p| tls::parse_fingerprint(p).map_err(|e| usage(format!("--allow-peer: {e}"))))
         .collect()
+}
+
+/// What runs around each commit: the chain's forwarder (`--forward`), then the
+/// `--post-commit` hook.
+fn commit_hooks(
+    args: &ReceiveArgs,
+    config: &ReceiverConfig,
+) -> Result<Option<Arc<dyn receiver::CommitHook>>, CliError> {
+    let mut hooks: Vec<Arc<dyn receiver::CommitHook>> = Vec::new();
+    hooks.extend(forwarder(args, config)?);
+    if let Some(command) = &args.post_commit {
+        let hook = crate::snapshot::hooks::PostCommit {
+            command: command.clone(),
+            timeout: args.hook_timeout,
+        };
+        hooks.push(Arc::new(crate::commit_hooks::PostCommitHook(hook)));
+    }
+    Ok(match hooks.len() {
+        0 => None,
+        1 => hooks.pop(),
+        _ => Some(Arc::new(crate::commit_hooks::AllOf(hooks))),
+    })
 }
 
 /// The chain's next hop (`--forward DEST`), if any.

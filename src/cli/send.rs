@@ -12,7 +12,7 @@ use super::out::outln;
 use super::{block_on, make_progress, usage, CliError};
 use crate::daemon::fanout::FanoutConfig;
 use crate::daemon::link::LinkConfig;
-use crate::daemon::{DaemonConfig, Mode};
+use crate::daemon::{Boundary, DaemonConfig, Mode};
 use crate::receiver;
 use crate::sender::audit::AuditPolicy;
 use crate::sender::{source_identity, CycleConfig, CycleReport};
@@ -27,9 +27,16 @@ type TlsPair = (Arc<Identity>, [u8; 32]);
 
 /// Runs `send`.
 pub fn run(args: SendArgs) -> Result<i32, CliError> {
+    run_until(args, Arc::new(Boundary::default()))
+}
+
+/// Runs `send` until done, stopped, or `boundary` is requested (then it ends after the cycle
+/// in progress): a job of `run --config`.
+pub fn run_until(args: SendArgs, boundary: Arc<Boundary>) -> Result<i32, CliError> {
     let dests = destinations(&args.dests)?;
     let tls = tls_pairs(&dests, &args)?;
     let progress = make_progress(args.progress);
+    let metrics = bind_metrics(args.metrics_listen)?;
     // Fail fast on a bad source or a local target that cannot work.
     BlockSource::open(&args.source).map_err(|e| CliError::Runtime(e.into()))?;
     for dest in &dests {
@@ -51,6 +58,7 @@ pub fn run(args: SendArgs) -> Result<i32, CliError> {
         progress,
     };
     let json = args.json;
+    let dry = args.dry_run;
     let fan_out = dests.len() > 1;
     let mut faults = 0;
     let on_report = |report: &CycleReport| {
@@ -61,19 +69,45 @@ pub fn run(args: SendArgs) -> Result<i32, CliError> {
         }
     };
     let mut config = daemon_config(args, dests, tls);
+    config.boundary = boundary;
+    if dry {
+        let names: Vec<String> = config.links.iter().map(|l| l.dest.to_string()).collect();
+        let run = crate::daemon::dry_run(config.cycle, names, config.threads, engines);
+        for report in block_on(run)?.map_err(|e| CliError::Runtime(e.into()))? {
+            match json {
+                true => outln!("{}", serde_json::to_string(&report).unwrap_or_default()),
+                false => outln!(
+                    "{}: would send {} blocks ({} zero, {} of data before compression), compared with generation {}{}; {} read, nothing sent",
+                    report.dest,
+                    report.blocks_changed,
+                    report.blocks_zero,
+                    crate::units::human_bytes(report.bytes_changed),
+                    report.base_generation,
+                    report.full_scan_reason.as_deref().map(|r| format!(" (full read: {r})")).unwrap_or_default(),
+                    crate::units::human_bytes(report.bytes_read)
+                ),
+            }
+        }
+        return Ok(0);
+    }
     let ended = match config.links.len() {
-        1 => block_on(crate::daemon::run(
-            DaemonConfig {
+        1 => block_on(async move {
+            crate::metrics::serve_if(metrics);
+            let link = config.links.remove(0);
+            let daemon = DaemonConfig {
                 cycle: config.cycle,
-                link: config.links.remove(0),
+                link,
                 mode: config.mode,
                 interval: config.interval,
                 threads: config.threads,
-            },
-            engines,
-            on_report,
-        )),
-        _ => block_on(crate::daemon::fanout::run(config, engines, on_report)),
+                boundary: config.boundary,
+            };
+            crate::daemon::run(daemon, engines, on_report).await
+        }),
+        _ => block_on(async move {
+            crate::metrics::serve_if(metrics);
+            crate::daemon::fanout::run(config, engines, on_report).await
+        }),
     };
     ended?.map_err(|e| CliError::Runtime(e.into()))?;
     if faults > 0 {
@@ -83,6 +117,14 @@ pub fn run(args: SendArgs) -> Result<i32, CliError> {
         return Ok(3);
     }
     Ok(0)
+}
+
+/// `--metrics-listen ADDR` bound (not yet served), so a taken address fails before any cycle.
+pub(super) fn bind_metrics(
+    addr: Option<std::net::SocketAddr>,
+) -> Result<Option<crate::metrics::Listener>, CliError> {
+    let bound = addr.map(crate::metrics::Listener::bind).transpose();
+    bound.map_err(|e| CliError::Runtime(e.into()))
 }
 
 /// Every DEST parsed; refuses one given twice.
@@ -174,6 +216,7 @@ fn snapshot_provider(args: &SendArgs) -> Result<Box<dyn SnapshotProvider>, CliEr
         snapshot_size: args.snapshot_size,
         pre_snapshot: args.pre_snapshot.clone(),
         post_snapshot: args.post_snapshot.clone(),
+        hook_timeout: args.hook_timeout,
     };
     snapshot::provider(args.snapshot, &args.source, &options)
         .map_err(|e| CliError::Runtime(e.into()))
@@ -243,11 +286,18 @@ fn daemon_config(
             },
             rehash_target: args.rehash_target,
             read_limit: args.read_limit,
+            post_commit: args.post_commit.clone().map(|command| {
+                crate::snapshot::hooks::PostCommit {
+                    command,
+                    timeout: args.hook_timeout,
+                }
+            }),
         },
         links,
         mode,
         interval: args.interval,
         threads,
+        boundary: Arc::new(Boundary::default()),
     }
 }
 

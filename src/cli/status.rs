@@ -18,6 +18,20 @@ pub fn run(args: StatusArgs) -> Result<i32, CliError> {
     let dir = args
         .state_dir
         .unwrap_or_else(crate::state::default_state_dir);
+    if let Some(entry) = &args.forget {
+        let forgotten = crate::state::forget(&dir, entry)
+            .with_context(|| format!("cannot forget {entry} in {}", dir.display()))?;
+        if forgotten.is_empty() {
+            return Err(CliError::Runtime(anyhow::anyhow!(
+                "no receiver target or sender destination named {entry} in {} (see blkmirror status)",
+                dir.display()
+            )));
+        }
+        for line in forgotten {
+            out::outln!("{line}");
+        }
+        return Ok(0);
+    }
     let entries =
         crate::state::list(&dir).with_context(|| format!("state dir {}", dir.display()))?;
     out::finished(write(&mut out::stdout(), &dir, &entries, args.json))
@@ -50,9 +64,18 @@ pub fn write(
 
 /// One entry as a line of text.
 pub fn describe(entry: &StatusEntry) -> String {
+    describe_at(entry, crate::state::now())
+}
+
+/// One entry as a line of text, as of `now` (Unix seconds: lags are counted to it).
+pub fn describe_at(entry: &StatusEntry, now: u64) -> String {
     match entry {
-        StatusEntry::Sender(status) => describe_sender(status),
+        StatusEntry::Sender(status) => describe_sender(status, now),
         StatusEntry::Receiver(state) => describe_receiver(state),
+        StatusEntry::MissingTarget(state) => format!(
+            "receiver {}: MISSING: the target no longer exists (last committed generation {})",
+            state.target, state.committed_generation
+        ),
         StatusEntry::Unreadable { role, path, error } => {
             format!("{role} record {}: unreadable: {error}", path.display())
         }
@@ -74,7 +97,7 @@ struct LastCycle {
     tracking_faults: u64,
 }
 
-fn describe_sender(status: &SenderStatus) -> String {
+fn describe_sender(status: &SenderStatus, now: u64) -> String {
     let failing = match (&status.last_failure, status.consecutive_failures) {
         (Some(f), n) if n > 0 => format!(
             "; FAILING: {n} cycle(s) failed since the last commit, the last at {}: {}",
@@ -106,7 +129,7 @@ fn describe_sender(status: &SenderStatus) -> String {
         0 => String::new(),
         n => format!("; AUDIT FOUND {n} TRACKING FAULTS (blocks the tracker had missed; shipped)"),
     };
-    let lag = crate::state::sender::lag_seconds(status, crate::state::now())
+    let lag = crate::state::sender::lag_seconds(status, now)
         .map(|s| {
             format!(
                 " (lag {})",
@@ -129,12 +152,6 @@ fn describe_sender(status: &SenderStatus) -> String {
 
 fn describe_receiver(state: &ReceiverState) -> String {
     let target = &state.target;
-    if !std::path::Path::new(target).exists() {
-        return format!(
-            "receiver {target}: MISSING: the target no longer exists (last committed generation {}); `status --json` still lists its record",
-            state.committed_generation
-        );
-    }
     let committed = state.committed_generation;
     if state.condition == Condition::Consistent {
         return format!(
@@ -242,10 +259,34 @@ mod tests {
             format!("receiver /srv/mirror.img: consistent at generation 4 (committed {stamp}; 3.0 MiB written by the last cycle)"),
             "receiver /srv/mirror.img: MID-CYCLE (interrupted, applying generation 5); last consistent generation 4".into(),
             "receiver /srv/mirror.img: MID-CYCLE (applying, applying generation 5); last consistent generation 4; last error: connection reset".into(),
-            format!("sender   /dev/vg0/data -> tls://backup:7300: generation 7 committed {stamp}; last cycle 3 of 128 blocks changed, 3.0 MiB read (tracker thin), 195.3 KiB sent"),
-            format!("sender   /dev/vg0/data -> tls://backup:7300: generation 7 committed {stamp}; last cycle 3 of 128 blocks changed, 8.0 MiB read (tracker thin), 195.3 KiB sent; full scan: the kept snapshot vg0/s is gone; AUDIT FOUND 2 TRACKING FAULTS (blocks the tracker had missed; shipped)"),
+            format!("sender   /dev/vg0/data -> tls://backup:7300: generation 7 committed {stamp} (lag 1m 30s); last cycle 3 of 128 blocks changed, 3.0 MiB read (tracker thin), 195.3 KiB sent"),
+            format!("sender   /dev/vg0/data -> tls://backup:7300: generation 7 committed {stamp} (lag 1m 30s); last cycle 3 of 128 blocks changed, 8.0 MiB read (tracker thin), 195.3 KiB sent; full scan: the kept snapshot vg0/s is gone; AUDIT FOUND 2 TRACKING FAULTS (blocks the tracker had missed; shipped)"),
         ];
-        assert_eq!(text(&entries), expected.join("\n") + "\n");
+        let lines: Vec<String> = entries.iter().map(|e| describe_at(e, T + 90)).collect();
+        assert_eq!(lines, expected);
+    }
+
+    #[test]
+    fn a_failing_sender_says_so_before_and_after_a_commit() {
+        let mut never = sender();
+        never.generation = 0;
+        never.consecutive_failures = 2;
+        never.last_failure = Some(crate::state::sender::Failure {
+            at: T,
+            error: "cannot connect".into(),
+        });
+        let line = describe_at(&StatusEntry::Sender(never.clone()), T);
+        assert!(line.ends_with(&format!("nothing committed yet; FAILING: 2 cycle(s) failed since the last commit, the last at {}: cannot connect", format_time(T))), "{line}");
+        never.generation = 7;
+        never.consecutive_failures = 0;
+        let line = describe_at(&StatusEntry::Sender(never), T);
+        assert!(
+            line.ends_with(&format!(
+                "; last failure {}: cannot connect",
+                format_time(T)
+            )),
+            "{line}"
+        );
     }
 
     #[test]
@@ -282,9 +323,12 @@ mod tests {
         let expected_sender = json!({
             "role": "sender", "source": "/dev/vg0/data", "source_identity": "lvm:vg0/data",
             "dest": "tls://backup:7300", "generation": 7, "root": "cd".repeat(32),
-            "committed_at": T, "last_cycle": sender().last_cycle,
+            "committed_at": T, "last_cycle": sender().last_cycle, "consecutive_failures": 0,
         });
-        assert_eq!(all[2], expected_sender);
+        let mut sender_json = all[2].clone();
+        let lag = sender_json.as_object_mut().unwrap().remove("lag_seconds");
+        assert!(lag.is_some_and(|l| l.is_u64()), "{}", all[2]);
+        assert_eq!(sender_json, expected_sender);
         assert_eq!(json_of(&[]), json!([]));
     }
 

@@ -7,13 +7,11 @@
 //! cycle in which every destination committed and none found a change.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::sender::fanout::{run_fanout_cycle, FanoutCycle, FanoutDest};
 use crate::sender::{CycleConfig, CycleContext, CycleReport, SendError};
-use crate::state::SenderPaths;
-use crate::tracker::KeptViews;
 
 use super::link::{Link, LinkConfig};
 use super::{backoff, stopped_all, DaemonError, Ended, Engines, Mode, Signals, WIND_DOWN};
@@ -30,6 +28,8 @@ pub struct FanoutConfig {
     pub interval: Duration,
     /// Hashing and compression threads.
     pub threads: usize,
+    /// Ends the run at the next cycle boundary when requested.
+    pub boundary: Arc<super::Boundary>,
 }
 
 /// The key of a group of destinations (the kept snapshot and the audit record are the
@@ -57,35 +57,12 @@ pub async fn run(
     mut on_report: impl FnMut(&CycleReport),
 ) -> Result<Ended, DaemonError> {
     let mut signals = Signals::new();
-    let stop = Arc::new(AtomicBool::new(false));
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(config.threads)
-        .build()
-        .map_err(DaemonError::Threads)?;
-    let identity = crate::sender::source_identity(&config.cycle.source).map_err(SendError::from)?;
-    let group = SenderPaths::new(&config.cycle.state_dir, &identity, &config.cycle.dest);
-    let ctx = CycleContext {
-        kept: Arc::new(Mutex::new(KeptViews::new(
-            group.kept.clone(),
-            engines.provider.clone(),
-        ))),
-        provider: engines.provider,
-        tracker: engines.tracker,
-        pool: Arc::new(pool),
-        progress: engines.progress,
-        stop: stop.clone(),
-    };
-    let (provider, tracker) = (ctx.provider.clone(), ctx.tracker.clone());
-    let (source, spare) = (config.cycle.source.clone(), KeptViews::spared(&group.kept));
-    tokio::task::spawn_blocking(move || {
-        tracker.recover();
-        provider.cleanup_stale(&source, &spare)
-    })
-    .await
-    .expect("stale clean-up panicked")?;
-    // Under systemd (Type=notify): ready once the loop starts; the watchdog pinged from here.
-    crate::notify::ready();
-    let _watchdog = crate::notify::spawn_watchdog();
+    let super::Started {
+        ctx,
+        identity,
+        _watchdog,
+    } = super::start(&config.cycle, config.threads, engines).await?;
+    let stop = ctx.stop.clone();
     let mut slots: Vec<Slot> = config
         .links
         .iter()
@@ -103,8 +80,14 @@ pub async fn run(
             return Ok(stopped_all(slots.into_iter().filter_map(|s| s.link)).await);
         };
         for (dest, why) in &end.failed {
-            if slots.iter().any(|slot| &slot.name == dest) {
-                super::note_failure(&config.cycle, &identity, dest, why);
+            if let Some(slot) = slots.iter().find(|slot| &slot.name == dest) {
+                let retry_in = match config.mode {
+                    Mode::Once => None,
+                    _ => slot
+                        .retry_at
+                        .map(|at| at.saturating_duration_since(Instant::now())),
+                };
+                super::note_failure(&config.cycle, &identity, dest, why, retry_in);
             }
         }
         // A re-hash is asked for once per run.
@@ -133,8 +116,12 @@ pub async fn run(
                 }
             }
         };
+        if config.boundary.requested() {
+            break;
+        }
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
+            _ = config.boundary.wait() => break,
             _ = signals.recv() => {
                 tracing::info!("signal received between cycles; stopping");
                 stop.store(true, Ordering::Relaxed);
@@ -221,6 +208,7 @@ async fn one_cycle(
                             all_quiet.set(all_quiet.get() && report.blocks_changed == 0);
                             super::log_committed(&report);
                             on_report(&report);
+                            super::post_commit(&config.cycle, &report).await;
                         }
                         Err(e) => failed.push((slot.name.clone(), fail(slot, e, config).await)),
                     }
@@ -286,7 +274,6 @@ async fn open_due(
                 slot.failures += 1;
                 let wait = backoff(Duration::from_secs(1), slot.failures);
                 slot.retry_at = Some(Instant::now() + wait);
-                tracing::warn!(dest = %slot.name, error = %e, retry_in = ?wait, "destination unreachable; the others go on");
                 failed.push((slot.name.clone(), e.to_string()));
             }
         }
@@ -309,6 +296,5 @@ async fn fail(slot: &mut Slot, error: SendError, config: &FanoutConfig) -> Strin
     slot.failures += 1;
     let wait = backoff(config.interval, slot.failures);
     slot.retry_at = Some(Instant::now() + wait);
-    tracing::warn!(dest = %slot.name, error = %why, retry_in = ?wait, "destination's cycle failed; the others go on");
     why
 }

@@ -45,6 +45,41 @@ pub struct DaemonConfig {
     pub interval: Duration,
     /// Hashing and compression threads.
     pub threads: usize,
+    /// Ends the run at the next cycle boundary when requested (a reload of `run --config`).
+    pub boundary: Arc<Boundary>,
+}
+
+/// A request to end a run at its next cycle boundary: after the cycle in progress (which
+/// commits or fails as usual), instead of the next one. How `run --config` restarts a job
+/// whose configuration changed without disturbing a cycle.
+#[derive(Debug, Default)]
+pub struct Boundary {
+    requested: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Boundary {
+    /// Asks the run to end at its next cycle boundary.
+    pub fn request(&self) {
+        self.requested.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    /// Whether the end was asked for.
+    pub fn requested(&self) -> bool {
+        self.requested.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once the end is asked for.
+    pub async fn wait(&self) {
+        loop {
+            let notified = self.notify.notified();
+            if self.requested() {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 /// What the cycles run with.
@@ -101,35 +136,12 @@ pub async fn run(
     mut on_report: impl FnMut(&CycleReport),
 ) -> Result<Ended, DaemonError> {
     let mut signals = Signals::new();
-    let stop = Arc::new(AtomicBool::new(false));
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(config.threads)
-        .build()
-        .map_err(DaemonError::Threads)?;
-    let identity = crate::sender::source_identity(&config.cycle.source).map_err(SendError::from)?;
-    let paths = SenderPaths::new(&config.cycle.state_dir, &identity, &config.cycle.dest);
-    let ctx = CycleContext {
-        kept: Arc::new(Mutex::new(KeptViews::new(
-            paths.kept.clone(),
-            engines.provider.clone(),
-        ))),
-        provider: engines.provider,
-        tracker: engines.tracker,
-        pool: Arc::new(pool),
-        progress: engines.progress,
-        stop: stop.clone(),
-    };
-    let (provider, tracker) = (ctx.provider.clone(), ctx.tracker.clone());
-    let (source, spare) = (config.cycle.source.clone(), KeptViews::spared(&paths.kept));
-    tokio::task::spawn_blocking(move || {
-        tracker.recover();
-        provider.cleanup_stale(&source, &spare)
-    })
-    .await
-    .expect("stale clean-up panicked")?;
-    // Under systemd (Type=notify): ready once the loop starts; the watchdog pinged from here.
-    crate::notify::ready();
-    let _watchdog = crate::notify::spawn_watchdog();
+    let Started {
+        ctx,
+        identity,
+        _watchdog,
+    } = start(&config.cycle, config.threads, engines).await?;
+    let stop = ctx.stop.clone();
     let mut link: Option<Link> = None;
     let mut failures = 0u32;
     loop {
@@ -144,6 +156,7 @@ pub async fn run(
                 config.cycle.rehash_target = false;
                 log_committed(&report);
                 on_report(&report);
+                post_commit(&config.cycle, &report).await;
                 let quiet = report.blocks_changed == 0;
                 match config.mode {
                     Mode::Once => break,
@@ -153,30 +166,31 @@ pub async fn run(
                 }
             }
             Err(error) if is_transient(&error) && config.mode != Mode::Once => {
-                note_failure(
-                    &config.cycle,
-                    &identity,
-                    &config.cycle.dest,
-                    &error.to_string(),
-                );
                 link = None;
                 failures += 1;
                 let wait = backoff(config.interval, failures);
-                tracing::warn!(%error, retry_in = ?wait, "cycle failed; will retry");
-                wait
-            }
-            Err(error) => {
+                let why = error.to_string();
                 note_failure(
                     &config.cycle,
                     &identity,
                     &config.cycle.dest,
-                    &error.to_string(),
+                    &why,
+                    Some(wait),
                 );
+                wait
+            }
+            Err(error) => {
+                let why = error.to_string();
+                note_failure(&config.cycle, &identity, &config.cycle.dest, &why, None);
                 return Err(error);
             }
         };
+        if config.boundary.requested() {
+            break;
+        }
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
+            _ = config.boundary.wait() => break,
             _ = signals.recv() => {
                 tracing::info!("signal received between cycles; stopping");
                 stop.store(true, Ordering::Relaxed);
@@ -188,6 +202,70 @@ pub async fn run(
         link.close().await?;
     }
     Ok(Ended::Done)
+}
+
+/// `send --dry-run`: one dry cycle for `dests` (see [`crate::sender::dry_run`]).
+pub async fn dry_run(
+    cycle: CycleConfig,
+    dests: Vec<String>,
+    threads: usize,
+    engines: Engines,
+) -> Result<Vec<crate::sender::dry_run::DryRunReport>, DaemonError> {
+    let Started { ctx, .. } = start(&cycle, threads, engines).await?;
+    let run = move || crate::sender::dry_run::dry_run(&dests, &cycle, &ctx);
+    let reports = tokio::task::spawn_blocking(run).await;
+    Ok(reports.expect("dry run panicked")?)
+}
+
+/// What a run starts with.
+struct Started {
+    ctx: CycleContext,
+    /// The source's identity (keys the state).
+    identity: String,
+    _watchdog: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Before the first cycle of a run: the worker pool and the cycles' context (its kept
+/// snapshot keyed by `cycle.dest`, a destination or a fan-out group), the clean-up of what a
+/// crashed run left (stale snapshots, a tracker's holds), and `READY=1` for systemd with the
+/// watchdog's pings.
+async fn start(
+    cycle: &CycleConfig,
+    threads: usize,
+    engines: Engines,
+) -> Result<Started, DaemonError> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(DaemonError::Threads)?;
+    let identity = crate::sender::source_identity(&cycle.source).map_err(SendError::from)?;
+    let paths = SenderPaths::new(&cycle.state_dir, &identity, &cycle.dest);
+    let ctx = CycleContext {
+        kept: Arc::new(Mutex::new(KeptViews::new(
+            paths.kept.clone(),
+            engines.provider.clone(),
+        ))),
+        provider: engines.provider,
+        tracker: engines.tracker,
+        pool: Arc::new(pool),
+        progress: engines.progress,
+        stop: Arc::new(AtomicBool::new(false)),
+    };
+    let (provider, tracker) = (ctx.provider.clone(), ctx.tracker.clone());
+    let (source, spare) = (cycle.source.clone(), KeptViews::spared(&paths.kept));
+    tokio::task::spawn_blocking(move || {
+        tracker.recover();
+        provider.cleanup_stale(&source, &spare)
+    })
+    .await
+    .expect("stale clean-up panicked")?;
+    // Under systemd (Type=notify): ready once the loop starts; the watchdog pinged from here.
+    crate::notify::ready();
+    Ok(Started {
+        ctx,
+        identity,
+        _watchdog: crate::notify::spawn_watchdog(),
+    })
 }
 
 /// Opens the link if needed and runs one cycle on a thread of its own. `None` when a signal
@@ -253,10 +331,24 @@ async fn one_cycle(
     })
 }
 
-/// Records a failed cycle in the destination's status (best effort: logged if it cannot be).
-fn note_failure(cycle: &CycleConfig, identity: &str, dest: &str, error: &str) {
+/// Logs a failed cycle (event `cycle_failed`) and records it in the destination's status
+/// (best effort: logged if it cannot be). `retry_in`: when the loop tries again.
+fn note_failure(
+    cycle: &CycleConfig,
+    identity: &str,
+    dest: &str,
+    error: &str,
+    retry_in: Option<Duration>,
+) {
+    match retry_in {
+        Some(wait) => {
+            tracing::warn!(event = "cycle_failed", dest, error, retry_in = ?wait, "cycle failed; will retry")
+        }
+        None => tracing::warn!(event = "cycle_failed", dest, error, "cycle failed"),
+    }
     let paths = SenderPaths::new(&cycle.state_dir, identity, dest);
     let source = cycle.source.display().to_string();
+    crate::metrics::cycle_failed(&source, dest);
     let failed = crate::state::sender::FailedCycle {
         source: &source,
         source_identity: identity,
@@ -267,9 +359,37 @@ fn note_failure(cycle: &CycleConfig, identity: &str, dest: &str, error: &str) {
     }
 }
 
+/// Runs the `--post-commit` hook of a committed cycle with its figures, on a blocking thread;
+/// the next cycle waits for it (bounded by the hook's timeout).
+async fn post_commit(cycle: &CycleConfig, report: &CycleReport) {
+    let Some(hook) = cycle.post_commit.clone() else {
+        return;
+    };
+    let env = vec![
+        ("BLKMIRROR_SOURCE", report.source.clone()),
+        ("BLKMIRROR_DEST", report.dest.clone()),
+        ("BLKMIRROR_GENERATION", report.generation.to_string()),
+        ("BLKMIRROR_ROOT", report.root.clone()),
+        (
+            "BLKMIRROR_BLOCKS_CHANGED",
+            report.blocks_changed.to_string(),
+        ),
+        ("BLKMIRROR_BYTES_READ", report.bytes_read.to_string()),
+        ("BLKMIRROR_BYTES_SENT", report.bytes_sent.to_string()),
+        (
+            "BLKMIRROR_DURATION_MS",
+            report.duration_ms.total.to_string(),
+        ),
+    ];
+    let run = move || crate::snapshot::hooks::run_post_commit(&hook, &env);
+    let _ = tokio::task::spawn_blocking(run).await;
+}
+
 /// The log line of a committed cycle.
 fn log_committed(report: &CycleReport) {
+    crate::metrics::cycle_committed(report);
     tracing::info!(
+        event = "cycle_committed",
         dest = %report.dest,
         generation = report.generation,
         tracker = %report.tracker,
@@ -296,7 +416,7 @@ async fn stopped_all(links: impl IntoIterator<Item = Link>) -> Ended {
     for link in links {
         link.abandon().await;
     }
-    tracing::info!("stopped on request");
+    tracing::info!(event = "stopped", "stopped on request");
     Ended::Stopped
 }
 

@@ -140,6 +140,7 @@ impl Rig {
             audit: self.audit.get(),
             rehash_target: false,
             read_limit: None,
+            post_commit: None,
         };
         let provider: Arc<dyn crate::snapshot::SnapshotProvider> = Arc::new(NoSnapshot::default());
         let kept = self.state.join("kept");

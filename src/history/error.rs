@@ -45,11 +45,35 @@ pub enum HistoryError {
         /// FICLONE's error.
         errno: Errno,
     },
-    /// Block-device targets (a thin LV) would need LVM snapshots: not implemented.
-    #[error("snapshots of the target are not supported yet for block devices: {} is a block device; history works for image-file targets on xfs (reflink=1) or btrfs", target.display())]
-    BlockDevice {
+    /// A block device that is no LVM logical volume.
+    #[error("history cannot keep snapshots of {}: it is a block device but not an LVM logical volume; history works for image files on xfs (reflink=1) or btrfs, and for thin LVs", target.display())]
+    NotAnLv {
         /// The target given.
         target: PathBuf,
+    },
+    /// An LV that is not a thin LV (a plain LV, a thin pool, a classic snapshot...).
+    #[error("history cannot keep snapshots of {}: it is LV {lv}, {what}, not a thin LV; a classic snapshot per generation would need its own copy-on-write space and slow every write to the LV; put the target on a thin LV (lvcreate -V SIZE -T VG/POOL -n NAME)", target.display())]
+    NotThinLv {
+        /// The target given.
+        target: PathBuf,
+        /// Its LV, `VG/LV`.
+        lv: String,
+        /// Its kind in words ("a plain LV").
+        what: &'static str,
+    },
+    /// `--history-dir` given for a thin-LV target, whose snapshots are LVs.
+    #[error("--history-dir does not apply to {}: it is thin LV {lv}, whose history snapshots are thin LVs in its volume group; drop --history-dir", target.display())]
+    HistoryDirForThinLv {
+        /// The target given.
+        target: PathBuf,
+        /// Its LV, `VG/LV`.
+        lv: String,
+    },
+    /// An lvm2 command failed, or lvm2 cannot be run (not installed, not root).
+    #[error("{message}")]
+    Lvm {
+        /// What failed and what to do, in one line.
+        message: String,
     },
     /// Nothing exists at the target path.
     #[error("target {} does not exist", target.display())]
@@ -85,8 +109,21 @@ pub enum HistoryError {
         /// The generations there are, in increasing order.
         available: Vec<u64>,
     },
+    /// No history snapshot of that generation of a thin LV.
+    #[error(
+        "no history snapshot of generation {generation} of LV {lv}{}",
+        available_text(available)
+    )]
+    NoSuchThinGeneration {
+        /// The LV, `VG/LV`.
+        lv: String,
+        /// The generation asked for.
+        generation: u64,
+        /// The generations there are, in increasing order.
+        available: Vec<u64>,
+    },
     /// Several snapshots of that generation (its state was lost and generations restarted).
-    #[error("{} snapshots hold generation {generation} (taken at different times): restore one by hand with cp --reflink=always: {}", paths.len(), paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
+    #[error("{} snapshots hold generation {generation} (taken at different times): restore one by hand (cp --reflink=always for files, dd for LVs): {}", paths.len(), paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
     Ambiguous {
         /// The generation asked for.
         generation: u64,
@@ -107,12 +144,12 @@ pub enum HistoryError {
 }
 
 impl HistoryError {
-    /// True when a later attempt may succeed without anyone changing anything: a clone or a
-    /// file operation that hit a passing problem (space, I/O).
+    /// True when a later attempt may succeed without anyone changing anything: a clone, an
+    /// lvm2 command or a file operation that hit a passing problem (space, I/O).
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            HistoryError::CloneFailed { .. } | HistoryError::Io { .. }
+            HistoryError::CloneFailed { .. } | HistoryError::Io { .. } | HistoryError::Lvm { .. }
         )
     }
 }

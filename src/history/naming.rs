@@ -10,6 +10,10 @@
 //! Only canonical names are recognised (the name this module would print for the numbers it
 //! reads), so a file someone else named `gen-042-...` is not mistaken for ours.
 
+use std::path::PathBuf;
+
+use super::retention::Snapshot;
+
 const PREFIX: &str = "gen-";
 const SUFFIX: &str = ".img";
 const PARTIAL: &str = ".partial";
@@ -57,6 +61,27 @@ pub fn is_partial(name: &str) -> bool {
 
 fn is_digits(text: &str) -> bool {
     !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// One snapshot (in a history directory, or a thin snapshot LV).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The generation of the target it holds.
+    pub generation: u64,
+    /// When it was taken, in Unix seconds.
+    pub created: u64,
+    /// Its file.
+    pub path: PathBuf,
+}
+
+impl Entry {
+    /// What retention needs to know of it.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            generation: self.generation,
+            created: self.created,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -25,28 +25,9 @@ use super::error::HistoryError;
 use super::naming;
 use super::policy::Policy;
 use super::retention::{self, Snapshot};
-use super::target::classify;
+use super::target::{classify, TargetKind};
 
-/// One snapshot in a history directory.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Entry {
-    /// The generation of the target it holds.
-    pub generation: u64,
-    /// When it was taken, in Unix seconds.
-    pub created: u64,
-    /// Its file.
-    pub path: PathBuf,
-}
-
-impl Entry {
-    /// What retention needs to know of it.
-    pub fn snapshot(&self) -> Snapshot {
-        Snapshot {
-            generation: self.generation,
-            created: self.created,
-        }
-    }
-}
+pub use super::naming::Entry;
 
 /// Everything in a history directory.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -65,7 +46,7 @@ pub struct Listing {
 /// (created if missing), i.e. both are on one file system that has reflink. The probe clone
 /// is deleted.
 pub fn check(target: &Path, dir: &Path) -> Result<(), HistoryError> {
-    classify(target)?;
+    require_file(target)?;
     create_dir(dir)?;
     let probe = dir.join(naming::probe_name(std::process::id()));
     let held = clone_fresh(target, &probe).map_err(|f| clone_error(f, target, dir, &probe))?;
@@ -82,7 +63,7 @@ pub fn check(target: &Path, dir: &Path) -> Result<(), HistoryError> {
 /// a file system without reflink, a `dir` on another file system, and a snapshot that
 /// exists already under the same name.
 pub fn take(target: &Path, dir: &Path, generation: u64, now: u64) -> Result<Entry, HistoryError> {
-    classify(target)?;
+    require_file(target)?;
     create_dir(dir)?;
     let path = dir.join(naming::snapshot_name(generation, now));
     if path.symlink_metadata().is_ok() {
@@ -294,6 +275,16 @@ pub fn restore(dir: &Path, generation: u64, dest: &Path) -> Result<Entry, Histor
     drop(held);
     sync_dir(dest_dir)?;
     Ok(entry)
+}
+
+/// Refuses anything but a regular file (a thin LV's snapshots are made by `thin.rs`).
+fn require_file(target: &Path) -> Result<(), HistoryError> {
+    match classify(target)? {
+        TargetKind::File => Ok(()),
+        TargetKind::ThinLv { .. } => Err(HistoryError::NotAFile {
+            target: target.to_owned(),
+        }),
+    }
 }
 
 /// Logs what a listing found besides snapshots.

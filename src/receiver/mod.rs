@@ -77,29 +77,36 @@ pub trait CommitHook: Send + Sync + std::fmt::Debug {
 }
 
 /// History on the target (`receive --keep SPEC [--history-dir DIR]`): after each committed
-/// generation, a reflink snapshot of the (file) target in `dir`, then pruning by `policy`.
-/// Only a committed, consistent target is ever snapshotted: this runs right after the
-/// commit. A failure is logged and does not fail the cycle: the mirror goes on.
+/// generation, a snapshot of the target (a reflink clone of a file target in `dir`, a thin
+/// snapshot of a thin-LV target in its volume group: [`crate::history::Store`]), then pruning
+/// by `policy`. Only a committed, consistent target is ever snapshotted: this runs right after
+/// the commit. A failure is logged and does not fail the cycle: the mirror goes on.
 #[derive(Clone, Debug)]
 pub struct KeepHistory {
-    /// Where the snapshots go (on the target's filesystem).
+    /// Where a file target's snapshots go (on its filesystem); unused for a thin LV.
     pub dir: PathBuf,
     /// What to keep.
     pub policy: crate::history::Policy,
 }
 
 impl KeepHistory {
-    /// The default history dir of `target`: `.NAME.history` next to it (a reflink clone
-    /// must stay on the target's filesystem).
+    /// The default history dir of a file `target`: `.NAME.history` next to it (a reflink
+    /// clone must stay on the target's filesystem).
     pub fn default_dir(target: &Path) -> PathBuf {
-        let name = target.file_name().unwrap_or_default().to_string_lossy();
-        target.with_file_name(format!(".{name}.history"))
+        crate::history::default_dir(target)
     }
 
     /// Snapshots `target` as `generation`, then prunes; logs what it did or why it could not.
     pub fn keep(&self, target: &Path, generation: u64) {
         let now = crate::state::now();
-        match crate::history::take(target, &self.dir, generation, now) {
+        let store = match crate::history::classify(target) {
+            Ok(kind) => crate::history::Store::of(kind, self.dir.clone()),
+            Err(e) => {
+                tracing::warn!(generation, error = %e, "history: no snapshot of this generation");
+                return;
+            }
+        };
+        match store.take(target, generation, now) {
             Ok(entry) => {
                 tracing::info!(generation, snapshot = %entry.path.display(), "history: snapshot kept")
             }
@@ -108,10 +115,10 @@ impl KeepHistory {
                 return;
             }
         }
-        match crate::history::prune(&self.dir, &self.policy, now) {
+        match store.prune(&self.policy, now) {
             Ok(pruned) => {
                 for entry in pruned {
-                    tracing::info!(generation = entry.generation, "history: snapshot pruned");
+                    tracing::info!(generation = entry.generation, snapshot = %entry.path.display(), "history: snapshot pruned");
                 }
             }
             Err(e) => tracing::warn!(error = %e, "history: pruning failed"),

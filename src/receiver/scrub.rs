@@ -153,10 +153,12 @@ pub fn scrub(
         store.save_manifest(&manifest).map_err(state_error)?;
         state.condition = Condition::Drifted;
         tracing::warn!(
+            event = "drift_found",
             blocks = count,
             "scrub: blocks differ from the committed generation (marked for the next cycle)"
         );
     }
+    crate::metrics::scrub_finished(&state.target, count);
     state.last_scrub = Some(ScrubRecord {
         at: crate::state::now(),
         blocks_checked: blocks,

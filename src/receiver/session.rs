@@ -237,11 +237,14 @@ impl Session {
         self.state.last_error = None;
         self.save_state()?;
         tracing::info!(
+            event = "generation_committed",
             generation,
             root = %hex::encode(root),
             bytes_written = self.state.last_cycle_bytes_written,
             "generation committed"
         );
+        let written = self.state.last_cycle_bytes_written;
+        crate::metrics::receiver_committed(&self.state.target, generation, written);
         if let Some(history) = &self.parts.history {
             history.keep(self.parts.opener.name(), generation);
         }
@@ -253,7 +256,8 @@ impl Session {
     /// that changed nothing leaves a consistent target consistent.
     fn abort(&mut self, error: &ReceiveError, prior: Condition) {
         let touched = self.resized || !self.written.is_empty();
-        tracing::error!(target = %self.parts.opener.name().display(), %error, touched, "cycle aborted");
+        crate::metrics::receiver_aborted(&self.state.target);
+        tracing::error!(event = "cycle_aborted", target = %self.parts.opener.name().display(), %error, touched, "cycle aborted");
         if let Some(hook) = &self.parts.on_commit {
             let block_size = self.manifest.as_ref().map_or(0, |m| m.block_size);
             if let Err(e) = hook.cycle_wrote(&self.written, block_size) {

@@ -76,6 +76,14 @@ pub enum TargetsError {
     },
 }
 
+/// The tables of one targets file.
+fn parse_entries(path: &Path, text: &str) -> Result<BTreeMap<String, Entry>, TargetsError> {
+    toml::from_str(text).map_err(|e| TargetsError::Parse {
+        path: path.to_owned(),
+        message: e.to_string().trim_end().replace('\n', " "),
+    })
+}
+
 /// One table of the file, as written.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -125,22 +133,61 @@ impl Shared {
 }
 
 impl NamedTargets {
-    /// Reads and checks a targets file.
+    /// Reads a targets file, or every `*.toml` file of a directory (in name order; a name
+    /// defined twice is an error).
     pub fn load(path: &Path, shared: &Shared) -> Result<NamedTargets, TargetsError> {
-        let text = std::fs::read_to_string(path).map_err(|source| TargetsError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(path, &text, shared)
+        let read = |file: &Path| {
+            std::fs::read_to_string(file).map_err(|source| TargetsError::Read {
+                path: file.to_owned(),
+                source,
+            })
+        };
+        let files = match path.is_dir() {
+            false => vec![path.to_owned()],
+            true => {
+                let listing = std::fs::read_dir(path).map_err(|source| TargetsError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                let mut files: Vec<PathBuf> = listing
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+                    .collect();
+                files.sort();
+                files
+            }
+        };
+        let mut all: BTreeMap<String, (PathBuf, Entry)> = BTreeMap::new();
+        for file in files {
+            for (name, entry) in parse_entries(&file, &read(&file)?)? {
+                if let Some((other, _)) = all.get(&name) {
+                    return Err(TargetsError::Entry {
+                        path: file.clone(),
+                        name,
+                        message: format!("also defined in {}", other.display()),
+                    });
+                }
+                all.insert(name, (file.clone(), entry));
+            }
+        }
+        Self::build(path, all, shared)
     }
 
     /// Checks the text of a targets file (`path` names it in errors).
     pub fn parse(path: &Path, text: &str, shared: &Shared) -> Result<NamedTargets, TargetsError> {
-        let entries: BTreeMap<String, Entry> =
-            toml::from_str(text).map_err(|e| TargetsError::Parse {
-                path: path.to_owned(),
-                message: e.to_string().trim_end().replace('\n', " "),
-            })?;
+        let entries = parse_entries(path, text)?;
+        let all = entries
+            .into_iter()
+            .map(|(name, entry)| (name, (path.to_owned(), entry)))
+            .collect();
+        Self::build(path, all, shared)
+    }
+
+    fn build(
+        path: &Path,
+        entries: BTreeMap<String, (PathBuf, Entry)>,
+        shared: &Shared,
+    ) -> Result<NamedTargets, TargetsError> {
         if entries.is_empty() {
             return Err(TargetsError::Parse {
                 path: path.to_owned(),
@@ -149,9 +196,9 @@ impl NamedTargets {
         }
         let mut targets = BTreeMap::new();
         let mut paths: BTreeMap<PathBuf, String> = BTreeMap::new();
-        for (name, entry) in entries {
+        for (name, (path, entry)) in entries {
             let bad = |message: String| TargetsError::Entry {
-                path: path.to_owned(),
+                path: path.clone(),
                 name: name.clone(),
                 message,
             };
@@ -184,6 +231,15 @@ impl NamedTargets {
                     crate::units::parse_size(text).map_err(|e| bad(format!("max_size: {e}")))?,
                 ),
             };
+            if entry.keep.is_some() && entry.path.exists() {
+                // As `receive --keep` does at start: a target history cannot keep is refused
+                // now, not at its first commit.
+                let store = crate::history::Store::for_target(&entry.path, None);
+                let store = store.map_err(|e| bad(format!("keep: {e}")))?;
+                store
+                    .check(&entry.path)
+                    .map_err(|e| bad(format!("keep: {e}")))?;
+            }
             let history = match &entry.keep {
                 None => None,
                 Some(spec) => Some(super::KeepHistory {
@@ -255,6 +311,39 @@ mod tests {
 
     fn parse(text: &str) -> Result<NamedTargets, String> {
         NamedTargets::parse(Path::new("t.toml"), text, &shared()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_directory_of_targets_files_is_one_table_and_a_name_twice_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("targets.d");
+        std::fs::create_dir(&conf).unwrap();
+        let entry = |name: &str| {
+            let img = dir.path().join(format!("{name}.img"));
+            format!("[{name}]\npath = {img:?}\nallow = [\"{FP_A}\"]\ncreate = true\n")
+        };
+        std::fs::write(conf.join("a.toml"), entry("a")).unwrap();
+        std::fs::write(conf.join("b.toml"), entry("b")).unwrap();
+        std::fs::write(conf.join("README"), "not a targets file").unwrap();
+        let targets = NamedTargets::load(&conf, &shared()).unwrap();
+        let fa = parse_fingerprint(FP_A).unwrap();
+        assert!(targets.choose("a", &fa).is_some() && targets.choose("b", &fa).is_some());
+        std::fs::write(conf.join("c.toml"), entry("a")).unwrap();
+        let e = NamedTargets::load(&conf, &shared())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("c.toml") && e.contains("also defined in") && e.contains("a.toml"),
+            "{e}"
+        );
+        let empty = dir.path().join("empty.d");
+        std::fs::create_dir(&empty).unwrap();
+        let e = NamedTargets::load(&empty, &shared())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("no targets"), "{e}");
     }
 
     #[test]

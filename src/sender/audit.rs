@@ -102,6 +102,7 @@ pub fn faults(changed: &RangeSet, reported: &RangeSet, block_size: u32) -> u64 {
 
 fn log_fault(blocks: std::ops::Range<u64>) -> u64 {
     tracing::warn!(
+        event = "tracking_fault",
         first_block = blocks.start,
         blocks = blocks.end - blocks.start,
         "tracking fault: these blocks changed but the change tracker did not report them (shipped now)"

@@ -289,7 +289,7 @@ fn plan_ranges(
     let (previous, since) = match kept.recorded() {
         Ok(found) => found,
         Err(reason) => {
-            tracing::info!(tracker = tracker.name(), %reason, "full scan this cycle");
+            tracing::info!(event = "fallback_full_scan", tracker = tracker.name(), %reason, "full scan this cycle");
             return set_all(opened, Some(reason));
         }
     };
@@ -297,7 +297,7 @@ fn plan_ranges(
         Changes::Ranges(ranges) => ranges,
         Changes::Everything { reason } => {
             if let Some(reason) = &reason {
-                tracing::warn!(tracker = tracker.name(), %reason, "full scan this cycle");
+                tracing::warn!(event = "fallback_full_scan", tracker = tracker.name(), %reason, "full scan this cycle");
             }
             return set_all(opened, reason);
         }

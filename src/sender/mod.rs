@@ -6,6 +6,7 @@
 
 pub mod audit;
 mod base;
+pub mod dry_run;
 mod error;
 pub mod fanout;
 mod health;
@@ -62,6 +63,8 @@ pub struct CycleConfig {
     /// At most this many bytes per second read from the source by a cycle's scan
     /// (`--read-limit`), so that a full scan or an audit leaves the disk to the workload.
     pub read_limit: Option<u64>,
+    /// Run after each committed cycle (`--post-commit`), by the daemon.
+    pub post_commit: Option<crate::snapshot::hooks::PostCommit>,
 }
 
 /// What every cycle of a run works with besides its configuration.
@@ -256,7 +259,7 @@ fn ranges_to_scan(
         true => match kept.previous(since) {
             Ok(view) => Some(view),
             Err(reason) => {
-                tracing::info!(tracker = tracker.name(), %reason, "full scan this cycle");
+                tracing::info!(event = "fallback_full_scan", tracker = tracker.name(), %reason, "full scan this cycle");
                 return (everything, Some(reason));
             }
         },
@@ -275,7 +278,7 @@ fn ranges_to_scan(
         }
         Changes::Everything { reason } => {
             if let Some(reason) = &reason {
-                tracing::warn!(tracker = tracker.name(), %reason, "full scan this cycle");
+                tracing::warn!(event = "fallback_full_scan", tracker = tracker.name(), %reason, "full scan this cycle");
             }
             (everything, reason)
         }

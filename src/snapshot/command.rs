@@ -102,16 +102,28 @@ pub fn run(program: &Path, args: &[String], env: &[(&str, &str)]) -> std::io::Re
 /// How often a running program is looked at for a stop request.
 const STOP_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
+/// How a bounded run ([`run_bounded`]) ended.
+pub enum Bounded {
+    /// The program exited (successfully or not).
+    Finished(Ran),
+    /// A stop was requested: the program's process group was killed.
+    Stopped,
+    /// It ran past its time limit: its process group was killed.
+    TimedOut,
+}
+
 /// Like [`run`], but the program runs in a process group of its own and the whole group is
-/// killed (SIGKILL) as soon as `stop` is set: `Ok(None)` then. For commands that may be
+/// killed (SIGKILL) as soon as `stop` is set or `timeout` has passed. For commands that may be
 /// abandoned safely (hooks), never for lvm2 tools, which must finish what they start.
-pub fn run_until_stopped(
+pub fn run_bounded(
     program: &Path,
     args: &[String],
     env: &[(&str, &str)],
     stop: &AtomicBool,
-) -> std::io::Result<Option<Ran>> {
+    timeout: Option<std::time::Duration>,
+) -> std::io::Result<Bounded> {
     use std::os::unix::process::CommandExt;
+    let started = std::time::Instant::now();
     let mut expression = duct::cmd(program, args)
         .stdin_null()
         .stdout_capture()
@@ -127,19 +139,25 @@ pub fn run_until_stopped(
     let handle = expression.start()?;
     loop {
         if let Some(output) = handle.try_wait()? {
-            return Ok(Some(Ran {
+            return Ok(Bounded::Finished(Ran {
                 status: output.status,
                 stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
                 stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
             }));
         }
-        if stop.load(Ordering::Relaxed) {
+        let stopped = stop.load(Ordering::Relaxed);
+        let late = timeout.is_some_and(|limit| started.elapsed() >= limit);
+        if stopped || late {
             for pid in handle.pids() {
                 let group = nix::unistd::Pid::from_raw(-(pid as i32));
                 let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
             }
             let _ = handle.wait();
-            return Ok(None);
+            return Ok(if stopped {
+                Bounded::Stopped
+            } else {
+                Bounded::TimedOut
+            });
         }
         std::thread::sleep(STOP_POLL);
     }
@@ -276,7 +294,7 @@ mod tests {
         let script = format!("echo $$ > '{}'; sleep 600 & wait", pid_file.display());
         let stop = AtomicBool::new(false);
         let ran = std::thread::scope(|scope| {
-            let runner = scope.spawn(|| run_until_stopped(&sh, &["-c".into(), script], &[], &stop));
+            let runner = scope.spawn(|| run_bounded(&sh, &["-c".into(), script], &[], &stop, None));
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
             while !pid_file.exists() && std::time::Instant::now() < deadline {
                 std::thread::sleep(std::time::Duration::from_millis(10));
@@ -284,7 +302,10 @@ mod tests {
             stop.store(true, Ordering::Relaxed);
             runner.join().unwrap().unwrap()
         });
-        assert!(ran.is_none(), "a stopped run reports no outcome");
+        assert!(
+            matches!(ran, Bounded::Stopped),
+            "a stopped run reports no outcome"
+        );
         let group: i32 = std::fs::read_to_string(&pid_file)
             .unwrap()
             .trim()

@@ -6,11 +6,19 @@
 //! hook was started, even when the pre hook or the snapshot failed, so a thaw is never
 //! skipped. A failing pre hook aborts the cycle; a failing post hook releases the snapshot and
 //! fails the cycle too. Hooks see `BLKMIRROR_SOURCE` and `BLKMIRROR_HOOK` (`pre` or `post`).
+//! Every hook is killed (with its process group) after its time limit (`--hook-timeout`,
+//! default 60 s) and then counts as failed.
+//!
+//! [`run_post_commit`] runs the `--post-commit` hooks of both sides: after a committed
+//! generation, with the cycle's figures in `BLKMIRROR_*` variables; a failure is logged and
+//! changes nothing (the generation is committed).
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
-use super::command::{describe_status, find_program, run_until_stopped};
+use std::time::Duration;
+
+use super::command::{describe_status, find_program, run_bounded, Bounded};
 use super::{FrozenView, SnapshotError, SnapshotProvider};
 
 /// A provider with hooks around its snapshots.
@@ -18,6 +26,7 @@ pub struct Hooked {
     inner: Box<dyn SnapshotProvider>,
     pre: Option<String>,
     post: Option<String>,
+    timeout: Duration,
 }
 
 impl Hooked {
@@ -26,17 +35,28 @@ impl Hooked {
         inner: Box<dyn SnapshotProvider>,
         pre: Option<String>,
         post: Option<String>,
+        timeout: Duration,
     ) -> Box<dyn SnapshotProvider> {
         if pre.is_none() && post.is_none() {
             return inner;
         }
-        Box::new(Hooked { inner, pre, post })
+        Box::new(Hooked {
+            inner,
+            pre,
+            post,
+            timeout,
+        })
     }
 
     fn post(&self, source: &Path) -> Result<(), SnapshotError> {
         match &self.post {
             // A thaw is never skipped, not even on a stop.
-            Some(command) => run_hook("post", command, source, &AtomicBool::new(false)),
+            Some(command) => run_hook(
+                "post",
+                command,
+                source,
+                (&AtomicBool::new(false), self.timeout),
+            ),
             None => Ok(()),
         }
     }
@@ -57,7 +77,7 @@ impl SnapshotProvider for Hooked {
 
     fn freeze(&self, source: &Path, stop: &AtomicBool) -> Result<FrozenView, SnapshotError> {
         if let Some(command) = &self.pre {
-            if let Err(pre_failed) = run_hook("pre", command, source, stop) {
+            if let Err(pre_failed) = run_hook("pre", command, source, (stop, self.timeout)) {
                 if let Err(e) = self.post(source) {
                     tracing::error!(error = %e, "post-snapshot hook after a failed pre-snapshot hook");
                 }
@@ -90,30 +110,38 @@ pub fn run_hook(
     which: &'static str,
     command: &str,
     source: &Path,
-    stop: &AtomicBool,
+    (stop, timeout): (&AtomicBool, Duration),
 ) -> Result<(), SnapshotError> {
-    let sh = find_program("sh").unwrap_or_else(|| "/bin/sh".into());
     let source_text = source.display().to_string();
     let env = [
         ("BLKMIRROR_SOURCE", source_text.as_str()),
         ("BLKMIRROR_HOOK", which),
     ];
-    let args = ["-c".to_string(), command.to_string()];
-    let ran =
-        run_until_stopped(&sh, &args, &env, stop).map_err(|error| SnapshotError::HookSpawn {
-            which,
-            command: command.to_string(),
-            error,
-        })?;
-    let Some(ran) = ran else {
-        tracing::info!(hook = which, "hook killed: stop requested");
-        return Err(SnapshotError::Stopped);
-    };
-    for line in ran.stdout.lines().chain(ran.stderr.lines()) {
-        if !line.trim().is_empty() {
-            tracing::info!(hook = which, "{line}");
+    let ran = match run_shell(command, &env, stop, timeout) {
+        Err(error) => {
+            return Err(SnapshotError::HookSpawn {
+                which,
+                command: command.to_string(),
+                error,
+            })
         }
-    }
+        Ok(Bounded::Stopped) => {
+            tracing::info!(hook = which, "hook killed: stop requested");
+            return Err(SnapshotError::Stopped);
+        }
+        Ok(Bounded::TimedOut) => {
+            return Err(SnapshotError::Hook {
+                which,
+                command: command.to_string(),
+                status: format!(
+                    "killed after the hook timeout of {}",
+                    humantime::format_duration(timeout)
+                ),
+                last_line: "see the log for its output".into(),
+            })
+        }
+        Ok(Bounded::Finished(ran)) => ran,
+    };
     if ran.success() {
         return Ok(());
     }
@@ -123,6 +151,64 @@ pub fn run_hook(
         status: describe_status(&ran.status),
         last_line: ran.last_stderr_line(),
     })
+}
+
+/// Runs `command` with `sh -c` and `env`, bounded by `stop` and `timeout` (zero: no limit,
+/// the default of [`super::SnapshotOptions`] built in code); logs what it
+/// printed, a line at a time (field `hook`).
+fn run_shell(
+    command: &str,
+    env: &[(&str, &str)],
+    stop: &AtomicBool,
+    timeout: Duration,
+) -> std::io::Result<Bounded> {
+    let sh = find_program("sh").unwrap_or_else(|| "/bin/sh".into());
+    let args = ["-c".to_string(), command.to_string()];
+    let which = env
+        .iter()
+        .find(|(k, _)| *k == "BLKMIRROR_HOOK")
+        .map_or("hook", |(_, v)| v);
+    let limit = Some(timeout).filter(|t| !t.is_zero());
+    let ran = run_bounded(&sh, &args, env, stop, limit)?;
+    if let Bounded::Finished(ran) = &ran {
+        for line in ran.stdout.lines().chain(ran.stderr.lines()) {
+            if !line.trim().is_empty() {
+                tracing::info!(hook = which, "{line}");
+            }
+        }
+    }
+    Ok(ran)
+}
+
+/// A `--post-commit` hook: its command and time limit.
+#[derive(Clone, Debug)]
+pub struct PostCommit {
+    /// The shell command.
+    pub command: String,
+    /// Killed after this long.
+    pub timeout: Duration,
+}
+
+/// Runs a `--post-commit` hook with `env` (besides `BLKMIRROR_HOOK=post-commit`); a failure
+/// is logged (event `hook_failed`) and changes nothing else. Blocking.
+pub fn run_post_commit(hook: &PostCommit, env: &[(&str, String)]) {
+    let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    all.push(("BLKMIRROR_HOOK", "post-commit"));
+    let failed = match run_shell(&hook.command, &all, &AtomicBool::new(false), hook.timeout) {
+        Ok(Bounded::Finished(ran)) if ran.success() => return,
+        Ok(Bounded::Finished(ran)) => format!(
+            "{}: {}",
+            describe_status(&ran.status),
+            ran.last_stderr_line()
+        ),
+        Ok(Bounded::TimedOut) => format!(
+            "killed after the hook timeout of {}",
+            humantime::format_duration(hook.timeout)
+        ),
+        Ok(Bounded::Stopped) => "stopped".into(),
+        Err(e) => format!("cannot start it: {e}"),
+    };
+    tracing::warn!(event = "hook_failed", hook = "post-commit", command = %hook.command, error = %failed, "post-commit hook failed (the generation is committed)");
 }
 
 #[cfg(test)]
@@ -199,7 +285,7 @@ mod tests {
                 fail,
                 released: self.released.clone(),
             };
-            Hooked::wrap(Box::new(fake), pre, post)
+            Hooked::wrap(Box::new(fake), pre, post, Duration::from_secs(60))
         }
 
         fn logged(&self) -> String {

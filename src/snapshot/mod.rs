@@ -361,6 +361,8 @@ pub struct SnapshotOptions {
     /// Shell command run just after the snapshot (e.g. `fsfreeze -u`); runs even when the
     /// snapshot failed.
     pub post_snapshot: Option<String>,
+    /// Each hook is killed after this long and counts as failed.
+    pub hook_timeout: std::time::Duration,
 }
 
 /// A way to freeze a source.
@@ -414,6 +416,7 @@ pub fn provider(
         inner,
         options.pre_snapshot.clone(),
         options.post_snapshot.clone(),
+        options.hook_timeout,
     ))
 }
 

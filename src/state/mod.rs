@@ -152,6 +152,9 @@ pub fn default_state_dir() -> PathBuf {
 pub enum StatusEntry {
     /// A receiver's record for one target.
     Receiver(ReceiverState),
+    /// A receiver's record whose target no longer exists (`status` says so rather than
+    /// repeating what the record says of it).
+    MissingTarget(ReceiverState),
     /// A sender's record for one (source, destination) pair.
     Sender(SenderStatus),
     /// A record that could not be read or parsed (or of a format this build does not know):
@@ -170,7 +173,7 @@ impl StatusEntry {
     /// `"receiver"` or `"sender"` (the `role` key of `status --json`).
     pub fn role(&self) -> &'static str {
         match self {
-            StatusEntry::Receiver(_) => "receiver",
+            StatusEntry::Receiver(_) | StatusEntry::MissingTarget(_) => "receiver",
             StatusEntry::Sender(_) => "sender",
             StatusEntry::Unreadable { role, .. } => role,
         }
@@ -181,7 +184,9 @@ impl StatusEntry {
     /// condition (`consistent`, `applying`, `interrupted`) moved to `detail`.
     pub fn to_json(&self) -> serde_json::Result<serde_json::Value> {
         let mut value = match self {
-            StatusEntry::Receiver(state) => serde_json::to_value(state)?,
+            StatusEntry::Receiver(state) | StatusEntry::MissingTarget(state) => {
+                serde_json::to_value(state)?
+            }
             StatusEntry::Sender(status) => serde_json::to_value(status)?,
             StatusEntry::Unreadable { path, error, .. } => serde_json::json!({
                 "path": path,
@@ -194,13 +199,16 @@ impl StatusEntry {
             value["lag_seconds"] = sender::lag_seconds(status, now()).into();
             value["consecutive_failures"] = status.consecutive_failures.into();
         }
-        if let StatusEntry::Receiver(state) = self {
-            value["condition"] = match Path::new(&state.target).exists() {
-                true => condition_summary(state.condition),
-                false => "missing",
+        match self {
+            StatusEntry::Receiver(state) => {
+                value["condition"] = condition_summary(state.condition).into();
+                value["detail"] = serde_json::to_value(state.condition)?;
             }
-            .into();
-            value["detail"] = serde_json::to_value(state.condition)?;
+            StatusEntry::MissingTarget(state) => {
+                value["condition"] = "missing".into();
+                value["detail"] = serde_json::to_value(state.condition)?;
+            }
+            _ => {}
         }
         Ok(value)
     }
@@ -232,6 +240,9 @@ pub fn list(state_dir: &Path) -> io::Result<Vec<StatusEntry>> {
         |role, path: PathBuf, error: String| StatusEntry::Unreadable { role, path, error };
     for file in json_files(&state_dir.join("targets"), "state.json")? {
         match receiver::read_state(&file) {
+            Ok(Some(state)) if !Path::new(&state.target).exists() => {
+                entries.push(StatusEntry::MissingTarget(state))
+            }
             Ok(Some(state)) => entries.push(StatusEntry::Receiver(state)),
             Ok(None) => {}
             Err(e) => entries.push(unreadable("receiver", file, e.to_string())),
@@ -245,6 +256,52 @@ pub fn list(state_dir: &Path) -> io::Result<Vec<StatusEntry>> {
         }
     }
     Ok(entries)
+}
+
+/// Deletes the records named `entry` (`status --forget`): a receiver's whole state for the
+/// target of that path (refused while a receiver holds its lock), and a sender's records for
+/// the destination of that text (its status, manifest, kept-snapshot and audit records; a kept
+/// snapshot is then removed by that sender's next start). Returns a line per record forgotten.
+pub fn forget(state_dir: &Path, entry: &str) -> io::Result<Vec<String>> {
+    let mut forgotten = Vec::new();
+    for file in json_files(&state_dir.join("targets"), "state.json")? {
+        let Ok(Some(state)) = receiver::read_state(&file) else {
+            continue;
+        };
+        if state.target != entry {
+            continue;
+        }
+        let paths = ReceiverPaths::new(state_dir, Path::new(&state.target));
+        let Some(_lock) = paths.lock()? else {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!("receiver {entry} is in use (a running receiver holds its lock)"),
+            ));
+        };
+        fs::remove_dir_all(&paths.dir)?;
+        forgotten.push(format!("receiver {entry}: forgot {}", paths.dir.display()));
+    }
+    for file in json_files(&state_dir.join("sources"), ".json")? {
+        let Ok(Some(status)) = read_json::<SenderStatus>(&file) else {
+            continue;
+        };
+        if status.dest != entry {
+            continue;
+        }
+        let stem = file.with_extension("");
+        for extension in ["json", "manifest", "kept", "audit"] {
+            match fs::remove_file(stem.with_extension(extension)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        forgotten.push(format!(
+            "sender {} -> {entry}: forgot {}",
+            status.source,
+            stem.display()
+        ));
+    }
+    Ok(forgotten)
 }
 
 fn json_files(root: &Path, suffix: &str) -> io::Result<Vec<PathBuf>> {

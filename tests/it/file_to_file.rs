@@ -385,3 +385,44 @@ fn block_size_option_sets_the_granularity() {
         assert_identical(&src, &tgt);
     }
 }
+
+/// `send --dry-run` says what a cycle would send (exactly the changed blocks, compared with
+/// the committed manifest) and writes nothing: the target, the status and the next real
+/// cycle are as if it had not run.
+#[test]
+fn dry_run_counts_what_would_be_sent_and_writes_nothing() {
+    let t = Scratch::new("dry-run");
+    let src = t.path("source.img");
+    write_random_file(&src, 4 * MIB, 1901);
+    let tgt = t.path("target.img");
+    let state = t.dir("state");
+    send_once(s(&src), s(&tgt), &state, &[]);
+    let before = read_all(&src);
+    random_writes(&src, &mut Rng::new(1902), 5, 4 * KIB, 100 * KIB);
+    let changed = changed_blocks(&before, &read_all(&src), BLOCK).len() as u64;
+    let target_then = read_all(&tgt);
+    // Status without the lag, which grows by itself.
+    let records = || {
+        let mut all = status(&state);
+        for entry in &mut all {
+            entry.as_object_mut().unwrap().remove("lag_seconds");
+        }
+        all
+    };
+    let status_then = records();
+    let mut args = send_args(s(&src), s(&tgt), &state);
+    args.push("--dry-run".into());
+    let out = run(&args);
+    out.assert_success();
+    let lines = out.json_lines();
+    assert_eq!(lines.len(), 1, "{out:?}");
+    assert_eq!(lines[0]["dry_run"], true);
+    assert_eq!(lines[0]["dest"], s(&tgt));
+    assert_eq!(lines[0]["base_generation"], 1);
+    assert_eq!(lines[0]["blocks_changed"], changed, "{out:?}");
+    assert_eq!(read_all(&tgt), target_then, "a dry run wrote the target");
+    assert_eq!(records(), status_then, "a dry run changed the state");
+    let real = send_once(s(&src), s(&tgt), &state, &[]);
+    assert_eq!(real.generation, 2);
+    assert_eq!(real.blocks_changed, changed);
+}

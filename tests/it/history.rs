@@ -3,7 +3,7 @@
 //! policy and an injected `now`, restored and compared byte for byte with the content at their
 //! generation; files not made by history left alone; leftovers of a crash removed unless held;
 //! the clear refusals (ext4 without reflink, a history dir on another filesystem, a block
-//! device).
+//! device that is no LV).
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, PermissionsExt};
@@ -318,26 +318,37 @@ fn history_dir_on_another_filesystem_is_refused() {
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
 }
 
+/// A block device that is no LV (a loop device) is refused with one line, before any lvm2
+/// command and without creating anything. (Thin LVs, and the refusal of classic LVs, are
+/// proven on real LVM in the guest: `lvm_guest::history`.)
 #[test]
-fn block_device_targets_are_not_supported_yet() {
+fn block_devices_that_are_not_lvs_are_refused() {
     let t = Scratch::new("history-blockdev");
     let image = t.path("disk.img");
     File::create(&image).unwrap().set_len(16 * MIB).unwrap();
     let dev = LoopDevice::attach(&image);
     let dir = t.path("history");
     let expected = format!(
-        "snapshots of the target are not supported yet for block devices: {} is a block device; history works for image-file targets on xfs (reflink=1) or btrfs",
+        "history cannot keep snapshots of {}: it is a block device but not an LVM logical volume; history works for image files on xfs (reflink=1) or btrfs, and for thin LVs",
         dev.as_str()
     );
     let error = history::classify(dev.path()).unwrap_err();
     assert_eq!(error.to_string(), expected);
     let error = history::take(dev.path(), &dir, 1, T0).unwrap_err();
     assert_eq!(error.to_string(), expected);
+    let error = history::Store::for_target(dev.path(), None).unwrap_err();
+    assert_eq!(error.to_string(), expected);
     assert!(!dir.exists(), "nothing was created for a refused target");
     assert_eq!(
         history::classify(&image).unwrap(),
         history::TargetKind::File
     );
+    // The command line says the same in one line, for receive --keep and history.
+    let line = format!("blkmirror: error: {expected}");
+    let out = run(&["receive", "--stdio", "--keep", "1h:10m", dev.as_str()]);
+    assert_eq!(out.assert_error(1, &["not an LVM logical volume"]), line);
+    let out = run(&["history", "list", dev.as_str()]);
+    assert_eq!(out.assert_error(2, &["not an LVM logical volume"]), line);
 }
 
 /// The whole path: a TLS receiver with `--keep` keeps a snapshot of each committed

@@ -32,6 +32,8 @@ const PAGES: &[&str] = &[
     "blkmirror-history-restore",
     "blkmirror-man",
     "blkmirror-completions",
+    "blkmirror-run",
+    "blkmirror-check-config",
 ];
 
 #[test]
@@ -384,10 +386,14 @@ fn notify_receiver_pings_the_watchdog_systemd_asks_for() {
 /// The unit files shipped in contrib/systemd.
 fn units() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/systemd");
-    ["blkmirror-send@.service", "blkmirror-receive@.service"]
-        .iter()
-        .map(|name| dir.join(name))
-        .collect()
+    [
+        "blkmirror-send@.service",
+        "blkmirror-receive@.service",
+        "blkmirror.service",
+    ]
+    .iter()
+    .map(|name| dir.join(name))
+    .collect()
 }
 
 #[test]
@@ -414,7 +420,10 @@ fn systemd_units_pass_systemd_analyze_verify() {
         let exec = "ExecStart=/usr/local/bin/blkmirror ";
         assert_eq!(text.matches(exec).count(), 1, "{}", unit.display());
         let copy = t.path(unit.file_name().unwrap().to_str().unwrap());
-        fs::write(&copy, text.replace(exec, &format!("ExecStart={} ", bin()))).unwrap();
+        let text = text.replace(exec, &format!("ExecStart={} ", bin()));
+        let pre = "ExecStartPre=/usr/local/bin/blkmirror ";
+        let text = text.replace(pre, &format!("ExecStartPre={} ", bin()));
+        fs::write(&copy, text).unwrap();
         copies.push(copy);
     }
     let mut args: Vec<String> = vec!["verify".into()];
@@ -480,9 +489,21 @@ fn systemd_units_are_notify_services_of_one_volume_each() {
             "ProtectSystem=strict".to_string(),
             "PrivateTmp=yes".to_string(),
             "StateDirectory=blkmirror".to_string(),
-            format!("EnvironmentFile=/etc/blkmirror/{side}-%i.env"),
-            format!("ExecStart=/usr/local/bin/blkmirror {side} $BLKMIRROR_ARGS"),
         ] {
+            assert!(lines.contains(&wanted.as_str()), "{name} lacks {wanted}");
+        }
+        let own: Vec<String> = match name {
+            "blkmirror.service" => vec![
+                "ExecStart=/usr/local/bin/blkmirror run --config /etc/blkmirror/blkmirror.toml"
+                    .into(),
+                "ExecReload=/bin/kill -HUP $MAINPID".into(),
+            ],
+            _ => vec![
+                format!("EnvironmentFile=/etc/blkmirror/{side}-%i.env"),
+                format!("ExecStart=/usr/local/bin/blkmirror {side} $BLKMIRROR_ARGS"),
+            ],
+        };
+        for wanted in own {
             assert!(lines.contains(&wanted.as_str()), "{name} lacks {wanted}");
         }
         // Device access stays possible: no PrivateDevices, block devices allowed.

@@ -246,3 +246,51 @@ fn status_shows_failures_lag_absolute_sources_and_missing_targets() {
     let text = run(&["status", "--state-dir", s(&state)]);
     assert!(text.stdout_text().contains("MISSING"), "{text:?}");
 }
+
+/// `status --forget ENTRY` deletes the records of a receiver's target and of a sender's
+/// destination of that name, refuses a receiver in use, and says so when nothing matches.
+#[test]
+fn status_forget_deletes_the_records_of_one_entry() {
+    let t = Scratch::new("status-forget");
+    let src = t.path("source.img");
+    write_random_file(&src, MIB, 1801);
+    let (a, b) = (t.path("a.img"), t.path("b.img"));
+    let state = t.dir("state");
+    for tgt in [&a, &b] {
+        let mut args = send_args(s(&src), s(tgt), &state);
+        args.push("--once".into());
+        run(&args).assert_success();
+    }
+    assert_eq!(status(&state).len(), 4);
+    // A receiver in use (its lock held) is refused, and nothing is deleted.
+    let lock_dir = std::fs::read_dir(state.join("targets"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|d| {
+            std::fs::read_to_string(d.join("state.json"))
+                .unwrap()
+                .contains(s(&a))
+        })
+        .unwrap();
+    let file = std::fs::File::open(lock_dir.join("lock")).unwrap();
+    let held = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
+    let forget = ["status", "--state-dir", s(&state), "--forget", s(&a)];
+    run(&forget).assert_error(1, &["in use"]);
+    assert_eq!(status(&state).len(), 4);
+    drop(held);
+    let out = run(&forget);
+    out.assert_success();
+    assert_eq!(
+        out.stdout.len(),
+        2,
+        "a receiver and a sender record: {out:?}"
+    );
+    let left = status(&state);
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(
+        left.iter()
+            .all(|e| e["dest"] == s(&b) || e["target"] == s(&b)),
+        "{left:?}"
+    );
+    run(&forget).assert_error(1, &["no receiver target or sender destination named"]);
+}

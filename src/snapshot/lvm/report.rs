@@ -37,6 +37,9 @@ pub struct LvRow {
     /// A thin volume's device id in its pool (`thin_id`).
     #[serde(deserialize_with = "number")]
     pub thin_id: Option<u64>,
+    /// The LV's tags (`lv_tags`: a comma-separated string, or a list in `json_std`).
+    #[serde(deserialize_with = "tags")]
+    pub lv_tags: Vec<String>,
 }
 
 /// One `vgs` row.
@@ -103,6 +106,28 @@ fn signed<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
     scalar(d)?
         .map(|s| s.parse::<i64>().map_err(serde::de::Error::custom))
         .transpose()
+}
+
+/// `"a,b"`, `["a","b"]`, `""` or null: the tags, empty ones dropped.
+fn tags<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let value = serde_json::Value::deserialize(d)?;
+    let words: Vec<String> = match value {
+        serde_json::Value::Null => Vec::new(),
+        serde_json::Value::String(s) => s.split(',').map(str::to_string).collect(),
+        serde_json::Value::Array(items) => items
+            .into_iter()
+            .map(|item| match item {
+                serde_json::Value::String(s) => Ok(s),
+                other => Err(serde::de::Error::custom(format!("unexpected tag {other}"))),
+            })
+            .collect::<Result<_, _>>()?,
+        other => return Err(serde::de::Error::custom(format!("unexpected {other}"))),
+    };
+    Ok(words
+        .into_iter()
+        .map(|w| w.trim().to_string())
+        .filter(|w| !w.is_empty())
+        .collect())
 }
 
 fn percent<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
@@ -281,6 +306,16 @@ mod tests {
         let nulls = r#"{"report":[{"lv":[{"lv_name":"x","lv_size":null,"snap_percent":null}]}]}"#;
         let row = &parse_lvs(nulls).unwrap()[0];
         assert_eq!((row.lv_size, row.snap_percent), (None, None));
+    }
+
+    #[test]
+    fn parses_tags_as_string_or_list() {
+        let json = r#"{"report":[{"lv":[{"lv_name":"a","lv_tags":"blkmirror-history,other"},{"lv_name":"b","lv_tags":""},{"lv_name":"c","lv_tags":["x","y"]},{"lv_name":"d"}]}]}"#;
+        let rows = parse_lvs(json).unwrap();
+        assert_eq!(rows[0].lv_tags, ["blkmirror-history", "other"]);
+        assert!(rows[1].lv_tags.is_empty());
+        assert_eq!(rows[2].lv_tags, ["x", "y"]);
+        assert!(rows[3].lv_tags.is_empty());
     }
 
     #[test]

@@ -14,12 +14,15 @@
 //!
 //! Developer command (the whole suite, 20-25 minutes): `cargo nextest run lvm_guest::`
 //! (or `cargo test --test it lvm_guest:: -- --nocapture` to watch the guest's output as it
-//! runs).
+//! runs). `LVM_GUEST_ONLY=history::` (any part of a test name after `lvm_guest::`) boots the
+//! guest for the matching in-guest tests only, e.g.
+//! `LVM_GUEST_ONLY=history:: cargo test --test it lvm_acceptance_in_guest -- --nocapture`.
 //!
 //! Waiting is always polling a condition with a deadline; every process a test starts is
 //! stopped by PID (the `Proc` guard), every LV by name.
 
 mod harness;
+mod history;
 mod snapshots;
 mod trackers;
 
@@ -59,12 +62,24 @@ fn suite_filter() -> String {
     format!("{module}::")
 }
 
-/// The names of this module's ignored tests, listed on the host.
+/// Narrows the in-guest run to the tests whose name, after `lvm_guest::`, starts with its
+/// value (unset or empty: every one).
+const ONLY_ENV: &str = "LVM_GUEST_ONLY";
+
+/// The filter the guest runs: [`suite_filter`], narrowed by [`ONLY_ENV`].
+fn guest_filter() -> String {
+    match std::env::var(ONLY_ENV) {
+        Ok(only) if !only.is_empty() => format!("{}{only}", suite_filter()),
+        _ => suite_filter(),
+    }
+}
+
+/// The names of this module's ignored tests that the guest is to run, listed on the host.
 fn ignored_tests(exe: &Path) -> Vec<String> {
     let filter = suite_filter();
     let out = run_program(
         s(exe),
-        &["--list", "--ignored", "--format", "terse", &filter],
+        &["--list", "--ignored", "--format", "terse", &guest_filter()],
         Duration::from_secs(60),
     );
     out.assert_success();
@@ -121,7 +136,11 @@ fn lvm_acceptance_in_guest() {
     require_guest_tooling();
     let exe = std::env::current_exe().expect("current_exe");
     let expected = ignored_tests(&exe);
-    assert!(!expected.is_empty(), "no ignored (in-guest) tests listed");
+    assert!(
+        !expected.is_empty(),
+        "no ignored (in-guest) tests listed for the filter {:?}",
+        guest_filter()
+    );
 
     let script = repo().join("ci/guest/run-in-guest.sh");
     let started = Instant::now();
@@ -133,7 +152,7 @@ fn lvm_acceptance_in_guest() {
             "--ignored",
             "--test-threads=1",
             "--nocapture",
-            &suite_filter(),
+            &guest_filter(),
         ],
         Some(&repo()),
         &[("GUEST_TIMEOUT", &GUEST_TIMEOUT.as_secs().to_string())],
