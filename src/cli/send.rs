@@ -142,7 +142,7 @@ fn destinations(texts: &[String]) -> Result<Vec<Destination>, CliError> {
 
 /// DEST parsed; a local path made absolute, so state is keyed alike from any directory.
 fn destination(text: &str) -> Result<Destination, CliError> {
-    Ok(match parse_destination(text).map_err(usage)? {
+    Ok(match parse_destination(text).map_err(usage)?.canonical() {
         Destination::Local(path) => Destination::Local(receiver::absolute(&path)),
         other => other,
     })

@@ -129,6 +129,14 @@ fn describe_sender(status: &SenderStatus, now: u64) -> String {
         0 => String::new(),
         n => format!("; AUDIT FOUND {n} TRACKING FAULTS (blocks the tracker had missed; shipped)"),
     };
+    let next = match status.next_cycle_at {
+        Some(at) if at >= now => format!("; next cycle in {}s", at - now),
+        Some(at) => format!(
+            "; next cycle due since {} (is the sender running?)",
+            format_time(at)
+        ),
+        None => String::new(),
+    };
     let lag = crate::state::sender::lag_seconds(status, now)
         .map(|s| {
             format!(
@@ -138,7 +146,7 @@ fn describe_sender(status: &SenderStatus, now: u64) -> String {
         })
         .unwrap_or_default();
     format!(
-        "sender   {} -> {}: generation {} committed {}{lag}; last cycle {} of {} blocks changed, {} read{tracker}, {} sent{full_scan}{audit}{failing}",
+        "sender   {} -> {}: generation {} committed {}{lag}; last cycle {} of {} blocks changed, {} read{tracker}, {} sent{full_scan}{audit}{failing}{next}",
         status.source,
         status.dest,
         status.generation,
@@ -220,6 +228,7 @@ mod tests {
             snapshot_at: None,
             last_failure: None,
             consecutive_failures: 0,
+            next_cycle_at: None,
         }
     }
 

@@ -14,7 +14,7 @@ use crate::sender::fanout::{run_fanout_cycle, FanoutCycle, FanoutDest};
 use crate::sender::{CycleConfig, CycleContext, CycleReport, SendError};
 
 use super::link::{Link, LinkConfig};
-use super::{backoff, stopped_all, DaemonError, Ended, Engines, Mode, Signals, WIND_DOWN};
+use super::{backoff, stopped_all, DaemonError, Ended, Engines, Mode, Signals};
 
 /// Everything the fan-out loop needs.
 pub struct FanoutConfig {
@@ -116,6 +116,12 @@ pub async fn run(
                 }
             }
         };
+        for slot in &slots {
+            let at = slot.retry_at.map_or(wait, |at| {
+                at.saturating_duration_since(Instant::now()).max(wait)
+            });
+            super::note_next_cycle(&config.cycle, &identity, &slot.name, Some(at));
+        }
         if config.boundary.requested() {
             break;
         }
@@ -182,21 +188,11 @@ async fn one_cycle(
     if !dests.is_empty() {
         let (cycle, cycle_ctx) = (config.cycle.clone(), ctx.clone());
         let span = tracing::info_span!("cycle", source = %config.cycle.source.display());
-        let mut running = tokio::task::spawn_blocking(move || {
+        let cycle_thread = move || {
             let _entered = span.enter();
             run_fanout_cycle(&dests, &cycle, &cycle_ctx)
-        });
-        let result = tokio::select! {
-            result = &mut running => result.expect("cycle thread panicked"),
-            _ = signals.recv() => {
-                tracing::info!("signal received mid-cycle; stopping");
-                ctx.stop.store(true, Ordering::Relaxed);
-                if tokio::time::timeout(WIND_DOWN, running).await.is_err() {
-                    tracing::warn!("the cycle did not wind down within {WIND_DOWN:?}; leaving it");
-                }
-                return None;
-            }
         };
+        let result = super::on_cycle_thread(cycle_thread, signals, &ctx.stop).await?;
         match result {
             Ok(FanoutCycle { outcomes, snapshot }) => {
                 for outcome in outcomes {

@@ -185,6 +185,7 @@ pub async fn run(
                 return Err(error);
             }
         };
+        note_next_cycle(&config.cycle, &identity, &config.cycle.dest, Some(wait));
         if config.boundary.requested() {
             break;
         }
@@ -297,21 +298,11 @@ async fn one_cycle(
         dest = %config.cycle.dest,
         generation = tracing::field::Empty
     );
-    let mut running = tokio::task::spawn_blocking(move || {
+    let cycle_thread = move || {
         let _entered = span.enter();
         run_cycle(&endpoint, &cycle, &cycle_ctx)
-    });
-    let result = tokio::select! {
-        result = &mut running => result.expect("cycle thread panicked"),
-        _ = signals.recv() => {
-            tracing::info!("signal received mid-cycle; stopping");
-            ctx.stop.store(true, Ordering::Relaxed);
-            if tokio::time::timeout(WIND_DOWN, running).await.is_err() {
-                tracing::warn!("the cycle did not wind down within {WIND_DOWN:?}; leaving it");
-            }
-            return None;
-        }
     };
+    let result = on_cycle_thread(cycle_thread, signals, &ctx.stop).await?;
     Some(match result {
         Ok(report) => Ok(report),
         Err(e) if e.is_ours() => {
@@ -329,6 +320,15 @@ async fn one_cycle(
         }
         Err(e) => Err(e.into()),
     })
+}
+
+/// Records in the destination's status when its next cycle is planned (`None`: not at all).
+fn note_next_cycle(cycle: &CycleConfig, identity: &str, dest: &str, wait: Option<Duration>) {
+    let paths = SenderPaths::new(&cycle.state_dir, identity, dest);
+    let at = wait.map(|w| crate::state::now().saturating_add(w.as_secs()));
+    if let Err(e) = crate::state::sender::record_next_cycle(&paths, at) {
+        tracing::debug!(path = %paths.status.display(), error = %e, "cannot record the next cycle");
+    }
 }
 
 /// Logs a failed cycle (event `cycle_failed`) and records it in the destination's status
@@ -403,6 +403,27 @@ fn log_committed(report: &CycleReport) {
         ms = report.duration_ms.total,
         "cycle committed"
     );
+}
+
+/// Runs `cycle` on a thread of its own; `None` when a signal came first: the stop flag is
+/// then set and the cycle given [`WIND_DOWN`] to end.
+async fn on_cycle_thread<T: Send + 'static>(
+    cycle: impl FnOnce() -> T + Send + 'static,
+    signals: &mut Signals,
+    stop: &AtomicBool,
+) -> Option<T> {
+    let mut running = tokio::task::spawn_blocking(cycle);
+    tokio::select! {
+        result = &mut running => Some(result.expect("cycle thread panicked")),
+        _ = signals.recv() => {
+            tracing::info!("signal received mid-cycle; stopping");
+            stop.store(true, Ordering::Relaxed);
+            if tokio::time::timeout(WIND_DOWN, running).await.is_err() {
+                tracing::warn!("the cycle did not wind down within {WIND_DOWN:?}; leaving it");
+            }
+            None
+        }
+    }
 }
 
 /// After a stop: lets an in-process receiver record the abort, then reports the stop.

@@ -10,8 +10,9 @@
 //! Only canonical names are recognised (the name this module would print for the numbers it
 //! reads), so a file someone else named `gen-042-...` is not mistaken for ours.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use super::error::HistoryError;
 use super::retention::Snapshot;
 
 const PREFIX: &str = "gen-";
@@ -61,6 +62,33 @@ pub fn is_partial(name: &str) -> bool {
 
 fn is_digits(text: &str) -> bool {
     !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Where a restore to `dest` (a new file) is made before it is renamed into place: a hidden
+/// partial name beside it. Refuses a `dest` that exists (a restore never overwrites) or that
+/// names no file.
+pub fn restore_partial(dest: &Path) -> Result<PathBuf, HistoryError> {
+    if dest.symlink_metadata().is_ok() {
+        return Err(HistoryError::DestinationExists {
+            dest: dest.to_owned(),
+        });
+    }
+    let Some(name) = dest.file_name() else {
+        return Err(HistoryError::Io {
+            what: "restore needs the path of a new file, not",
+            path: dest.to_owned(),
+            error: std::io::ErrorKind::InvalidInput.into(),
+        });
+    };
+    let dest_dir = match dest.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    Ok(dest_dir.join(format!(
+        ".{}.blkmirror-restore-{}.partial",
+        name.to_string_lossy(),
+        std::process::id()
+    )))
 }
 
 /// One snapshot (in a history directory, or a thin snapshot LV).

@@ -222,27 +222,10 @@ pub fn restore(dir: &Path, generation: u64, dest: &Path) -> Result<Entry, Histor
             })
         }
     };
-    if dest.symlink_metadata().is_ok() {
-        return Err(HistoryError::DestinationExists {
-            dest: dest.to_owned(),
-        });
-    }
-    let Some(name) = dest.file_name() else {
-        return Err(HistoryError::Io {
-            what: "restore needs the path of a new file, not",
-            path: dest.to_owned(),
-            error: io::ErrorKind::InvalidInput.into(),
-        });
-    };
-    let dest_dir = match dest.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    let partial = dest_dir.join(format!(
-        ".{}.blkmirror-restore-{}.partial",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    let partial = super::naming::restore_partial(dest)?;
+    let dest_dir = partial
+        .parent()
+        .expect("a partial name beside the destination");
     let held = clone_fresh(&entry.path, &partial).map_err(|f| match f {
         CloneFailure::Ficlone(Errno::EXDEV) => HistoryError::RestoreCrossDevice {
             snapshot: entry.path.clone(),

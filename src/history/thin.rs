@@ -278,27 +278,10 @@ pub fn restore(vg: &str, lv: &str, generation: u64, dest: &Path) -> Result<Entry
             })
         }
     };
-    if dest.symlink_metadata().is_ok() {
-        return Err(HistoryError::DestinationExists {
-            dest: dest.to_owned(),
-        });
-    }
-    let Some(name) = dest.file_name() else {
-        return Err(HistoryError::Io {
-            what: "restore needs the path of a new file, not",
-            path: dest.to_owned(),
-            error: io::ErrorKind::InvalidInput.into(),
-        });
-    };
-    let dest_dir = match dest.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    let partial = dest_dir.join(format!(
-        ".{}.blkmirror-restore-{}.partial",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    let partial = super::naming::restore_partial(dest)?;
+    let dest_dir = partial
+        .parent()
+        .expect("a partial name beside the destination");
     let active = Activated::new(&snap)?;
     let result = copy_to_new(&active.path(), &partial).and_then(|()| {
         clone::rename_noreplace(&partial, dest).map_err(|errno| match errno {

@@ -379,6 +379,7 @@ fn save_status(paths: &SenderPaths, identity: &str, report: &CycleReport) -> Res
         snapshot_at: Some(committed_at.saturating_sub(report.duration_ms.total / 1000)),
         last_failure: previous.and_then(|p| p.last_failure),
         consecutive_failures: 0,
+        next_cycle_at: None,
     };
     crate::state::write_json(&paths.status, &status).map_err(|source| SendError::State {
         path: paths.status.clone(),

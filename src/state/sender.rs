@@ -66,10 +66,26 @@ pub struct SenderStatus {
     /// Cycles that failed since the last commit (0 after a commit).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub consecutive_failures: u32,
+    /// Unix time (seconds) the looping sender plans its next cycle (or retry) for; absent when
+    /// the run ended (`--once`) or stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cycle_at: Option<u64>,
 }
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
+}
+
+/// Records when the looping sender plans its next cycle for this destination (best effort: a
+/// destination with no record yet gets none).
+pub fn record_next_cycle(paths: &SenderPaths, at: Option<u64>) -> std::io::Result<()> {
+    match super::read_json::<SenderStatus>(&paths.status) {
+        Ok(Some(mut status)) if status.next_cycle_at != at => {
+            status.next_cycle_at = at;
+            super::write_json(&paths.status, &status)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The age, at `now`, of the source data the destination holds (seconds since the snapshot its
@@ -120,6 +136,7 @@ pub fn record_failure(
             snapshot_at: None,
             last_failure: None,
             consecutive_failures: 0,
+            next_cycle_at: None,
         },
     };
     status.last_failure = Some(Failure {

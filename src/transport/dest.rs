@@ -38,6 +38,33 @@ pub enum Destination {
     },
 }
 
+impl Destination {
+    /// One spelling per destination, so that its state has one key and `status` one entry:
+    /// a TLS host in lower case (host names and IPv6 literals are case-insensitive; the parser
+    /// already lowers ssh hosts), an ssh port 22 left implicit.
+    pub fn canonical(self) -> Destination {
+        match self {
+            Destination::Tls { host, port, name } => Destination::Tls {
+                host: host.to_ascii_lowercase(),
+                port,
+                name,
+            },
+            Destination::Ssh {
+                user,
+                host,
+                port: Some(22),
+                path,
+            } => Destination::Ssh {
+                user,
+                host,
+                port: None,
+                path,
+            },
+            other => other,
+        }
+    }
+}
+
 impl fmt::Display for Destination {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -234,6 +261,24 @@ fn parse_port(text: &str) -> Result<u16, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_spelling_per_destination() {
+        let canonical = |text: &str| parse_destination(text).unwrap().canonical().to_string();
+        assert_eq!(
+            canonical("tls://Backup.EXAMPLE:7300/Web1"),
+            "tls://backup.example:7300/Web1"
+        );
+        assert_eq!(
+            canonical("ssh://root@Host:22/srv/x"),
+            "ssh://root@host/srv/x"
+        );
+        assert_eq!(
+            canonical("ssh://root@host:2222/srv/x"),
+            "ssh://root@host:2222/srv/x"
+        );
+        assert_eq!(canonical("/srv/x"), "/srv/x");
+    }
 
     fn ok(text: &str) -> Destination {
         parse_destination(text).unwrap_or_else(|e| panic!("{text}: {e}"))

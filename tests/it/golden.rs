@@ -168,6 +168,7 @@ pub fn sample_sender_status() -> SenderStatus {
         snapshot_at: None,
         last_failure: None,
         consecutive_failures: 0,
+        next_cycle_at: None,
     }
 }
 

@@ -140,6 +140,14 @@ fn a_reload_restarts_the_changed_job_only_and_refuses_a_bad_file() {
     wait_for(bound, "both jobs go on after the reload", || {
         (generation(&state, &tgt_a) > a_then && generation(&state, &tgt_b) > b_then).then_some(())
     });
+    // A looping job says when its next cycle is.
+    let senders = status_entries(&state, "sender");
+    assert!(
+        senders
+            .iter()
+            .all(|e| e["next_cycle_at"].as_u64().is_some()),
+        "{senders:?}"
+    );
     let started_a = events(&proc, "job_started")
         .iter()
         .filter(|e| e["job"] == "a")
