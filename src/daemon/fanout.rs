@@ -14,7 +14,7 @@ use crate::sender::fanout::{run_fanout_cycle, FanoutCycle, FanoutDest};
 use crate::sender::{CycleConfig, CycleContext, CycleReport, SendError};
 
 use super::link::{Link, LinkConfig};
-use super::{backoff, stopped_all, DaemonError, Ended, Engines, Mode, Signals};
+use super::{backoff, stopped_all, DaemonError, Ended, Engines, Mode, Pause, Signals};
 
 /// Everything the fan-out loop needs.
 pub struct FanoutConfig {
@@ -122,17 +122,10 @@ pub async fn run(
             });
             super::note_next_cycle(&config.cycle, &identity, &slot.name, Some(at));
         }
-        if config.boundary.requested() {
-            break;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = config.boundary.wait() => break,
-            _ = signals.recv() => {
-                tracing::info!("signal received between cycles; stopping");
-                stop.store(true, Ordering::Relaxed);
-                return Ok(stopped_all(slots.into_iter().filter_map(|s| s.link)).await);
-            }
+        match super::pause(wait, &config.boundary, &mut signals, &stop).await {
+            Pause::Elapsed => {}
+            Pause::Boundary => break,
+            Pause::Signal => return Ok(stopped_all(slots.into_iter().filter_map(|s| s.link)).await),
         }
     }
     close_all(slots).await;

@@ -186,17 +186,10 @@ pub async fn run(
             }
         };
         note_next_cycle(&config.cycle, &identity, &config.cycle.dest, Some(wait));
-        if config.boundary.requested() {
-            break;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = config.boundary.wait() => break,
-            _ = signals.recv() => {
-                tracing::info!("signal received between cycles; stopping");
-                stop.store(true, Ordering::Relaxed);
-                return Ok(stopped(link).await);
-            }
+        match pause(wait, &config.boundary, &mut signals, &stop).await {
+            Pause::Elapsed => {}
+            Pause::Boundary => break,
+            Pause::Signal => return Ok(stopped(link).await),
         }
     }
     if let Some(link) = link {
@@ -403,6 +396,38 @@ fn log_committed(report: &CycleReport) {
         ms = report.duration_ms.total,
         "cycle committed"
     );
+}
+
+/// How a pause between cycles ended.
+enum Pause {
+    /// The wait is over: next cycle.
+    Elapsed,
+    /// The run's end was asked for at this boundary.
+    Boundary,
+    /// A signal: the stop flag is set.
+    Signal,
+}
+
+/// Waits `wait` between cycles, or less when the end of the run is asked for at a boundary
+/// (see [`Boundary`]) or a signal comes (the stop flag is then set).
+async fn pause(
+    wait: Duration,
+    boundary: &Boundary,
+    signals: &mut Signals,
+    stop: &AtomicBool,
+) -> Pause {
+    if boundary.requested() {
+        return Pause::Boundary;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => Pause::Elapsed,
+        _ = boundary.wait() => Pause::Boundary,
+        _ = signals.recv() => {
+            tracing::info!("signal received between cycles; stopping");
+            stop.store(true, Ordering::Relaxed);
+            Pause::Signal
+        }
+    }
 }
 
 /// Runs `cycle` on a thread of its own; `None` when a signal came first: the stop flag is

@@ -91,6 +91,20 @@ pub fn restore_partial(dest: &Path) -> Result<PathBuf, HistoryError> {
     )))
 }
 
+/// Renames a restore's partial file to `dest`, never over an existing file.
+pub fn put_restored(partial: &Path, dest: &Path) -> Result<(), HistoryError> {
+    crate::fsclone::rename_noreplace(partial, dest).map_err(|errno| match errno {
+        nix::errno::Errno::EEXIST => HistoryError::DestinationExists {
+            dest: dest.to_owned(),
+        },
+        errno => HistoryError::Io {
+            what: "cannot rename the restored file to",
+            path: dest.to_owned(),
+            error: errno.into(),
+        },
+    })
+}
+
 /// One snapshot (in a history directory, or a thin snapshot LV).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {

@@ -240,16 +240,7 @@ pub fn restore(dir: &Path, generation: u64, dest: &Path) -> Result<Entry, Histor
             path: partial.clone(),
             error,
         })?;
-        clone::rename_noreplace(&partial, dest).map_err(|errno| match errno {
-            Errno::EEXIST => HistoryError::DestinationExists {
-                dest: dest.to_owned(),
-            },
-            errno => HistoryError::Io {
-                what: "cannot rename the restored file to",
-                path: dest.to_owned(),
-                error: errno.into(),
-            },
-        })
+        super::naming::put_restored(&partial, dest)
     };
     if let Err(error) = finish() {
         let _ = std::fs::remove_file(&partial);

@@ -26,8 +26,6 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use nix::errno::Errno;
-
 use super::clone;
 use super::error::HistoryError;
 use super::naming::Entry;
@@ -283,18 +281,8 @@ pub fn restore(vg: &str, lv: &str, generation: u64, dest: &Path) -> Result<Entry
         .parent()
         .expect("a partial name beside the destination");
     let active = Activated::new(&snap)?;
-    let result = copy_to_new(&active.path(), &partial).and_then(|()| {
-        clone::rename_noreplace(&partial, dest).map_err(|errno| match errno {
-            Errno::EEXIST => HistoryError::DestinationExists {
-                dest: dest.to_owned(),
-            },
-            errno => HistoryError::Io {
-                what: "cannot rename the restored file to",
-                path: dest.to_owned(),
-                error: errno.into(),
-            },
-        })
-    });
+    let result = copy_to_new(&active.path(), &partial)
+        .and_then(|()| super::naming::put_restored(&partial, dest));
     drop(active);
     if let Err(error) = result {
         let _ = std::fs::remove_file(&partial);
