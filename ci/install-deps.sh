@@ -11,6 +11,9 @@ apt-get update
 apt-get install -y --no-install-recommends \
     openssh-server openssh-client e2fsprogs xfsprogs btrfs-progs util-linux mount coreutils \
     rsync time python3 systemd man-db
+# systemd-nspawn, for tests/it/under_systemd.rs: the contrib/systemd units run by a real systemd
+# booted in a container over the host's /usr.
+apt-get install -y --no-install-recommends systemd-container
 # The QEMU guest of tests/it/lvm_guest.rs (real LVM: the host kernel has no device-mapper), booted
 # by ci/guest/run-in-guest.sh: QEMU, Debian's kernel with its modules, a static busybox for the
 # guest's initramfs (built by the script), lvm2 and the thin-pool tools used inside the guest.

@@ -36,9 +36,10 @@ pub struct Cli {
     /// The command to run.
     #[command(subcommand)]
     pub command: Command,
-    /// Log lines on stderr: text, or json (the event log: one object per line with ts,
-    /// schema, level, event and the event's fields).
-    #[arg(long, global = true, value_enum, default_value = "text")]
+    /// Where and how to log: auto (the journal, with structured fields, when stderr is
+    /// connected to it as under systemd; else text), text, json (the event log on stderr: one
+    /// object per line with ts, schema, level, event and the event's fields), or journal.
+    #[arg(long, global = true, value_enum, default_value = "auto")]
     pub log_format: LogFormat,
     /// More log detail: -v debug, -vv trace.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -51,10 +52,16 @@ pub struct Cli {
 /// `--log-format`.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
+    /// The journal when stderr is connected to it (`$JOURNAL_STREAM`, as systemd sets it),
+    /// else text.
+    Auto,
     /// One human line per event.
     Text,
     /// One JSON object per line (see docs/operations.md).
     Json,
+    /// Straight to journald, each event's fields as `BLKMIRROR_*` journal fields (text on
+    /// stderr when journald cannot be reached).
+    Journal,
 }
 
 /// The commands.

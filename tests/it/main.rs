@@ -43,4 +43,5 @@ mod ssh;
 mod stale_state;
 mod stalls;
 mod tls;
+mod under_systemd;
 mod verify_status;
