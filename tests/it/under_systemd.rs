@@ -7,7 +7,8 @@
 //! A oneshot unit inside runs [`CHECK`]: it starts `blkmirror-receive@data` and `blkmirror`
 //! (the config daemon, sending a file to that receiver over TLS on the container's loopback),
 //! waits for committed cycles through the journal's structured fields, edits the configuration
-//! and reloads, stops both, and leaves what systemd and the journal say in `results/`. The
+//! and reloads, stops it, lets `blkmirror-send@data` take the same volume over for a cycle,
+//! stops everything, and leaves what systemd and the journal say in `results/`. The
 //! test then checks it: `systemctl start` returned only after READY=1 (Type=notify), the
 //! watchdog never fired, a stop is a success (exit 0), the reload restarted the job, the
 //! journal holds each event with its `BLKMIRROR_*` fields, and the target equals the source.
@@ -49,11 +50,18 @@ before=$(count blkmirror.service BLKMIRROR_EVENT=cycle_committed)
 step cycle-after-reload until_count blkmirror.service BLKMIRROR_EVENT=cycle_committed $((before + 1))
 blkmirror status --json > $R/status.json
 step stop-run systemctl stop blkmirror
+# The per-volume template takes over the same volume, from the same state.
+step start-send systemctl start blkmirror-send@data
+show blkmirror-send@data > $R/show-send-started
+step send-cycle until_count blkmirror-send@data.service BLKMIRROR_EVENT=cycle_committed 1
+step stop-send systemctl stop blkmirror-send@data
+show blkmirror-send@data > $R/show-send-stopped
 step stop-receiver systemctl stop blkmirror-receive@data
 show blkmirror-receive@data > $R/show-receiver-stopped
 show blkmirror > $R/show-run-stopped
 journalctl --no-pager -o json _SYSTEMD_UNIT=blkmirror.service > $R/journal-run.json
 journalctl --no-pager -o json _SYSTEMD_UNIT=blkmirror-receive@data.service > $R/journal-receiver.json
+journalctl --no-pager -o json _SYSTEMD_UNIT=blkmirror-send@data.service > $R/journal-send.json
 echo done >> $R/steps
 "#;
 
@@ -72,7 +80,7 @@ StandardError=journal+console
 /// The drop-in a user would write for a file target (contrib/systemd/README.md), plus a short
 /// watchdog.
 const RECEIVER_DROP_IN: &str = "[Service]\nReadWritePaths=/srv/bm\nWatchdogSec=2s\n";
-const RUN_DROP_IN: &str = "[Service]\nWatchdogSec=2s\n";
+const SENDER_DROP_IN: &str = "[Service]\nWatchdogSec=2s\n";
 
 /// `systemctl show` output as (key, value) pairs.
 fn show(results: &Path, name: &str) -> Vec<(String, String)> {
@@ -124,12 +132,17 @@ fn the_units_run_under_a_real_systemd_and_log_structured_fields_to_its_journal()
 
     let units = t.dir("units");
     let contrib = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/systemd");
-    for unit in ["blkmirror.service", "blkmirror-receive@.service"] {
+    for unit in [
+        "blkmirror.service",
+        "blkmirror-receive@.service",
+        "blkmirror-send@.service",
+    ] {
         fs::copy(contrib.join(unit), units.join(unit)).unwrap();
     }
     for (dir, text) in [
         ("blkmirror-receive@data.service.d", RECEIVER_DROP_IN),
-        ("blkmirror.service.d", RUN_DROP_IN),
+        ("blkmirror.service.d", SENDER_DROP_IN),
+        ("blkmirror-send@data.service.d", SENDER_DROP_IN),
     ] {
         fs::create_dir_all(units.join(dir)).unwrap();
         fs::write(units.join(dir).join("test.conf"), text).unwrap();
@@ -153,6 +166,15 @@ fn the_units_run_under_a_real_systemd_and_log_structured_fields_to_its_journal()
             "[job.data]\nsource = \"/srv/bm/src.img\"\ndest = [\"tls://127.0.0.1:7300\"]\n\
              identity = \"/etc/blkmirror/sid\"\npeer = \"{receiver_fp}\"\n\
              snapshot = \"none\"\ninterval = \"1s\"\n"
+        ),
+    )
+    .unwrap();
+
+    fs::write(
+        etc.join("send-data.env"),
+        format!(
+            "BLKMIRROR_ARGS=/srv/bm/src.img tls://127.0.0.1:7300 --snapshot none \
+             --interval 1s --identity /etc/blkmirror/sid --peer {receiver_fp}\n"
         ),
     )
     .unwrap();
@@ -201,6 +223,9 @@ fn the_units_run_under_a_real_systemd_and_log_structured_fields_to_its_journal()
         "job-restarted",
         "cycle-after-reload",
         "stop-run",
+        "start-send",
+        "send-cycle",
+        "stop-send",
         "stop-receiver",
     ];
     for step in expected_steps {
@@ -213,7 +238,11 @@ fn the_units_run_under_a_real_systemd_and_log_structured_fields_to_its_journal()
     assert!(steps.lines().any(|l| l == "done"), "{}", context());
 
     // Type=notify: `systemctl start` returned once READY=1 came, and the loop was running.
-    for name in ["show-receiver-started", "show-run-started"] {
+    for name in [
+        "show-receiver-started",
+        "show-run-started",
+        "show-send-started",
+    ] {
         assert_shows(
             &results,
             name,
@@ -221,7 +250,11 @@ fn the_units_run_under_a_real_systemd_and_log_structured_fields_to_its_journal()
         );
     }
     // A requested stop is a success (exit 0), and the 2 s watchdog never restarted either.
-    for name in ["show-receiver-stopped", "show-run-stopped"] {
+    for name in [
+        "show-receiver-stopped",
+        "show-run-stopped",
+        "show-send-stopped",
+    ] {
         assert_shows(
             &results,
             name,
@@ -267,6 +300,18 @@ fn the_units_run_under_a_real_systemd_and_log_structured_fields_to_its_journal()
         !events(&run, "config_reloaded").is_empty(),
         "config_reloaded"
     );
+
+    // The template unit went on from the generation the config daemon had reached.
+    let send = journal(&results, "journal-send.json");
+    let sent = events(&send, "cycle_committed");
+    let generation = |e: &Value| -> u64 {
+        field(e, "BLKMIRROR_GENERATION")
+            .and_then(|g| g.parse().ok())
+            .unwrap_or_else(|| panic!("no generation in {e}"))
+    };
+    let last_of_run = generation(committed[committed.len() - 1]);
+    assert!(!sent.is_empty(), "blkmirror-send@data committed nothing");
+    assert_eq!(generation(sent[0]), last_of_run + 1, "{}", sent[0]);
 
     let receiver = journal(&results, "journal-receiver.json");
     let generations = events(&receiver, "generation_committed");
