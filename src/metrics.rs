@@ -1,12 +1,13 @@
 //! Prometheus metrics (`send --metrics-listen ADDR`, `receive --metrics-listen ADDR`): one
 //! process-wide registry (`prometheus-client`) that the engines feed through a few free
-//! functions ([`cycle_committed`], [`cycle_failed`], [`receiver_committed`],
-//! [`receiver_aborted`], [`scrub_finished`]), and a small HTTP responder on
+//! functions ([`cycle_committed`], [`cycle_failed`], [`snapshot_fill`], [`thin_pool_usage`],
+//! [`receiver_committed`], [`receiver_aborted`], [`scrub_finished`]), and a small HTTP responder on
 //! the process's tokio runtime that answers `GET /metrics` with the OpenMetrics text format
 //! (which Prometheus scrapes natively), 404 for any other path and 405 for any other method.
 //!
 //! The registry exists whether or not it is served: feeding it costs a few atomic adds per
-//! cycle. Lag is computed at scrape time (now minus the snapshot time of the committed
+//! cycle. The snapshot space figures cost an `lvs` per cycle, so the sender reads them only
+//! when the metrics are served ([`served`]). Lag is computed at scrape time (now minus the snapshot time of the committed
 //! generation), so it grows while a destination is down. docs/metrics.md lists every metric.
 //!
 //! The responder reads at most [`MAX_REQUEST`] bytes of request head within [`READ_TIMEOUT`],
@@ -15,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -47,6 +48,20 @@ struct DestLabels {
     dest: String,
 }
 
+/// The labels of a snapshot's fill: the source path and which snapshot of it (`cycle`, `kept`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SnapshotLabels {
+    source: String,
+    snapshot: String,
+}
+
+/// The labels of a thin pool's usage: the source path and the pool (`VG/POOL`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    source: String,
+    pool: String,
+}
+
 /// The label of a receiver's metrics: the target path.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TargetLabels {
@@ -70,6 +85,9 @@ struct Metrics {
     consecutive_failures: Family<DestLabels, Gauge>,
     tracking_faults: Family<DestLabels, Counter>,
     full_scans: Family<DestLabels, Counter>,
+    snapshot_fill: Family<SnapshotLabels, FloatGauge>,
+    pool_data: Family<PoolLabels, FloatGauge>,
+    pool_metadata: Family<PoolLabels, FloatGauge>,
     /// Unix time (seconds) of the snapshot each destination's committed generation was read
     /// from: the lag is computed from it at scrape time.
     snapshot_at: Mutex<HashMap<DestLabels, f64>>,
@@ -95,6 +113,9 @@ impl Metrics {
             consecutive_failures: Family::default(),
             tracking_faults: Family::default(),
             full_scans: Family::default(),
+            snapshot_fill: Family::default(),
+            pool_data: Family::default(),
+            pool_metadata: Family::default(),
             snapshot_at: Mutex::new(HashMap::new()),
             receiver_generation: Family::default(),
             receiver_bytes_written: Family::default(),
@@ -158,6 +179,21 @@ impl Metrics {
             "blkmirror_full_scans",
             "Committed cycles whose scan covered the whole source",
             m.full_scans.clone(),
+        );
+        r.register(
+            "blkmirror_snapshot_fill_ratio",
+            "Fraction of a classic LVM snapshot's copy-on-write space used, read at the end of the last cycle (snapshot: cycle, the one it read; kept, the one the change tracker kept from the cycle before, just before its release)",
+            m.snapshot_fill.clone(),
+        );
+        r.register(
+            "blkmirror_thin_pool_data_ratio",
+            "Fraction of the thin pool's data space used, read at the end of the last cycle",
+            m.pool_data.clone(),
+        );
+        r.register(
+            "blkmirror_thin_pool_metadata_ratio",
+            "Fraction of the thin pool's metadata space used, read at the end of the last cycle",
+            m.pool_metadata.clone(),
         );
         r.register(
             "blkmirror_receiver_committed_generation",
@@ -274,6 +310,53 @@ pub fn cycle_failed(source: &str, dest: &str) {
     }
 }
 
+/// Sets `family`'s series for `labels` to `value`, or removes it when there is none (a figure
+/// that could not be read is absent, never stale).
+fn set_or_remove<L>(family: &Family<L, FloatGauge>, labels: &L, value: Option<f64>)
+where
+    L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug,
+{
+    match value {
+        Some(v) => {
+            family.get_or_create(labels).set(v);
+        }
+        None => {
+            family.remove(labels);
+        }
+    }
+}
+
+/// The fill (0 to 1) of `source`'s classic snapshot `snapshot` (`cycle`: the one the cycle
+/// read; `kept`: the one the change tracker kept from the cycle before), as read at the end of
+/// a cycle; `None` when it could not be read.
+pub fn snapshot_fill(source: &str, snapshot: &str, fill: Option<f64>) {
+    let labels = SnapshotLabels {
+        source: source.to_string(),
+        snapshot: snapshot.to_string(),
+    };
+    set_or_remove(&metrics().snapshot_fill, &labels, fill);
+}
+
+/// The usage (0 to 1) of the thin pool `pool` (`VG/POOL`) holding `source`'s snapshots, as
+/// read at the end of a cycle; `None` for a figure that could not be read.
+pub fn thin_pool_usage(source: &str, pool: &str, data: Option<f64>, metadata: Option<f64>) {
+    let m = metrics();
+    let labels = PoolLabels {
+        source: source.to_string(),
+        pool: pool.to_string(),
+    };
+    set_or_remove(&m.pool_data, &labels, data);
+    set_or_remove(&m.pool_metadata, &labels, metadata);
+}
+
+/// Whether this process serves its metrics (`--metrics-listen`): figures that cost a command
+/// to read are read only then.
+pub fn served() -> bool {
+    SERVED.load(Ordering::Relaxed)
+}
+
+static SERVED: AtomicBool = AtomicBool::new(false);
+
 /// The receiver committed `generation` to `target`, having written `bytes_written` bytes.
 pub fn receiver_committed(target: &str, generation: u64, bytes_written: u64) {
     let m = metrics();
@@ -359,6 +442,7 @@ impl Listener {
             .map_err(|source| ListenError { addr, source })?;
         tracing::info!(%addr, "metrics on http://{addr}/metrics");
         tokio::spawn(accept_loop(listener));
+        SERVED.store(true, Ordering::Relaxed);
         Ok(addr)
     }
 }
@@ -565,6 +649,49 @@ mod tests {
         assert_eq!(get("blkmirror_receiver_bytes_written_total"), Some(120.0));
         assert_eq!(get("blkmirror_receiver_cycles_aborted_total"), Some(1.0));
         assert_eq!(get("blkmirror_receiver_drift_blocks"), Some(7.0));
+    }
+
+    #[test]
+    fn snapshot_space_is_set_and_removed_when_unknown() {
+        snapshot_fill("/dev/vg/unit-c", "cycle", Some(0.25));
+        snapshot_fill("/dev/vg/unit-c", "kept", Some(0.5));
+        thin_pool_usage("/dev/vg/unit-d", "vg/pool", Some(0.125), Some(0.0625));
+        let text = render();
+        let get = |text: &str, name, labels| sample(text, name, labels);
+        let cycle = r#"source="/dev/vg/unit-c",snapshot="cycle""#;
+        let kept = r#"source="/dev/vg/unit-c",snapshot="kept""#;
+        let pool = r#"source="/dev/vg/unit-d",pool="vg/pool""#;
+        assert_eq!(
+            get(&text, "blkmirror_snapshot_fill_ratio", cycle),
+            Some(0.25)
+        );
+        assert_eq!(get(&text, "blkmirror_snapshot_fill_ratio", kept), Some(0.5));
+        assert_eq!(
+            get(&text, "blkmirror_thin_pool_data_ratio", pool),
+            Some(0.125)
+        );
+        assert_eq!(
+            get(&text, "blkmirror_thin_pool_metadata_ratio", pool),
+            Some(0.0625)
+        );
+        // A figure that could not be read is absent, not stale.
+        snapshot_fill("/dev/vg/unit-c", "kept", None);
+        thin_pool_usage("/dev/vg/unit-d", "vg/pool", Some(0.25), None);
+        let text = render();
+        assert_eq!(
+            get(&text, "blkmirror_snapshot_fill_ratio", cycle),
+            Some(0.25)
+        );
+        assert_eq!(get(&text, "blkmirror_snapshot_fill_ratio", kept), None);
+        assert_eq!(
+            get(&text, "blkmirror_thin_pool_data_ratio", pool),
+            Some(0.25)
+        );
+        assert_eq!(
+            get(&text, "blkmirror_thin_pool_metadata_ratio", pool),
+            None,
+            "{text}"
+        );
     }
 
     #[test]

@@ -111,6 +111,8 @@ done
 while read -r mod; do
     [ -n "$mod" ] && insmod "$mod" 2>/dev/null
 done < /modules.order
+# Loopback (down at boot; no other network): tests serve and scrape on 127.0.0.1.
+ip link set lo up || echo "guest init: cannot bring the loopback interface up" >&2
 
 P9="trans=virtio,version=9p2000.L,msize=512000"
 # The host's root, read-only and cached (it does not change under a test run).

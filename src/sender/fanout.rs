@@ -226,15 +226,21 @@ pub fn run_fanout_cycle(
     if read == everything && !committed.is_empty() {
         audit::record(&group.audit, generation);
     }
-    let snapshot = rotate(ctx, frozen, &committed);
+    let snapshot = rotate(ctx, config, frozen, &committed);
     Ok(FanoutCycle { outcomes, snapshot })
 }
 
 /// Keeps the snapshot for the tracker when some destination committed it (all that did hold
 /// the same root), else releases it.
-fn rotate(ctx: &CycleContext, frozen: Frozen, committed: &[&CycleReport]) -> Result<(), SendError> {
+fn rotate(
+    ctx: &CycleContext,
+    config: &CycleConfig,
+    frozen: Frozen,
+    committed: &[&CycleReport],
+) -> Result<(), SendError> {
     let Frozen { source, view, .. } = frozen;
     drop(source);
+    super::space::record(ctx, &config.source, &view);
     let roots_agree = committed.windows(2).all(|w| w[0].root == w[1].root);
     let newest = committed.iter().map(|r| r.generation).max();
     match (ctx.tracker.keeps_previous(), newest, committed.first()) {

@@ -12,6 +12,7 @@ pub mod fanout;
 mod health;
 pub mod packing;
 mod report;
+mod space;
 mod stream;
 
 pub use error::SendError;
@@ -163,6 +164,7 @@ pub fn run_cycle(
         view,
     } = frozen;
     drop(source);
+    space::record(ctx, &config.source, &view);
     if ctx.tracker.keeps_previous() {
         let mut kept = ctx.kept.lock().expect("kept views lock");
         kept.keep(view, dest.generation, manifest.root())?;

@@ -19,7 +19,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use super::command::{describe_status, find_program, run_bounded, Bounded};
-use super::{FrozenView, SnapshotError, SnapshotProvider};
+use super::{FrozenView, SnapshotError, SnapshotProvider, Space};
 
 /// A provider with hooks around its snapshots.
 pub struct Hooked {
@@ -73,6 +73,10 @@ impl SnapshotProvider for Hooked {
 
     fn reopen(&self, name: &str) -> Result<Option<FrozenView>, SnapshotError> {
         self.inner.reopen(name)
+    }
+
+    fn space(&self, snapshots: &[&str]) -> Space {
+        self.inner.space(snapshots)
     }
 
     fn freeze(&self, source: &Path, stop: &AtomicBool) -> Result<FrozenView, SnapshotError> {

@@ -365,6 +365,30 @@ pub struct SnapshotOptions {
     pub hook_timeout: std::time::Duration,
 }
 
+/// How full the space behind a provider's snapshots is, for the metrics (docs/metrics.md).
+/// Each figure is a fraction, 0 to 1.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Space {
+    /// The provider's snapshots take no space worth watching (`reflink`, `none`).
+    None,
+    /// Classic snapshots: the fill of each copy-on-write space asked about, by snapshot name
+    /// (1 for one the kernel invalidated). A snapshot missing here could not be read.
+    Cow(Vec<(String, f64)>),
+    /// Thin snapshots: their pool's usage.
+    ThinPool(PoolSpace),
+}
+
+/// A thin pool's usage (`lvs -o data_percent,metadata_percent VG/POOL`, as fractions).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolSpace {
+    /// The pool, `VG/POOL`.
+    pub pool: String,
+    /// How full its data space is (`None`: it could not be read).
+    pub data: Option<f64>,
+    /// How full its metadata space is (`None`: it could not be read).
+    pub metadata: Option<f64>,
+}
+
 /// A way to freeze a source.
 pub trait SnapshotProvider: Send + Sync {
     /// The provider's `--snapshot` name (`lvm`, `lvm-thin`, `reflink`, `none`).
@@ -384,6 +408,12 @@ pub trait SnapshotProvider: Send + Sync {
     /// Freezes `source` for one cycle. Long steps that may be abandoned safely (hooks) end
     /// early when `stop` is set, with [`SnapshotError::Stopped`].
     fn freeze(&self, source: &Path, stop: &AtomicBool) -> Result<FrozenView, SnapshotError>;
+    /// For the metrics: how full the space behind this provider's snapshots is now, for the
+    /// snapshots named (by [`FrozenView::name`]). Never fails: a figure that cannot be read is
+    /// left out, and the failure logged (a warning the first time, debug after).
+    fn space(&self, _snapshots: &[&str]) -> Space {
+        Space::None
+    }
 }
 
 /// The provider for a `--snapshot` choice and a source, with the hooks around it. `auto` is

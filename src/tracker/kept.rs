@@ -104,6 +104,12 @@ impl KeptViews {
         Ok((&kept.view, since))
     }
 
+    /// The kept snapshot's name, when there is one (found when first asked).
+    pub fn kept_name(&mut self) -> Option<String> {
+        let _ = self.load();
+        self.kept.as_ref().map(|k| k.record.snapshot.clone())
+    }
+
     fn load(&mut self) -> Result<(), String> {
         if self.loaded {
             return Ok(());

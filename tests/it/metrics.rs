@@ -4,8 +4,7 @@
 //! the generation moves on). A receiver after one `send --once`. Bad and taken addresses.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -28,27 +27,6 @@ const SENDER_METRICS: [&str; 12] = [
     "blkmirror_full_scans_total",
 ];
 
-/// One request to the endpoint: (status code, body).
-fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("cannot connect to the metrics endpoint {addr}: {e}"));
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(stream, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no header end in {response:?}"));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"));
-    (code, body.to_string())
-}
-
 /// A scrape: each sample `name{labels}` and its value.
 struct Scrape {
     samples: HashMap<String, (String, f64)>,
@@ -60,19 +38,12 @@ impl Scrape {
         let (code, text) = http(addr, "GET", "/metrics");
         assert_eq!(code, 200, "{text}");
         let mut samples = HashMap::new();
-        for line in text
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-        {
-            let (series, value) = line.rsplit_once(' ').expect("`series value`");
-            let (name, labels) = series.split_once('{').unwrap_or((series, ""));
-            let value: f64 = value
-                .parse()
-                .unwrap_or_else(|_| panic!("not a number: {line:?}"));
-            let labels = labels.trim_end_matches('}').to_string();
+        for sample in crate::support::samples(&text) {
             assert!(
-                samples.insert(name.to_string(), (labels, value)).is_none(),
-                "one series per metric expected here: {line:?}\n{text}"
+                samples
+                    .insert(sample.name.clone(), (sample.labels.clone(), sample.value))
+                    .is_none(),
+                "one series per metric expected here: {sample:?}\n{text}"
             );
         }
         Scrape { samples, text }
@@ -91,17 +62,6 @@ impl Scrape {
     fn labels(&self, name: &str) -> &str {
         &self.samples[name].0
     }
-}
-
-/// The address in the `metrics on http://ADDR/metrics` log line.
-fn metrics_addr(proc: &mut Proc) -> SocketAddr {
-    let line = proc.wait_line(Stream::Stderr, READY_TIMEOUT, "the metrics line", |l| {
-        l.contains("metrics on http://")
-    });
-    let rest = line.split("metrics on http://").nth(1).unwrap();
-    let addr = rest.split("/metrics").next().unwrap();
-    addr.parse()
-        .unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"))
 }
 
 fn unix_now() -> f64 {
@@ -275,6 +235,14 @@ const RECEIVER_METRICS: [&str; 4] = [
     "blkmirror_receiver_cycles_aborted_total",
 ];
 
+/// A sender's snapshot space metrics, per source (LVM sources only: the guest's
+/// `lvm_guest::metrics` tests scrape them).
+pub(crate) const LVM_METRICS: [&str; 3] = [
+    "blkmirror_snapshot_fill_ratio",
+    "blkmirror_thin_pool_data_ratio",
+    "blkmirror_thin_pool_metadata_ratio",
+];
+
 #[test]
 fn the_sample_alert_rules_check_and_pass_their_unit_tests() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/prometheus");
@@ -290,11 +258,14 @@ fn the_sample_alert_rules_check_and_pass_their_unit_tests() {
     assert!(used.len() >= 4, "{used:?}");
     for name in &used {
         assert!(
-            SENDER_METRICS.contains(name) || RECEIVER_METRICS.contains(name),
+            SENDER_METRICS.contains(name)
+                || RECEIVER_METRICS.contains(name)
+                || LVM_METRICS.contains(name),
             "the rules use {name}, which blkmirror does not export"
         );
     }
-    for name in SENDER_METRICS.iter().chain(&RECEIVER_METRICS) {
+    let exported = SENDER_METRICS.iter().chain(&RECEIVER_METRICS);
+    for name in exported.chain(&LVM_METRICS) {
         assert!(
             docs.contains(&format!("`{name}`")),
             "docs/metrics.md lacks {name}"

@@ -11,10 +11,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::report::{Attr, LvRow};
-use super::{require_source_lv, snapshot_row, wait_for_device, LvRef, SourceLv};
+use super::{
+    cow_fills, lvs, require_source_lv, snapshot_row, wait_for_device, LvRef, SourceLv,
+    SpaceFailures,
+};
 use crate::snapshot::command::{lvm, LvmTool};
 use crate::snapshot::naming::{is_own, source_key, Namer};
-use crate::snapshot::{Consistency, FrozenView, SnapshotError, SnapshotOptions, SnapshotProvider};
+use crate::snapshot::{
+    Consistency, FrozenView, SnapshotError, SnapshotOptions, SnapshotProvider, Space,
+};
 use crate::units::human_bytes;
 
 const MIB: u64 = 1024 * 1024;
@@ -43,6 +48,7 @@ pub struct ClassicLvm {
     origin_size: u64,
     size: Option<u64>,
     namer: Namer,
+    space_failures: SpaceFailures,
 }
 
 impl ClassicLvm {
@@ -73,6 +79,7 @@ impl ClassicLvm {
             origin_size: lv.size,
             size: options.snapshot_size,
             namer: Namer::new(source_key(&options.source_identity)),
+            space_failures: SpaceFailures::default(),
         })
     }
 
@@ -154,6 +161,25 @@ impl SnapshotProvider for ClassicLvm {
         }
         let view = classic_view(snap);
         Ok(wait_for_device(&view.path).then_some(view))
+    }
+
+    /// One `lvs` of the VG for every snapshot named.
+    fn space(&self, snapshots: &[&str]) -> Space {
+        if snapshots.is_empty() {
+            return Space::Cow(Vec::new());
+        }
+        let vg = &self.origin.vg;
+        match lvs(
+            "lv_name,lv_attr,snap_percent",
+            Some(vg),
+            "check the volume group with `lvs`",
+        ) {
+            Ok(rows) => Space::Cow(cow_fills(&rows, snapshots)),
+            Err(e) => {
+                self.space_failures.note(vg, &e);
+                Space::Cow(Vec::new())
+            }
+        }
     }
 }
 

@@ -8,6 +8,7 @@ pub mod thin;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::command::{lvm, lvm_installed, LvmTool};
@@ -280,6 +281,49 @@ pub fn snapshot_row(lv: &LvRef, fields: &str) -> Result<LvRow, SnapshotError> {
         .ok_or_else(|| SnapshotError::Vanished { lv: lv.to_string() })
 }
 
+/// Failures to read the figures of [`crate::snapshot::Space`] (they never fail a cycle):
+/// logged as a warning the first time, at debug level after, so a report lvm2 keeps refusing
+/// does not fill the log.
+#[derive(Debug, Default)]
+pub struct SpaceFailures {
+    warned: AtomicBool,
+}
+
+impl SpaceFailures {
+    /// Logs that the figures of `what` (an LV, `VG/LV`) could not be read.
+    pub fn note(&self, what: &str, error: &SnapshotError) {
+        if self.warned.swap(true, Ordering::Relaxed) {
+            tracing::debug!(lv = what, error = %error, "cannot read the snapshot space figures for the metrics");
+        } else {
+            tracing::warn!(lv = what, error = %error, "cannot read the snapshot space figures for the metrics; they are left out (logged once, then at debug level)");
+        }
+    }
+}
+
+/// The fill of each classic snapshot named in `names` that `rows` report, as a fraction (a
+/// snapshot the kernel invalidated, with no percentage, is full: 1).
+pub fn cow_fills(rows: &[LvRow], names: &[&str]) -> Vec<(String, f64)> {
+    names
+        .iter()
+        .filter_map(|name| {
+            let row = rows.iter().find(|r| r.lv_name == *name)?;
+            let invalid = Attr::parse(&row.lv_attr).is_some_and(|a| a.is_invalid_snapshot());
+            let fill = match row.snap_percent {
+                Some(percent) => fraction(percent),
+                None if invalid => 1.0,
+                None => return None,
+            };
+            Some((name.to_string(), fill))
+        })
+        .collect()
+}
+
+/// A percentage of an lvm2 report as a fraction: lvm2 prints two decimals, so the fraction is
+/// rounded to four (12.34 gives 0.1234, not 0.12340000000000001).
+pub fn fraction(percent: f64) -> f64 {
+    (percent * 100.0).round() / 10_000.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,6 +395,36 @@ mod tests {
         let lv = LvRef::new("vg0", "snap");
         assert_eq!(lv.to_string(), "vg0/snap");
         assert_eq!(lv.dev_path(), PathBuf::from("/dev/vg0/snap"));
+    }
+
+    #[test]
+    fn fills_of_the_snapshots_asked_about() {
+        let snap = |name: &str, attr: &str, percent: Option<f64>| LvRow {
+            lv_name: name.into(),
+            lv_attr: attr.into(),
+            snap_percent: percent,
+            ..LvRow::default()
+        };
+        let rows = vec![
+            snap("data", "owi-aos---", None),
+            snap("cycle", "swi-a-s---", Some(12.5)),
+            snap("kept", "swi-a-s---", Some(80.0)),
+            snap("overflowed", "swi-I-s---", None),
+            snap("odd", "swi-a-s---", None),
+        ];
+        assert_eq!(
+            cow_fills(&rows, &["cycle", "kept", "overflowed", "odd", "gone"]),
+            vec![
+                ("cycle".to_string(), 0.125),
+                ("kept".to_string(), 0.8),
+                ("overflowed".to_string(), 1.0)
+            ]
+        );
+        assert!(cow_fills(&rows, &[]).is_empty());
+        assert_eq!(fraction(22.33), 0.2233);
+        assert_eq!(fraction(11.23), 0.1123);
+        assert_eq!(fraction(100.0), 1.0);
+        assert_eq!(fraction(0.0), 0.0);
     }
 
     #[test]

@@ -34,6 +34,12 @@ pub struct LvRow {
     /// How full a snapshot's copy-on-write space is, in percent.
     #[serde(deserialize_with = "percent")]
     pub snap_percent: Option<f64>,
+    /// How full a thin pool's data space is, in percent.
+    #[serde(deserialize_with = "percent")]
+    pub data_percent: Option<f64>,
+    /// How full a thin pool's metadata space is, in percent.
+    #[serde(deserialize_with = "percent")]
+    pub metadata_percent: Option<f64>,
     /// A thin volume's device id in its pool (`thin_id`).
     #[serde(deserialize_with = "number")]
     pub thin_id: Option<u64>,
@@ -130,14 +136,53 @@ fn tags<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
         .collect())
 }
 
+/// A percentage field: `None` for none (`""`, `"-"`, null), an error for text that is no
+/// percentage (see [`parse_percent`]).
 fn percent<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
-    scalar(d)?
-        .map(|s| {
-            s.trim_end_matches('%')
-                .parse::<f64>()
-                .map_err(serde::de::Error::custom)
-        })
-        .transpose()
+    let Some(text) = scalar(d)? else {
+        return Ok(None);
+    };
+    match parse_percent(&text) {
+        Percent::Value(p) => Ok(Some(p)),
+        Percent::None => Ok(None),
+        Percent::Invalid => Err(serde::de::Error::custom(format!(
+            "not a percentage: {text:?}"
+        ))),
+    }
+}
+
+/// What a percentage field of an lvm2 report holds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Percent {
+    /// A percentage: 0 to 100 (lvm2 prints no other, but a larger one is kept as it is, so
+    /// that a snapshot's health check sees 100 or more as full).
+    Value(f64),
+    /// No figure: `""` (the field does not apply to the LV) or `"-"`.
+    None,
+    /// Text that is no percentage: not a number, negative, NaN or infinite.
+    Invalid,
+}
+
+/// A percentage as lvm2 prints it: `"12.34"`, with blanks around (`--noheadings` output), a
+/// `%` after, or a decimal comma (lvm2 formats numbers in the caller's locale: `"12,34"`).
+/// Never panics, whatever the text.
+pub fn parse_percent(text: &str) -> Percent {
+    let text = text.trim();
+    let text = text.strip_suffix('%').unwrap_or(text).trim();
+    if text.is_empty() || text == "-" {
+        return Percent::None;
+    }
+    // A decimal comma, but not a thousands separator (a percentage has no thousands).
+    let normalized = match text.matches(',').count() {
+        0 => text.to_string(),
+        1 if !text.contains('.') => text.replace(',', "."),
+        _ => return Percent::Invalid,
+    };
+    // The checks also refuse what else parses as a float: NaN, inf.
+    match normalized.parse::<f64>() {
+        Ok(p) if p.is_finite() && p >= 0.0 => Percent::Value(p),
+        _ => Percent::Invalid,
+    }
 }
 
 /// `lv_attr` decoded (see lvs(8), "The lv_attr bits are").
@@ -294,6 +339,60 @@ mod tests {
         let attr = Attr::parse(&row.lv_attr).unwrap();
         assert!(attr.is_invalid_snapshot());
         assert_eq!(attr.state_words(), "invalid");
+    }
+
+    #[test]
+    fn percentages_as_lvm2_prints_them() {
+        let value = |text: &str| match parse_percent(text) {
+            Percent::Value(p) => p,
+            other => panic!("{text:?}: {other:?}"),
+        };
+        assert_eq!(value("12.34"), 12.34);
+        assert_eq!(value("  12.34"), 12.34);
+        assert_eq!(value("  12.34\n"), 12.34);
+        assert_eq!(value("0.00"), 0.0);
+        assert_eq!(value("100.00"), 100.0);
+        assert_eq!(value("7.5%"), 7.5);
+        assert_eq!(value("100.01"), 100.01);
+        // A locale with a decimal comma.
+        assert_eq!(value("12,34"), 12.34);
+        assert_eq!(value(" 99,90 "), 99.9);
+        for none in ["", "   ", "-", " - ", "%"] {
+            assert_eq!(parse_percent(none), Percent::None, "{none:?}");
+        }
+        for bad in [
+            "abc", "1,2,3", "1,234.5", "12.3.4", ".", ",", "-5", "-0.5", "NaN", "inf", "1e400",
+            "12 34", "\u{0}",
+        ] {
+            assert_eq!(parse_percent(bad), Percent::Invalid, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn parses_pool_usage() {
+        // `lvs --reportformat json --units b --nosuffix -o lv_name,lv_attr,data_percent,
+        // metadata_percent vgt/pool`, and a thin LV's row (no metadata figure).
+        let json = r#"  {
+      "report": [
+          {
+              "lv": [
+                  {"lv_name":"pool", "lv_attr":"twi-aotz--", "data_percent":"12.34", "metadata_percent":"10.94"},
+                  {"lv_name":"thin", "lv_attr":"Vwi-aotz--", "data_percent":"49,80", "metadata_percent":""}
+              ]
+          }
+      ]
+  }"#;
+        let rows = parse_lvs(json).unwrap();
+        assert_eq!(
+            (rows[0].data_percent, rows[0].metadata_percent),
+            (Some(12.34), Some(10.94))
+        );
+        assert_eq!(
+            (rows[1].data_percent, rows[1].metadata_percent),
+            (Some(49.8), None)
+        );
+        let bad = r#"{"report":[{"lv":[{"lv_name":"pool","data_percent":"lots"}]}]}"#;
+        assert!(parse_lvs(bad).is_err());
     }
 
     #[test]

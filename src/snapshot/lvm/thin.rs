@@ -13,15 +13,22 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use super::report::{Attr, LvRow};
-use super::{require_source_lv, snapshot_row, wait_for_device, LvRef, SourceLv};
+use super::{
+    fraction, lvs, require_source_lv, snapshot_row, wait_for_device, LvRef, SourceLv, SpaceFailures,
+};
 use crate::snapshot::command::{lvm, LvmTool};
 use crate::snapshot::naming::{is_own, source_key, Namer};
-use crate::snapshot::{Consistency, FrozenView, SnapshotError, SnapshotOptions, SnapshotProvider};
+use crate::snapshot::{
+    Consistency, FrozenView, PoolSpace, SnapshotError, SnapshotOptions, SnapshotProvider, Space,
+};
 
 /// Thin snapshots of one thin LV.
 pub struct ThinLvm {
     origin: LvRef,
+    /// The origin's thin pool (`None`: lvs did not name it).
+    pool: Option<LvRef>,
     namer: Namer,
+    space_failures: SpaceFailures,
 }
 
 /// One cycle's thin snapshot.
@@ -68,9 +75,12 @@ impl ThinLvm {
                 "--snapshot-size is ignored: thin snapshots take their space from the thin pool"
             );
         }
+        let pool = (!lv.row.pool_lv.is_empty()).then(|| LvRef::new(&lv.lv.vg, &lv.row.pool_lv));
         Ok(ThinLvm {
             origin: lv.lv,
+            pool,
             namer: Namer::new(source_key(&options.source_identity)),
+            space_failures: SpaceFailures::default(),
         })
     }
 }
@@ -123,6 +133,30 @@ impl SnapshotProvider for ThinLvm {
         let view = thin_view(ThinSnapshot { lv: lv.clone() });
         activate(&lv)?;
         Ok(wait_for_device(&view.path).then_some(view))
+    }
+
+    /// The pool's usage, whatever the snapshots.
+    fn space(&self, _snapshots: &[&str]) -> Space {
+        let Some(pool) = &self.pool else {
+            return Space::None;
+        };
+        let rows = lvs(
+            "lv_name,data_percent,metadata_percent",
+            Some(&pool.arg()),
+            "check the thin pool with `lvs`",
+        );
+        let row = match rows {
+            Ok(rows) => rows.into_iter().find(|r| r.lv_name == pool.lv),
+            Err(e) => {
+                self.space_failures.note(&pool.arg(), &e);
+                None
+            }
+        };
+        Space::ThinPool(PoolSpace {
+            pool: pool.arg(),
+            data: row.as_ref().and_then(|r| r.data_percent).map(fraction),
+            metadata: row.and_then(|r| r.metadata_percent).map(fraction),
+        })
     }
 }
 

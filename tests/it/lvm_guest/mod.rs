@@ -23,6 +23,7 @@
 
 mod harness;
 mod history;
+mod metrics;
 mod snapshots;
 mod trackers;
 

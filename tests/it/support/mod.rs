@@ -1,7 +1,8 @@
 //! The shared harness of the integration tests: the constants every suite uses, the binary
 //! under test, per-test scratch directories, and (re-exported from the submodules) running
 //! processes with deadlines, seeded test data, byte comparison, cycle and status helpers, TLS
-//! identities and receivers, loop devices and mounts, a private sshd, and a counting allocator.
+//! identities and receivers, loop devices and mounts, a private sshd, a counting allocator, and
+//! scrapes of a metrics endpoint.
 //! A suite says `use crate::support::*;`.
 //!
 //! Every guard stops or releases what it owns in `Drop`, by PID or by device path, so a
@@ -13,6 +14,7 @@ pub mod compare;
 pub mod data;
 pub mod loopdev;
 pub mod process;
+pub mod scrape;
 pub mod sshd;
 pub mod status;
 pub mod tls;
@@ -21,6 +23,7 @@ pub use compare::*;
 pub use data::*;
 pub use loopdev::*;
 pub use process::*;
+pub use scrape::*;
 pub use sshd::*;
 pub use status::*;
 pub use tls::*;

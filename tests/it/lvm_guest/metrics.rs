@@ -1,0 +1,289 @@
+//! The snapshot space metrics on real LVM: a looping sender with `--metrics-listen` on the
+//! guest's loopback, scraped over HTTP between its cycles and compared with what `lvs` says
+//! of the same LVs: a thin pool's data and metadata usage, a classic snapshot's fill (the
+//! cycle's, and the kept one, which holds the origin's writes between cycles), and a figure
+//! `lvs` refuses (absent, logged once, and the cycles commit all the same).
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::support::*;
+
+use super::harness::*;
+
+/// The pause between the sender's cycles: time for a test to scrape, write to the origin and
+/// ask `lvs` between two cycles, under emulation, before the next cycle changes anything.
+const INTERVAL: &str = "20s";
+
+/// One `lvs` rounding unit (two decimals of a percentage), as a fraction.
+const ROUNDING: f64 = 0.0001;
+
+/// A looping sender of `x`'s origin with its metrics on 127.0.0.1 (a free port); returns it
+/// and the address it logged.
+fn metrics_sender(x: &Setup, env: &[(&str, &str)]) -> (Proc, SocketAddr) {
+    let mut args = send_args(s(&x.origin), s(&x.target), &x.state);
+    args.extend(
+        [
+            "--snapshot",
+            x.kind.provider(),
+            "--compress-level",
+            "0",
+            "--interval",
+            INTERVAL,
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ]
+        .map(String::from),
+    );
+    let mut sender = Proc::blkmirror_env("sender", &args, env);
+    let addr = metrics_addr(&mut sender);
+    assert!(addr.ip().is_loopback(), "{addr}");
+    (sender, addr)
+}
+
+/// Waits for the sender's `--json` report of `generation` (the figures are read before it is
+/// printed), then scrapes the endpoint.
+fn scrape_after(sender: &mut Proc, addr: SocketAddr, generation: u64) -> Vec<Sample> {
+    let what = format!("the report of generation {generation}");
+    sender.wait_line(Stream::Stdout, RUN_TIMEOUT, &what, |l| {
+        serde_json::from_str::<Value>(l).is_ok_and(|v| v["generation"] == generation)
+    });
+    let (code, text) = http(addr, "GET", "/metrics");
+    assert_eq!(code, 200, "{text}");
+    eprintln!("[lvm_guest]   scraped after generation {generation}");
+    samples(&text)
+}
+
+/// The value of `name` for `source` whose label `key` is `value`.
+fn sample(samples: &[Sample], name: &str, source: &Path, key: &str, value: &str) -> Option<f64> {
+    samples
+        .iter()
+        .find(|m| {
+            m.name == name && m.label("source") == Some(s(source)) && m.label(key) == Some(value)
+        })
+        .map(|m| m.value)
+}
+
+/// `lvs -o FIELD LV` as a fraction (lvm2 prints a percentage with two decimals).
+fn lvs_ratio(lv: &str, field: &str) -> f64 {
+    let text = lvm("lvs", &["--reportformat", "json", "-o", field, lv]);
+    let v: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("lvs --reportformat json is not JSON ({e}): {text}"));
+    let percent = v["report"][0]["lv"][0][field]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {field} for {lv}: {text}"));
+    let percent: f64 = percent
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{field} of {lv} is {percent:?}: {e}"));
+    percent / 100.0
+}
+
+#[track_caller]
+fn assert_close(metric: f64, lvs: f64, what: &str) {
+    assert!(
+        (metric - lvs).abs() <= ROUNDING,
+        "{what}: the metric says {metric}, lvs {lvs}"
+    );
+}
+
+/// Between two cycles, only the kept snapshot exists: the next cycle has not started.
+#[track_caller]
+fn assert_between_cycles(x: &Setup, kept: &[String]) {
+    assert_eq!(
+        x.vg.snapshots(),
+        kept,
+        "the next cycle started before the test was done between cycles: raise INTERVAL"
+    );
+}
+
+fn stop(mut sender: Proc) {
+    sender.signal(Signal::SIGTERM);
+    sender.wait_exit(RUN_TIMEOUT);
+}
+
+/// A thin LV: the pool's data and metadata usage as `lvs` reports them at the end of each
+/// cycle, and the data usage grown by the origin's writes that the kept snapshot holds.
+#[test]
+#[ignore = "runs in the QEMU guest (see lvm_acceptance_in_guest)"]
+fn thin_pool_usage_is_what_lvs_reports() {
+    let x = Setup::new("metrics-thin", Kind::Thin, LV_MIB);
+    let pool = format!("{VG}/{POOL}");
+    let (mut sender, addr) = metrics_sender(&x, &[]);
+    let data_of = |samples: &[Sample]| {
+        sample(
+            samples,
+            "blkmirror_thin_pool_data_ratio",
+            &x.origin,
+            "pool",
+            &pool,
+        )
+        .unwrap_or_else(|| panic!("no pool data ratio: {samples:?}"))
+    };
+
+    // The first cycle releases nothing: the pool is as the cycle's end read it.
+    let first = scrape_after(&mut sender, addr, 1);
+    let data = data_of(&first);
+    let metadata = sample(
+        &first,
+        "blkmirror_thin_pool_metadata_ratio",
+        &x.origin,
+        "pool",
+        &pool,
+    )
+    .unwrap_or_else(|| panic!("no pool metadata ratio: {first:?}"));
+    assert_close(data, lvs_ratio(&pool, "data_percent"), "pool data");
+    assert_close(
+        metadata,
+        lvs_ratio(&pool, "metadata_percent"),
+        "pool metadata",
+    );
+    assert!(
+        data > 0.0 && metadata > 0.0,
+        "data {data}, metadata {metadata}"
+    );
+    assert!(
+        first
+            .iter()
+            .all(|m| m.name != "blkmirror_snapshot_fill_ratio"),
+        "a thin source has no classic snapshot fill: {first:?}"
+    );
+    let kept = kept_snapshots(&x.state);
+    assert_between_cycles(&x, &kept);
+
+    // A quarter of the origin rewritten: the kept snapshot holds the old blocks, the origin
+    // has new ones, and the next cycle's end (before the kept one goes) sees both.
+    fill_random(&x.origin, LV_MIB / 4);
+    let grown = lvs_ratio(&pool, "data_percent");
+    assert!(
+        grown > data,
+        "the writes did not grow the pool: {grown} <= {data}"
+    );
+    assert_between_cycles(&x, &kept);
+    let second = scrape_after(&mut sender, addr, 2);
+    assert_close(data_of(&second), grown, "pool data after writes");
+    eprintln!("[lvm_guest]   pool data {data} -> {grown}, metadata {metadata}");
+    stop(sender);
+}
+
+/// A classic LV with the change tracker: the fill of the cycle's snapshot, then that of the
+/// snapshot kept between cycles after writes to the origin, as `lvs` reports them.
+#[test]
+#[ignore = "runs in the QEMU guest (see lvm_acceptance_in_guest)"]
+fn classic_snapshot_fill_of_the_cycle_and_of_the_kept_snapshot() {
+    let x = Setup::new("metrics-classic", Kind::Classic, LV_MIB);
+    let (mut sender, addr) = metrics_sender(&x, &[]);
+    let fill = |samples: &[Sample], which: &str| {
+        sample(
+            samples,
+            "blkmirror_snapshot_fill_ratio",
+            &x.origin,
+            "snapshot",
+            which,
+        )
+    };
+    let lv = |name: &str| format!("{VG}/{name}");
+
+    let first = scrape_after(&mut sender, addr, 1);
+    let kept = kept_snapshots(&x.state);
+    assert_eq!(kept.len(), 1, "the cow-table tracker keeps the snapshot");
+    let cycle = fill(&first, "cycle").unwrap_or_else(|| panic!("no cycle fill: {first:?}"));
+    assert_close(
+        cycle,
+        lvs_ratio(&lv(&kept[0]), "snap_percent"),
+        "cycle fill",
+    );
+    assert_eq!(
+        fill(&first, "kept"),
+        None,
+        "nothing was kept before the first cycle"
+    );
+    assert!(
+        first
+            .iter()
+            .all(|m| !m.name.starts_with("blkmirror_thin_pool")),
+        "a classic source has no pool figures: {first:?}"
+    );
+    assert_between_cycles(&x, &kept);
+
+    // Writes between cycles go to the kept snapshot's COW space (64 MiB by default).
+    fill_random(&x.origin, LV_MIB / 4);
+    let filled = lvs_ratio(&lv(&kept[0]), "snap_percent");
+    assert!(
+        filled > 0.1,
+        "8 MiB of writes filled {filled} of the COW space"
+    );
+    assert_between_cycles(&x, &kept);
+
+    let second = scrape_after(&mut sender, addr, 2);
+    let kept_fill = fill(&second, "kept").unwrap_or_else(|| panic!("no kept fill: {second:?}"));
+    assert!(kept_fill > 0.0);
+    assert_close(
+        kept_fill,
+        filled,
+        "kept fill (nothing written during the cycle)",
+    );
+    let now_kept = kept_snapshots(&x.state);
+    assert_ne!(now_kept, kept, "the kept snapshot moved on");
+    let cycle = fill(&second, "cycle").unwrap_or_else(|| panic!("no cycle fill: {second:?}"));
+    assert_close(
+        cycle,
+        lvs_ratio(&lv(&now_kept[0]), "snap_percent"),
+        "cycle fill",
+    );
+    assert!(cycle < kept_fill, "cycle {cycle}, kept {kept_fill}");
+    eprintln!("[lvm_guest]   fill: cycle {cycle}, kept {kept_fill}");
+    stop(sender);
+}
+
+/// An `lvs` that refuses the pool's figures: they are absent from the metrics, the failure is
+/// logged once (a warning, then debug), and every cycle commits.
+#[test]
+#[ignore = "runs in the QEMU guest (see lvm_acceptance_in_guest)"]
+fn pool_figures_lvs_refuses_are_absent_and_cycles_commit() {
+    let x = Setup::new("metrics-refused", Kind::Thin, LV_MIB);
+    let real = ["/usr/sbin/lvs", "/sbin/lvs"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("lvs is installed");
+    let fake = x.t.dir("fake-bin");
+    let script = fake.join("lvs");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ncase \"$*\" in *data_percent*) echo '  Refused by the test.' >&2; exit 5 ;; esac\nexec {real} \"$@\"\n"
+        ),
+    )
+    .unwrap();
+    sh("chmod", &["+x", s(&script)]);
+    let path = format!("{}:{}", s(&fake), std::env::var("PATH").unwrap_or_default());
+    let (mut sender, addr) = metrics_sender(&x, &[("PATH", &path)]);
+    for generation in 1..=2 {
+        let scrape = scrape_after(&mut sender, addr, generation);
+        let committed = scrape
+            .iter()
+            .find(|m| m.name == "blkmirror_committed_generation")
+            .map(|m| m.value);
+        assert_eq!(committed, Some(generation as f64), "{scrape:?}");
+        assert!(
+            scrape
+                .iter()
+                .all(|m| !m.name.starts_with("blkmirror_thin_pool")),
+            "figures lvs refused are in the metrics: {scrape:?}"
+        );
+    }
+    let warnings = sender
+        .stderr_lines()
+        .iter()
+        .filter(|l| l.contains("cannot read the snapshot space figures"))
+        .count();
+    assert_eq!(
+        warnings,
+        1,
+        "one warning for two refusals\n{}",
+        sender.describe()
+    );
+    stop(sender);
+}
