@@ -28,8 +28,6 @@ use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::sender::CycleReport;
-
 /// Largest request head read (request line and headers); a longer one gets 431.
 pub const MAX_REQUEST: usize = 8 * 1024;
 /// How long a client has to send its request head; a slower one gets 408.
@@ -254,12 +252,35 @@ fn target_labels(target: &str) -> TargetLabels {
     }
 }
 
+/// The figures of a committed sender cycle that the metrics count.
+#[derive(Clone, Debug, Default)]
+pub struct Committed<'a> {
+    /// The source, as `status` shows it.
+    pub source: &'a str,
+    /// The destination, canonical.
+    pub dest: &'a str,
+    /// The generation the destination now holds.
+    pub generation: u64,
+    /// The cycle's duration, milliseconds (snapshot to commit).
+    pub duration_ms: u64,
+    /// Bytes read from the source.
+    pub bytes_read: u64,
+    /// Bytes sent.
+    pub bytes_sent: u64,
+    /// Blocks that changed.
+    pub blocks_changed: u64,
+    /// Blocks the audit found the tracker had missed.
+    pub tracking_faults: u64,
+    /// Whether the cycle read the whole source.
+    pub full_scan: bool,
+}
+
 /// A sender cycle committed (single destination or one destination of a fan-out).
-pub fn cycle_committed(report: &CycleReport) {
+pub fn cycle_committed(report: &Committed) {
     let m = metrics();
-    let labels = dest_labels(&report.source, &report.dest);
+    let labels = dest_labels(report.source, report.dest);
     let now = unix_now();
-    let total = report.duration_ms.total as f64 / 1000.0;
+    let total = report.duration_ms as f64 / 1000.0;
     m.committed_generation
         .get_or_create(&labels)
         .set(report.generation as i64);
@@ -281,8 +302,9 @@ pub fn cycle_committed(report: &CycleReport) {
     m.tracking_faults
         .get_or_create(&labels)
         .inc_by(report.tracking_faults);
-    let full = report.device_size > 0 && report.bytes_scanned >= report.device_size;
-    m.full_scans.get_or_create(&labels).inc_by(u64::from(full));
+    m.full_scans
+        .get_or_create(&labels)
+        .inc_by(u64::from(report.full_scan));
     // The snapshot was taken at the start of the cycle (as `status` counts it).
     m.snapshot_at
         .lock()
@@ -565,19 +587,17 @@ mod tests {
 
     #[test]
     fn a_commit_and_failures_show_in_the_exposition() {
-        let mut report = CycleReport {
+        let report = Committed {
             generation: 4,
-            source: "/src/unit-a".into(),
-            dest: "tls://127.0.0.1:1".into(),
-            device_size: 100,
-            bytes_scanned: 100,
+            source: "/src/unit-a",
+            dest: "tls://127.0.0.1:1",
+            duration_ms: 2000,
             bytes_read: 90,
             bytes_sent: 50,
             blocks_changed: 3,
             tracking_faults: 1,
-            ..Default::default()
+            full_scan: true,
         };
-        report.duration_ms.total = 2000;
         cycle_failed("/src/unit-a", "tls://127.0.0.1:1");
         cycle_failed("/src/unit-a", "tls://127.0.0.1:1");
         let labels = r#"source="/src/unit-a",dest="tls://127.0.0.1:1""#;

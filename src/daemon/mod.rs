@@ -380,7 +380,17 @@ async fn post_commit(cycle: &CycleConfig, report: &CycleReport) {
 
 /// The log line of a committed cycle.
 fn log_committed(report: &CycleReport) {
-    crate::metrics::cycle_committed(report);
+    crate::metrics::cycle_committed(&crate::metrics::Committed {
+        source: &report.source,
+        dest: &report.dest,
+        generation: report.generation,
+        duration_ms: report.duration_ms.total,
+        bytes_read: report.bytes_read,
+        bytes_sent: report.bytes_sent,
+        blocks_changed: report.blocks_changed,
+        tracking_faults: report.tracking_faults,
+        full_scan: report.device_size > 0 && report.bytes_scanned >= report.device_size,
+    });
     tracing::info!(
         event = "cycle_committed",
         dest = %report.dest,
