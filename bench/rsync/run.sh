@@ -31,6 +31,9 @@
 #   BENCH_ROWS        subset of: dd rsync-local rsync-ssh blkmirror-local blkmirror-tls blkmirror-ssh
 #   BENCH_VARIANTS    subset of: change nochange
 #   BENCH_CHECK_ONLY=1  correctness only (CI): no dd row, no cache dropping or warming
+#   BLKMIRROR_B       a second blkmirror binary: each blkmirror row also runs with it (tool
+#                     "blkmirror-b"), just before the first binary, in every repetition, so that
+#                     two builds are compared pair by pair on the same machine minute
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -185,6 +188,12 @@ mkdir -p "$work/state" "$work/logs" "$work/bin"
 # A private copy of the binary: a rebuild during the run must not swap it between rows.
 cp "$bin_origin" "$work/bin/blkmirror"
 bin=$work/bin/blkmirror
+bin_a=$bin
+if [ -n "${BLKMIRROR_B:-}" ]; then
+    cp "$BLKMIRROR_B" "$work/bin/blkmirror-b"
+    bin_b=$work/bin/blkmirror-b
+fi
+tool=blkmirror
 img_bytes=$(stat -c %s "$base")
 
 # reset FILE: makes FILE a fresh copy of the base image (untimed).
@@ -467,11 +476,19 @@ row_rsync() {
 }
 
 row_blkmirror() {
-    local transport=$1 variant=$2 label=blkmirror-$1-$2-$rep state=$work/state/$1-$2
+    local transport=$1 variant=$2 label=$tool-$1-$2-$rep state=$work/state/$1-$2
     local rrss="" bytes as sent correct=false detail changed based
     reset "$work/dst.img"
     rm -rf "$state"
     cp -a "$state.primed" "$state"
+    # The reset rewrote the target, so its fingerprint (mtime, ctime) is no longer the one the
+    # primed receiver state recorded, and the receiver would rightly re-hash all of it. In a
+    # mirror's steady state nothing touches the target between cycles: an untimed scrub (it
+    # finds nothing differing) records the new fingerprint, as that state would hold it.
+    local recv_state=$state/recv
+    [ "$transport" = local ] && recv_state=$state/send
+    "$bin" scrub --state-dir "$recv_state" "$work/dst.img" > "$work/logs/$label.scrub" 2>&1 ||
+        die "the untimed scrub of the reset target failed (see $work/logs/$label.scrub)"
     [ "$transport" = tls ] && start_receiver "$state/recv"
     send_cmd "$transport" "$work/src-$variant.img" "$state"
     prepare_cache "$work/src-$variant.img" "$work/dst.img"
@@ -503,7 +520,7 @@ row_blkmirror() {
         detail="images identical; trees equal; $detail"
     fi
     [ "$transport" = local ] && detail="$detail; receiver in-process"
-    emit "$variant" blkmirror "$transport" "$rrss" "$bytes" "$as" "$sent" "$correct" "$detail"
+    emit "$variant" "$tool" "$transport" "$rrss" "$bytes" "$as" "$sent" "$correct" "$detail"
 }
 
 log "timed runs ($cache_mode cache), $n files, $count rewritten, $repeat run(s) of each"
@@ -514,7 +531,13 @@ for rep in $(seq "$repeat"); do
             want "rsync-$transport" && row_rsync "$transport" "$variant"
         done
         for transport in local tls ssh; do
-            want "blkmirror-$transport" && row_blkmirror "$transport" "$variant"
+            want "blkmirror-$transport" || continue
+            if [ -n "${BLKMIRROR_B:-}" ]; then
+                bin=$bin_b tool=blkmirror-b
+                row_blkmirror "$transport" "$variant"
+                bin=$bin_a tool=blkmirror
+            fi
+            row_blkmirror "$transport" "$variant"
         done
     done
 done
