@@ -1,14 +1,16 @@
 //! Prometheus metrics (`send --metrics-listen ADDR`, `receive --metrics-listen ADDR`): one
 //! process-wide registry (`prometheus-client`) that the engines feed through a few free
 //! functions ([`cycle_committed`], [`cycle_failed`], [`snapshot_fill`], [`thin_pool_usage`],
-//! [`receiver_committed`], [`receiver_aborted`], [`scrub_finished`]), and a small HTTP responder on
-//! the process's tokio runtime that answers `GET /metrics` with the OpenMetrics text format
-//! (which Prometheus scrapes natively), 404 for any other path and 405 for any other method.
+//! [`receiver_committed`], [`receiver_aborted`], [`scrub_finished`]), and a small HTTP
+//! responder on the process's tokio runtime that answers `GET /metrics` with the OpenMetrics
+//! text format (which Prometheus scrapes natively), 404 for any other path and 405 for any
+//! other method.
 //!
 //! The registry exists whether or not it is served: feeding it costs a few atomic adds per
 //! cycle. The snapshot space figures cost an `lvs` per cycle, so the sender reads them only
-//! when the metrics are served ([`served`]). Lag is computed at scrape time (now minus the snapshot time of the committed
-//! generation), so it grows while a destination is down. docs/metrics.md lists every metric.
+//! when the metrics are served ([`served`]). Lag is computed at scrape time (now minus the
+//! snapshot time of the committed generation), so it grows while a destination is down.
+//! docs/metrics.md lists every metric.
 //!
 //! The responder reads at most [`MAX_REQUEST`] bytes of request head within [`READ_TIMEOUT`],
 //! answers once and closes (no keep-alive), and serves at most [`MAX_CONNECTIONS`] clients at
@@ -253,7 +255,7 @@ fn target_labels(target: &str) -> TargetLabels {
 }
 
 /// The figures of a committed sender cycle that the metrics count.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Committed<'a> {
     /// The source, as `status` shows it.
     pub source: &'a str,
