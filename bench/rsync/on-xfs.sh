@@ -23,6 +23,10 @@ mnt=$cache/xfs
 loopdev=""
 cleanup() {
     local rc=$?
+    # The run's logs live on the xfs that is about to go: keep a copy of them.
+    if [ -d "$mnt/work/logs" ]; then
+        rm -rf "$cache/last-logs" && cp -a "$mnt/work/logs" "$cache/last-logs"
+    fi
     mountpoint -q "$mnt" && umount "$mnt"
     [ -n "$loopdev" ] && losetup -d "$loopdev"
     rm -f "$backing"

@@ -13,6 +13,7 @@ use crate::blockdiff::manifest::{
 };
 use crate::blockdiff::ranges::RangeSet;
 use crate::blockdiff::refine;
+use crate::blockdiff::PARALLEL_MIN_BYTES;
 use crate::target::BlockTarget;
 
 use super::error::{ReceiveError, Violation};
@@ -240,12 +241,16 @@ impl<'a> Applier<'a> {
             .into());
         }
         let current = self.read_run(first_block, len)?;
-        let ours: Vec<refine::SubHash> = self.pool.install(|| {
-            current
-                .par_chunks(refine::SUB_BLOCK)
-                .map(|sub| refine::sub_hash(&key, sub))
-                .collect()
-        });
+        let ours: Vec<refine::SubHash> = if current.len() < PARALLEL_MIN_BYTES {
+            refine::sub_hashes(&key, &current)
+        } else {
+            self.pool.install(|| {
+                current
+                    .par_chunks(refine::SUB_BLOCK)
+                    .map(|sub| refine::sub_hash(&key, sub))
+                    .collect()
+            })
+        };
         Ok(RefineAnswer {
             first_block,
             bitmap: refine::differing(&ours, theirs),
@@ -285,7 +290,7 @@ impl<'a> Applier<'a> {
         self.write(first_block, hashes, &writes)
     }
 
-    /// Checks every block of a run against its hash, in parallel.
+    /// Checks every block of a run against its hash (in parallel when the run is large).
     fn verify(
         &self,
         data: &[u8],
@@ -293,11 +298,16 @@ impl<'a> Applier<'a> {
         first_block: u64,
     ) -> Result<(), ReceiveError> {
         let block_size = self.manifest.block_size as usize;
-        let bad = self.pool.install(|| {
-            data.par_chunks(block_size)
-                .zip(hashes)
-                .position_first(|(block, hash)| hash_block(block) != *hash)
-        });
+        let differs = |(block, hash): (&[u8], &BlockHash)| hash_block(block) != *hash;
+        let bad = if data.len() < PARALLEL_MIN_BYTES {
+            data.chunks(block_size).zip(hashes).position(differs)
+        } else {
+            self.pool.install(|| {
+                data.par_chunks(block_size)
+                    .zip(hashes)
+                    .position_first(differs)
+            })
+        };
         match bad {
             Some(i) => Err(ReceiveError::BlockHashMismatch {
                 offset: (first_block + i as u64) * block_size as u64,

@@ -22,6 +22,7 @@ use crate::blockdiff::plan::{plan_chunk, PlanOptions, Step};
 use crate::blockdiff::ranges::RangeSet;
 use crate::blockdiff::refine::{self, SUB_BLOCK};
 use crate::blockdiff::scan::ScannedChunk;
+use crate::blockdiff::PARALLEL_MIN_BYTES;
 use crate::progress::{Progress, Stage};
 use crate::transport::frame::MAX_EXTENT_BYTES;
 
@@ -155,16 +156,17 @@ impl<S: DeltaSink> Packer<S> {
             }
         }
         let level = self.level;
-        let ops: Vec<Op> = pool.install(|| {
-            extents
-                .into_par_iter()
-                .map(|(first_block, data, hashes)| Op::Data {
-                    first_block,
-                    hashes,
-                    payload: compress(data, level),
-                })
-                .collect()
-        });
+        let to_op = |(first_block, data, hashes): (u64, &[u8], Vec<BlockHash>)| Op::Data {
+            first_block,
+            hashes,
+            payload: compress(data, level),
+        };
+        let bytes: usize = extents.iter().map(|(_, data, _)| data.len()).sum();
+        let ops: Vec<Op> = if extents.len() < 2 || bytes < PARALLEL_MIN_BYTES {
+            extents.into_iter().map(to_op).collect()
+        } else {
+            pool.install(|| extents.into_par_iter().map(to_op).collect())
+        };
         for op in ops {
             if let Op::Data { payload, .. } = &op {
                 self.count_payload(payload, progress);

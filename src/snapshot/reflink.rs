@@ -33,7 +33,8 @@ pub struct Reflink {
 }
 
 impl Reflink {
-    /// Checks that `source` can be cloned (a probe clone, deleted at once) and where clones go.
+    /// Checks that `source` can be cloned (a probe of its first block, deleted at once) and where
+    /// clones go.
     pub fn new(source: &Path, options: &SnapshotOptions) -> Result<Reflink, SnapshotError> {
         let meta = std::fs::metadata(source).map_err(|error| SnapshotError::Io {
             what: "cannot stat source",
@@ -196,14 +197,12 @@ fn clone_view(clone: File, path: PathBuf) -> FrozenView {
     FrozenView::new(path, Consistency::CrashConsistent, Some(Box::new(release))).with_name(name)
 }
 
-/// Clones `source` to a probe name in `dir` and deletes the probe.
+/// Checks that `source` clones into `dir` (a range clone under the probe name, deleted at
+/// once: see [`fsclone::probe_clone`]).
 fn probe(source: &Path, dir: &Path, key: &str, hidden: bool) -> Result<(), CloneFailure> {
     let name = probe_name(key);
     let path = dir.join(if hidden { format!(".{name}") } else { name });
-    let clone = clone_new(source, &path)?;
-    drop(clone);
-    let _ = std::fs::remove_file(&path);
-    Ok(())
+    fsclone::probe_clone(source, &path)
 }
 
 /// Errors that mean "this filesystem cannot reflink" rather than "this clone failed".
