@@ -10,7 +10,8 @@
 # BENCH_XFS_SIZE, default 48G: the run keeps three copies of the image there), mounts it, runs
 # run.sh with BENCH_WORK on it and BENCH_SNAPSHOT=reflink, and removes it all afterwards. The
 # primed state (with its kept clone) is copied with `cp -a`, which reflinks on xfs (coreutils
-# >= 9.0), so every timed run starts from a clone of the pre-mutation image.
+# >= 9.0), so every timed run starts from a clone of the pre-mutation image. The run's logs are
+# copied to BENCH_CACHE/last-logs before the xfs goes.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"

@@ -75,6 +75,17 @@ impl Op {
         }
     }
 
+    /// The first block of an op that moves the sender's scan position: `Data`, `Zero` and
+    /// `Refine` come in block order; a `Patch` trails its `Refine`.
+    pub fn leading_block(&self) -> Option<u64> {
+        match self {
+            Op::Data { first_block, .. }
+            | Op::Zero { first_block, .. }
+            | Op::Refine { first_block, .. } => Some(*first_block),
+            Op::RefineKey { .. } | Op::Patch { .. } => None,
+        }
+    }
+
     /// Payload bytes the op holds in memory.
     pub fn payload_len(&self) -> usize {
         match self {

@@ -115,3 +115,59 @@ fn an_audit_catches_a_tracker_that_misses_a_change() {
         "the audit repaired what the tracker missed"
     );
 }
+
+/// A tracked cycle lists the tracker's ranges to the receiver (`Prefetch`) before its data,
+/// and the receiver starts reading them from its target: even a reported block that turns out
+/// unchanged (so no op ever names it) is read ahead. A full scan lists nothing.
+#[test]
+fn a_tracked_cycle_has_the_receiver_read_its_ranges_ahead() {
+    let rig = Rig::new(BLOCK);
+    let mut source: Vec<u8> = (0..SIZE as u32).map(|i| (i * 13 % 241) as u8).collect();
+    std::fs::write(&rig.source, &source).unwrap();
+    let target = Arc::new(MemTarget::new(vec![0; SIZE]));
+    let image = Arc::new(Mutex::new(StoreImage::default()));
+    let store = || Box::new(CrashStore::new(Power::new(None), image.clone()));
+    let unchanged_block = 5 * BLOCK as u64;
+    let tracker = Arc::new(Given::new(move |_since| {
+        Changes::Ranges(RangeSet::from_ranges([
+            100..200,
+            unchanged_block + 10..unchanged_block + 20,
+        ]))
+    }));
+    let (sent, received) = rig.cycle(target.clone(), store(), tracker.clone());
+    sent.unwrap();
+    received.unwrap();
+    let read_ahead =
+        |from: usize| -> Vec<std::ops::Range<u64>> { target.prefetched()[from..].to_vec() };
+    let unchanged = unchanged_block..unchanged_block + BLOCK as u64;
+    assert!(
+        !read_ahead(0).contains(&unchanged),
+        "the first cycle (a full scan) lists nothing"
+    );
+
+    source[150] ^= 0xFF;
+    std::fs::write(&rig.source, &source).unwrap();
+    let before = target.prefetched().len();
+    let (sent, received) = rig.cycle(target.clone(), store(), tracker);
+    let report = sent.unwrap();
+    received.unwrap();
+    assert_eq!(report.full_scan_reason, None);
+    assert_eq!(report.blocks_changed, 1);
+    let hinted = read_ahead(before);
+    assert!(hinted.contains(&(0..BLOCK as u64)), "{hinted:?}");
+    assert!(hinted.contains(&unchanged), "{hinted:?}");
+    assert!(target.contents() == source);
+
+    let before = target.prefetched().len();
+    source[3 * BLOCK as usize] ^= 0xFF;
+    std::fs::write(&rig.source, &source).unwrap();
+    let (sent, received) = rig.cycle(target.clone(), store(), Arc::new(FullScan));
+    sent.unwrap();
+    received.unwrap();
+    assert!(
+        !read_ahead(before).contains(&unchanged),
+        "a full scan lists nothing: {:?}",
+        read_ahead(before)
+    );
+    assert!(target.contents() == source);
+}

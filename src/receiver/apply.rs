@@ -91,6 +91,16 @@ impl<'a> Applier<'a> {
         }
     }
 
+    /// The manifest's block size in bytes.
+    pub fn block_size(&self) -> u64 {
+        self.manifest.block_size as u64
+    }
+
+    /// Checks that blocks `first_block..+count` lie on the device.
+    pub fn check_run(&self, first_block: u64, count: u64) -> Result<(), ReceiveError> {
+        self.run_len(first_block, count).map(|_| ())
+    }
+
     /// Bytes held by blocks `first_block..+count`, after checking they lie on the device.
     fn run_len(&self, first_block: u64, count: u64) -> Result<usize, ReceiveError> {
         let blocks = self.manifest.block_count();

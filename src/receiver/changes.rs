@@ -12,6 +12,7 @@ use crate::transport::{Endpoint, TransportError};
 
 use super::apply::Applier;
 use super::error::{ReceiveError, Violation};
+use super::prefetch::Prefetcher;
 use super::session::Session;
 
 /// Messages taken ahead of the one being applied.
@@ -57,6 +58,7 @@ fn apply_until_end(
 ) -> Result<(u64, BlockHash), ReceiveError> {
     let mut ahead: VecDeque<Result<Message, TransportError>> = VecDeque::from([Ok(first)]);
     let mut ahead_bytes = 0;
+    let mut prefetcher = Prefetcher::default();
     loop {
         // Take what has already arrived, hinting the target reads it will need.
         while ahead.len() < LOOKAHEAD_MESSAGES
@@ -84,8 +86,15 @@ fn apply_until_end(
             None => endpoint.recv()?,
         };
         ahead_bytes = ahead_bytes.saturating_sub(message_payload(&message));
+        if let Message::Prefetch { runs } = &message {
+            prefetcher.add(runs, applier)?;
+            continue;
+        }
         let message = match message.into_op() {
             Ok(op) => {
+                if let Some(first_block) = op.leading_block() {
+                    prefetcher.advance(first_block, applier);
+                }
                 if let Some(answer) = applier.apply(op)? {
                     endpoint.send(answer.into())?;
                 }

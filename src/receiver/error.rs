@@ -154,6 +154,12 @@ pub enum Violation {
         /// Most blocks accepted.
         max_blocks: u64,
     },
+    /// More `Prefetch` runs in one cycle than a receiver holds.
+    #[error("more than {max} prefetch runs in one cycle")]
+    TooManyPrefetchRuns {
+        /// The bound.
+        max: usize,
+    },
     /// A run of blocks that does not lie on the device.
     #[error("blocks {first_block}..+{count} lie outside the device ({blocks} blocks)")]
     OutsideDevice {

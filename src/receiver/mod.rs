@@ -13,6 +13,7 @@ mod changes;
 mod error;
 pub mod hashing;
 pub mod listen;
+mod prefetch;
 mod prepare;
 pub mod scrub;
 mod session;

@@ -147,6 +147,9 @@ pub fn run_cycle(
     let audit = config.audit.due(&paths.audit, dest.generation) && tracked != everything;
     let ranges = if audit { &everything } else { &tracked };
     let scan_start = Instant::now();
+    if dest.refine && *ranges != everything {
+        stream::send_prefetch(endpoint, ranges, config.block_size)?;
+    }
     let (manifest, stats) = scan_and_ship(endpoint, config, ctx, &frozen, ranges, &dest)?;
     let tracking_faults = match audit && full_scan_reason.is_none() {
         true => audit::faults(&stats.changed, &tracked, config.block_size),

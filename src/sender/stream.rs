@@ -11,6 +11,9 @@ use crate::blockdiff::ranges::RangeSet;
 use crate::blockdiff::scan::{scan, ScanError, ScanOptions};
 use crate::progress::Progress;
 use crate::source::BlockSource;
+use crate::transport::frame::{
+    Message, CAP_PREFETCH, MAX_PREFETCH_RUNS, MAX_PREFETCH_RUNS_PER_CYCLE,
+};
 use crate::transport::Endpoint;
 
 use super::error::{unexpected, SendError};
@@ -30,6 +33,34 @@ impl DeltaSink for WireSink<'_> {
             .into_answer()
             .map_err(|other| unexpected(&other, "RefineAnswer"))
     }
+}
+
+/// Tells the receiver which blocks a tracked cycle will look at (`ranges`, bytes), so that it
+/// starts reading them from its target before the refinements that need them arrive: the
+/// target's scattered reads then overlap the source's instead of following them one by one.
+/// Only to a receiver that refines and announced `CAP_PREFETCH`; a full scan lists nothing
+/// (it would read the whole target). At most [`MAX_PREFETCH_RUNS_PER_CYCLE`] runs: past them,
+/// refinements read the target without the head start.
+pub(crate) fn send_prefetch(
+    endpoint: &Endpoint,
+    ranges: &RangeSet,
+    block_size: u32,
+) -> Result<(), SendError> {
+    if endpoint.peer_capabilities() & CAP_PREFETCH == 0 {
+        return Ok(());
+    }
+    let runs: Vec<(u64, u64)> = ranges
+        .to_units(block_size as u64)
+        .iter()
+        .take(MAX_PREFETCH_RUNS_PER_CYCLE)
+        .map(|r| (r.start, r.end - r.start))
+        .collect();
+    for chunk in runs.chunks(MAX_PREFETCH_RUNS as usize) {
+        endpoint.send(Message::Prefetch {
+            runs: chunk.to_vec(),
+        })?;
+    }
+    Ok(())
 }
 
 /// What the data phase works with.

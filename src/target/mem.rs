@@ -2,8 +2,9 @@
 //! "file" kind target: it can be resized; `sync` does nothing (memory is as durable as it
 //! gets here).
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 
 use crate::device::DeviceKind;
 
@@ -13,6 +14,8 @@ use super::{BlockTarget, TargetError};
 pub struct MemTarget {
     name: PathBuf,
     bytes: RwLock<Vec<u8>>,
+    /// The byte ranges `prefetch` was asked for, in order.
+    prefetched: Mutex<Vec<Range<u64>>>,
 }
 
 impl MemTarget {
@@ -21,7 +24,13 @@ impl MemTarget {
         MemTarget {
             name: PathBuf::from("(memory)"),
             bytes: RwLock::new(bytes),
+            prefetched: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The byte ranges hinted with `prefetch` so far, in order.
+    pub fn prefetched(&self) -> Vec<Range<u64>> {
+        self.prefetched.lock().expect("prefetch log lock").clone()
     }
 
     /// A copy of what the target holds.
@@ -66,6 +75,11 @@ impl BlockTarget for MemTarget {
             .expect("target lock")
             .resize(len as usize, 0);
         Ok(())
+    }
+
+    fn prefetch(&self, offset: u64, len: u64) {
+        let mut log = self.prefetched.lock().expect("prefetch log lock");
+        log.push(offset..offset + len);
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), TargetError> {

@@ -23,14 +23,22 @@ pub const CAP_KEEPALIVE: u64 = 1 << 2;
 /// Capability bit: the receiver understands `Open` (a sender naming one of several targets,
 /// `tls://HOST:PORT/NAME`).
 pub const CAP_NAMED_TARGETS: u64 = 1 << 3;
+/// Capability bit: the receiver understands `Prefetch` (the block runs a tracked cycle will
+/// change, sent before its data so that the target reads they need start early).
+pub const CAP_PREFETCH: u64 = 1 << 4;
 /// Capabilities this build offers.
-pub const CAPABILITIES: u64 = CAP_REFINE | CAP_REHASH | CAP_KEEPALIVE | CAP_NAMED_TARGETS;
+pub const CAPABILITIES: u64 =
+    CAP_REFINE | CAP_REHASH | CAP_KEEPALIVE | CAP_NAMED_TARGETS | CAP_PREFETCH;
 /// Largest plaintext an extent may carry.
 pub const MAX_EXTENT_BYTES: u32 = 16 << 20;
 /// Most blocks in one extent (16 MiB of 4 KiB blocks).
 pub const MAX_EXTENT_BLOCKS: u32 = MAX_EXTENT_BYTES / 4096;
 /// Most 4 KiB sub-blocks in one refined run.
 pub const MAX_SUB_BLOCKS: u32 = MAX_EXTENT_BYTES / 4096;
+/// Most runs in one `Prefetch`.
+pub const MAX_PREFETCH_RUNS: u32 = 65536;
+/// Most `Prefetch` runs in one cycle (a receiver refuses more: a bound on what it holds).
+pub const MAX_PREFETCH_RUNS_PER_CYCLE: usize = 1 << 20;
 /// Most hashes in one manifest chunk.
 pub const MAX_MANIFEST_CHUNK: u32 = 65536;
 /// Largest frame accepted, checked before allocating.
@@ -253,6 +261,14 @@ pub enum Message {
         /// The target's name in the receiver's targets file.
         target: String,
     },
+    /// Sender, in a cycle's data phase before its first op: runs of blocks the cycle's ops
+    /// will cover (a change tracker's ranges), so that the receiver may start reading them
+    /// from the target ahead of the refinements that need them. Advisory: it changes nothing
+    /// on the target. Only to a receiver that announced `CAP_PREFETCH`.
+    Prefetch {
+        /// 1 to [`MAX_PREFETCH_RUNS`] runs: (first block, block count >= 1), ascending.
+        runs: Vec<(u64, u64)>,
+    },
 }
 
 mod kind {
@@ -273,6 +289,7 @@ mod kind {
     pub const REHASH: u8 = 15;
     pub const KEEP_ALIVE: u8 = 16;
     pub const OPEN: u8 = 17;
+    pub const PREFETCH: u8 = 18;
 }
 
 impl Message {
@@ -286,6 +303,7 @@ impl Message {
             Message::Rehash => "Rehash",
             Message::KeepAlive => "KeepAlive",
             Message::Open { .. } => "Open",
+            Message::Prefetch { .. } => "Prefetch",
             Message::ManifestChunk { .. } => "ManifestChunk",
             Message::ManifestEnd { .. } => "ManifestEnd",
             Message::Extent { .. } => "Extent",
@@ -340,6 +358,14 @@ impl Message {
                 let text = truncate_text(target);
                 put_u32(out, text.len() as u32);
                 out.extend_from_slice(text.as_bytes());
+            }
+            Message::Prefetch { runs } => {
+                out.push(kind::PREFETCH);
+                put_u32(out, runs.len() as u32);
+                for (first_block, block_count) in runs {
+                    put_u64(out, *first_block);
+                    put_u64(out, *block_count);
+                }
             }
             Message::ManifestChunk {
                 first_block,
@@ -476,6 +502,26 @@ impl Message {
             kind::REHASH => Message::Rehash,
             kind::KEEP_ALIVE => Message::KeepAlive,
             kind::OPEN => Message::Open { target: r.text()? },
+            kind::PREFETCH => {
+                let count = r.u32()?;
+                if count == 0 || count > MAX_PREFETCH_RUNS {
+                    return Err(FrameError::Invalid(format!("prefetch of {count} runs")));
+                }
+                // The runs' bytes are taken first: what is allocated follows what arrived.
+                let bytes = r.bytes(count as usize * 16)?;
+                let runs: Vec<(u64, u64)> = bytes
+                    .chunks_exact(16)
+                    .map(|run| {
+                        let word =
+                            |at: usize| u64::from_le_bytes(run[at..at + 8].try_into().unwrap());
+                        (word(0), word(8))
+                    })
+                    .collect();
+                if runs.iter().any(|&(_, block_count)| block_count == 0) {
+                    return Err(FrameError::Invalid("empty prefetch run".into()));
+                }
+                Message::Prefetch { runs }
+            }
             kind::MANIFEST_CHUNK => {
                 let first_block = r.u64()?;
                 let count = r.u32()?;
@@ -867,6 +913,8 @@ mod tests {
             Just(Message::Rehash),
             Just(Message::KeepAlive),
             "[a-z0-9._-]{1,64}".prop_map(|target| Message::Open { target }),
+            proptest::collection::vec((any::<u64>(), 1u64..), 1..20)
+                .prop_map(|runs| Message::Prefetch { runs }),
             (
                 any::<u64>(),
                 proptest::collection::vec(hash_strategy(), 1..20)

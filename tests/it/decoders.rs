@@ -1,6 +1,6 @@
 //! Property tests of the decoders, through the public API:
 //!
-//! - every one of the 17 message types round-trips (encode then decode gives the value back,
+//! - every one of the 18 message types round-trips (encode then decode gives the value back,
 //!   the length prefix is the body's length, `Message::check_len` accepts it), over strategies
 //!   that respect the decoder's bounds and reach them (`MAX_EXTENT_BYTES`,
 //!   `MAX_EXTENT_BLOCKS`, `MAX_SUB_BLOCKS`, `MAX_MANIFEST_CHUNK`, `MAX_TEXT_LEN`, raw payload
@@ -22,7 +22,8 @@ use blkmirror::blockdiff::manifest::Manifest;
 use blkmirror::state::{ReceiverState, SenderStatus};
 use blkmirror::transport::frame::{
     FrameError, Message, Preamble, TargetCondition, MAGIC, MAX_EXTENT_BLOCKS, MAX_EXTENT_BYTES,
-    MAX_FRAME_LEN, MAX_MANIFEST_CHUNK, MAX_SUB_BLOCKS, MAX_TEXT_LEN, PREAMBLE_LEN,
+    MAX_FRAME_LEN, MAX_MANIFEST_CHUNK, MAX_PREFETCH_RUNS, MAX_SUB_BLOCKS, MAX_TEXT_LEN,
+    PREAMBLE_LEN,
 };
 
 use crate::golden::{
@@ -374,6 +375,21 @@ fn every_bound_is_accepted_at_the_limit_and_refused_one_past_it() {
         &body(&patch(1, 1, MAX_EXTENT_BYTES + 1)),
     );
 
+    // Prefetch: 1..=MAX_PREFETCH_RUNS runs, each of at least one block.
+    let prefetch = |n: u32, block_count: u64| Message::Prefetch {
+        runs: (0..n as u64).map(|i| (i * 7, block_count)).collect(),
+    };
+    assert_round_trips(
+        "prefetch at the limit",
+        prefetch(MAX_PREFETCH_RUNS, u64::MAX),
+    );
+    assert_invalid("empty prefetch", &body(&prefetch(0, 1)));
+    assert_invalid(
+        "prefetch past the limit",
+        &body(&prefetch(MAX_PREFETCH_RUNS + 1, 1)),
+    );
+    assert_invalid("prefetch run of 0 blocks", &body(&prefetch(3, 0)));
+
     // Texts: at most MAX_TEXT_LEN bytes (the encoder never writes more; see below).
     let text = |n: u32| {
         let mut b = vec![1u8];
@@ -407,7 +423,7 @@ fn every_bound_is_accepted_at_the_limit_and_refused_one_past_it() {
     // Types, emptiness and trailing bytes.
     assert_eq!(Message::decode(&[]), Err(FrameError::Empty));
     assert_eq!(Message::decode(&[0]), Err(FrameError::UnknownType(0)));
-    assert_eq!(Message::decode(&[18]), Err(FrameError::UnknownType(18)));
+    assert_eq!(Message::decode(&[19]), Err(FrameError::UnknownType(19)));
     let mut b = body(&Message::ManifestRequest);
     b.push(0);
     assert_eq!(Message::decode(&b), Err(FrameError::Trailing(1)));

@@ -225,6 +225,7 @@ pub fn type_byte(message: &Message) -> u8 {
         Message::Rehash => 15,
         Message::KeepAlive => 16,
         Message::Open { .. } => 17,
+        Message::Prefetch { .. } => 18,
     }
 }
 
@@ -339,6 +340,12 @@ pub fn sample_frames() -> Vec<(&'static str, Message)> {
                 target: "web-1".into(),
             },
         ),
+        (
+            "18-prefetch",
+            Message::Prefetch {
+                runs: vec![(0, 1), (2, 3)],
+            },
+        ),
     ]
 }
 
@@ -383,7 +390,7 @@ fn one_frame_of_every_message_type_matches_its_fixture() {
     let frames = sample_frames();
     let mut types: Vec<u8> = frames.iter().map(|(_, m)| type_byte(m)).collect();
     types.sort_unstable();
-    assert_eq!(types, (1..=17).collect::<Vec<u8>>(), "one frame per type");
+    assert_eq!(types, (1..=18).collect::<Vec<u8>>(), "one frame per type");
     for (name, message) in frames {
         let mut encoded = Vec::new();
         message.encode(&mut encoded);

@@ -9,7 +9,7 @@ use proptest::strategy::Union;
 use blkmirror::blockdiff::manifest::{BlockHash, Manifest};
 use blkmirror::transport::frame::{
     Message, TargetCondition, MAX_EXTENT_BLOCKS, MAX_EXTENT_BYTES, MAX_FRAME_LEN,
-    MAX_MANIFEST_CHUNK, MAX_SUB_BLOCKS, MAX_TEXT_LEN,
+    MAX_MANIFEST_CHUNK, MAX_PREFETCH_RUNS, MAX_SUB_BLOCKS, MAX_TEXT_LEN,
 };
 
 /// A count in `1..=max`: mostly small; when `big`, sometimes exactly `max` or anywhere.
@@ -104,7 +104,7 @@ pub fn condition() -> impl Strategy<Value = TargetCondition> {
     ]
 }
 
-/// A valid message of wire type `kind` (1..=17), within every bound the decoder checks; with
+/// A valid message of wire type `kind` (1..=18), within every bound the decoder checks; with
 /// `big`, sizes reach those bounds now and then.
 pub fn message(kind: u8, big: bool) -> BoxedStrategy<Message> {
     match kind {
@@ -225,18 +225,25 @@ pub fn message(kind: u8, big: bool) -> BoxedStrategy<Message> {
         17 => "[a-z0-9._-]{1,64}"
             .prop_map(|target| Message::Open { target })
             .boxed(),
+        18 => (count(MAX_PREFETCH_RUNS, big), any::<u64>())
+            .prop_map(|(n, seed)| Message::Prefetch {
+                runs: (0..n as u64)
+                    .map(|i| (seed.wrapping_add(i * 5), (seed >> 40) % 4096 + 1))
+                    .collect(),
+            })
+            .boxed(),
         other => panic!("no message type {other}"),
     }
 }
 
 /// Any valid message, every type equally likely, sizes sometimes at the bounds.
 pub fn any_message() -> impl Strategy<Value = Message> {
-    Union::new((1..=17).map(|kind| message(kind, true)))
+    Union::new((1..=18).map(|kind| message(kind, true)))
 }
 
 /// Small valid messages (a few KiB at most), for the tests that edit them byte by byte.
 pub fn small_message() -> impl Strategy<Value = Message> {
-    Union::new((1..=17).map(|kind| message(kind, false)))
+    Union::new((1..=18).map(|kind| message(kind, false)))
 }
 
 pub fn encoded(message: &Message) -> Vec<u8> {
