@@ -113,10 +113,24 @@ fn apply_until_end(
     }
 }
 
-/// Bytes a message holds in memory (what the look-ahead counts).
+/// Bytes a message holds in memory (what the look-ahead counts): its payload and its lists,
+/// so that up to [`LOOKAHEAD_MESSAGES`] large lists (a `Prefetch` holds up to 1 MiB) are held
+/// within [`LOOKAHEAD_BYTES`] too, not only data.
 fn message_payload(message: &Message) -> usize {
+    let hashes = |n: usize| n * std::mem::size_of::<BlockHash>();
     match message {
-        Message::Extent { payload, .. } | Message::Patch { payload, .. } => payload.len(),
+        Message::Extent {
+            payload, hashes: h, ..
+        } => payload.len() + hashes(h.len()),
+        Message::Patch {
+            payload,
+            hashes: h,
+            bitmap,
+            ..
+        } => payload.len() + hashes(h.len()) + bitmap.len(),
+        Message::Refine { sub_hashes, .. } => std::mem::size_of_val(sub_hashes.as_slice()),
+        Message::ManifestChunk { hashes: h, .. } => hashes(h.len()),
+        Message::Prefetch { runs } => std::mem::size_of_val(runs.as_slice()),
         _ => 0,
     }
 }
@@ -136,4 +150,31 @@ fn send_manifest(endpoint: &Endpoint, manifest: &Manifest) -> Result<(), Receive
         root: manifest.root(),
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::frame::MAX_PREFETCH_RUNS;
+
+    #[test]
+    fn the_look_ahead_counts_lists_not_only_data() {
+        let prefetch = Message::Prefetch {
+            runs: vec![(0, 1); MAX_PREFETCH_RUNS as usize],
+        };
+        assert_eq!(message_payload(&prefetch), 1 << 20);
+        let chunk = Message::ManifestChunk {
+            first_block: 0,
+            hashes: vec![[0; 32]; 10],
+        };
+        assert_eq!(message_payload(&chunk), 320);
+        let refine = Message::Refine {
+            first_block: 0,
+            block_count: 1,
+            sub_hashes: vec![[0; 8]; 16],
+        };
+        assert_eq!(message_payload(&refine), 128);
+        // 1,024 lists at the limit would be 1 GiB: the byte bound stops the look-ahead first.
+        assert!(LOOKAHEAD_BYTES / message_payload(&prefetch) < LOOKAHEAD_MESSAGES);
+    }
 }
