@@ -97,13 +97,7 @@ pub fn clone_new_held<T: Deref<Target = File>>(
     hold: impl FnOnce(File) -> io::Result<T>,
 ) -> Result<T, CloneFailure> {
     let src = File::open(source).map_err(CloneFailure::Open)?;
-    let created = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(dest)
-        .map_err(CloneFailure::Create)?;
+    let created = create_private(dest).map_err(CloneFailure::Create)?;
     let cloned =
         hold(created)
             .map_err(CloneFailure::Create)
@@ -128,13 +122,7 @@ pub fn probe_clone(source: &Path, probe: &Path) -> Result<(), CloneFailure> {
     use std::os::unix::fs::MetadataExt;
     let src = File::open(source).map_err(CloneFailure::Open)?;
     let meta = src.metadata().map_err(CloneFailure::Open)?;
-    let dst = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(probe)
-        .map_err(CloneFailure::Create)?;
+    let dst = create_private(probe).map_err(CloneFailure::Create)?;
     copy_nocow_flag(&src, &dst);
     // A length that is a multiple of the file system's block size (st_blksize is), or 0 ("to
     // the end") for a source shorter than that: both are what FICLONERANGE accepts.
@@ -151,6 +139,16 @@ pub fn probe_clone(source: &Path, probe: &Path) -> Result<(), CloneFailure> {
     drop(dst);
     let _ = std::fs::remove_file(probe);
     cloned.map_err(CloneFailure::Ficlone)
+}
+
+/// Creates `path` (read-write, mode 0600), which must not exist: a clone's file.
+fn create_private(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
 }
 
 /// True when FICLONE's error means "this file system cannot reflink" rather than "this clone

@@ -49,16 +49,15 @@ pub(crate) fn send_prefetch(
     if endpoint.peer_capabilities() & CAP_PREFETCH == 0 {
         return Ok(());
     }
-    let runs: Vec<(u64, u64)> = ranges
-        .to_units(block_size as u64)
+    let blocks = ranges.to_units(block_size as u64);
+    let mut runs = blocks
         .iter()
         .take(MAX_PREFETCH_RUNS_PER_CYCLE)
         .map(|r| (r.start, r.end - r.start))
-        .collect();
-    for chunk in runs.chunks(MAX_PREFETCH_RUNS as usize) {
-        endpoint.send(Message::Prefetch {
-            runs: chunk.to_vec(),
-        })?;
+        .peekable();
+    while runs.peek().is_some() {
+        let runs = runs.by_ref().take(MAX_PREFETCH_RUNS as usize).collect();
+        endpoint.send(Message::Prefetch { runs })?;
     }
     Ok(())
 }
