@@ -199,9 +199,15 @@ pub fn lvm_installed(tool: LvmTool) -> bool {
     find_program(tool.name()).is_some()
 }
 
+/// The locale of every lvm2 and thin-provisioning tool blkmirror runs: C, so that what they
+/// print parses alike on every host (lvm2 prints percentages with the locale's decimal
+/// separator: "12,34" under de_DE, which no report parser here takes) and their messages are
+/// the English ones matched here.
+pub const TOOL_LOCALE: (&str, &str) = ("LC_ALL", "C");
+
 /// Runs an lvm2 tool and returns what it printed; a failure names the command and keeps its
 /// stderr, plus `hint` (what to do). `LVM_SUPPRESS_FD_WARNINGS` silences lvm2's complaints
-/// about inherited file descriptors.
+/// about inherited file descriptors; it runs in the C locale ([`TOOL_LOCALE`]).
 pub fn lvm(tool: LvmTool, args: &[String], hint: &'static str) -> Result<Ran, SnapshotError> {
     let program = tool.name();
     let Some(path) = find_program(program) else {
@@ -214,8 +220,22 @@ pub fn lvm(tool: LvmTool, args: &[String], hint: &'static str) -> Result<Ran, Sn
             detail: format!("this process runs as uid {uid}"),
         });
     }
+    run_lvm(&path, program, args, hint)
+}
+
+/// [`lvm`] once the program is found and the caller is root.
+fn run_lvm(
+    path: &Path,
+    program: &'static str,
+    args: &[String],
+    hint: &'static str,
+) -> Result<Ran, SnapshotError> {
     let started = std::time::Instant::now();
-    let ran = run(&path, args, &[("LVM_SUPPRESS_FD_WARNINGS", "1")]);
+    let ran = run(
+        path,
+        args,
+        &[("LVM_SUPPRESS_FD_WARNINGS", "1"), TOOL_LOCALE],
+    );
     tracing::debug!(command = %command_line(program, args), elapsed_ms = started.elapsed().as_millis() as u64, "ran");
     let ran = ran.map_err(|error| {
         if error.kind() == std::io::ErrorKind::NotFound {
@@ -259,6 +279,14 @@ pub fn command_line(program: &str, args: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lvm_tools_run_in_the_c_locale() {
+        let sh = find_program("sh").expect("sh");
+        let args = ["-c".to_string(), r#"printf '%s' "$LC_ALL""#.into()];
+        let ran = run_lvm(&sh, "lvs", &args, "no hint").unwrap();
+        assert_eq!(ran.stdout, "C");
+    }
 
     #[test]
     fn runs_and_captures() {

@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use crate::snapshot::command::{find_program, lvm, run, LvmTool};
+use crate::snapshot::command::{find_program, lvm, run, LvmTool, TOOL_LOCALE};
 use crate::snapshot::lvm::{lvs, LvRef};
 use crate::snapshot::FrozenView;
 
@@ -109,7 +109,7 @@ impl ThinTracker {
         self.version
             .get_or_init(|| {
                 let program = find_program("thin_delta").ok_or("thin_delta is not installed")?;
-                let ran = run(&program, &["--version".into()], &[])
+                let ran = run(&program, &["--version".into()], &[TOOL_LOCALE])
                     .map_err(|e| format!("cannot run thin_delta: {e}"))?;
                 thin_delta::version_trusted(&ran.stdout)
             })
@@ -140,7 +140,8 @@ impl ThinTracker {
             new.to_string(),
             self.tmeta().display().to_string(),
         ];
-        let ran = run(&program, &args, &[]).map_err(|e| format!("cannot run thin_delta: {e}"))?;
+        let ran = run(&program, &args, &[TOOL_LOCALE])
+            .map_err(|e| format!("cannot run thin_delta: {e}"))?;
         drop(held);
         if !ran.success() {
             return Err(format!("thin_delta failed: {}", ran.stderr_one_line()));
