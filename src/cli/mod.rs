@@ -87,8 +87,14 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         verbosity: cli.verbose.min(100) as i8 - cli.quiet.min(100) as i8,
     });
     match cli.command {
-        Command::Send(args) => send::run(args),
-        Command::Receive(args) => receive::run(args),
+        Command::Send(args) => {
+            stop_on_hangup();
+            send::run(args)
+        }
+        Command::Receive(args) => {
+            stop_on_hangup();
+            receive::run(args)
+        }
         Command::Keygen(args) => keygen::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Status(args) => status::run(args),
@@ -114,6 +120,36 @@ fn ignore_sigpipe() {
     use nix::sys::signal::{signal, SigHandler, Signal};
     // SAFETY: SIG_IGN installs no handler code, and nothing else sets SIGPIPE's disposition.
     let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigIgn) };
+}
+
+/// A `send` or `receive` run from a terminal gets SIGHUP when the terminal goes away: it then
+/// stops as on SIGTERM (the cycle in progress winds down, its snapshot is released) instead of
+/// dying mid-cycle. The handler raises SIGTERM, which the run listens to. Under `nohup` (SIGHUP
+/// ignored) nothing changes; `run --config` keeps SIGHUP for reloading.
+#[allow(unsafe_code)]
+fn stop_on_hangup() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    extern "C" fn on_sighup(_: libc::c_int) {
+        // SAFETY: getpid(2) and kill(2) are async-signal-safe.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGTERM);
+        }
+    }
+    let action = SigAction::new(
+        SigHandler::Handler(on_sighup),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    // SAFETY: a null action only reads the current disposition into `current`.
+    let ignored = unsafe {
+        let mut current: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGHUP, std::ptr::null(), &mut current) == 0
+            && current.sa_sigaction == libc::SIG_IGN
+    };
+    if !ignored {
+        // SAFETY: the handler only makes async-signal-safe calls (above).
+        let _ = unsafe { sigaction(Signal::SIGHUP, &action) };
+    }
 }
 
 /// The line a SIGBUS leaves on stderr before the process exits with status 1.

@@ -285,7 +285,18 @@ fn stale_clone_of_a_killed_sender_is_removed_at_next_start_and_only_ours() {
 
 #[test]
 fn sigterm_mid_cycle_deletes_the_clone() {
-    let t = Scratch::new("reflink-sigterm");
+    stop_mid_cycle_deletes_the_clone("reflink-sigterm", Signal::SIGTERM);
+}
+
+/// A `send` whose terminal went away (SIGHUP) stops as on SIGTERM instead of dying mid-cycle
+/// with its clone left behind.
+#[test]
+fn sighup_mid_cycle_stops_as_sigterm_does() {
+    stop_mid_cycle_deletes_the_clone("reflink-sighup", Signal::SIGHUP);
+}
+
+fn stop_mid_cycle_deletes_the_clone(name: &str, stop: Signal) {
+    let t = Scratch::new(name);
     let fs = Filesystem::new(&t, "xfs");
     let state = fs.dir("state");
     let snapshots = state.join("snapshots");
@@ -294,7 +305,7 @@ fn sigterm_mid_cycle_deletes_the_clone() {
     let tgt = t.path("target.img");
     let mut sender = Proc::blkmirror("sender", &send_args(&src, &tgt, &state, &[]));
     let clone = stop_while_clone_exists(&mut sender, &snapshots, "blkmirror-snap-");
-    sender.signal(Signal::SIGTERM);
+    sender.signal(stop);
     sender.signal(Signal::SIGCONT);
     let out = sender.finish(RUN_TIMEOUT);
     // A requested stop is a success (issue 8): exit 0, said on stderr.
@@ -302,7 +313,7 @@ fn sigterm_mid_cycle_deletes_the_clone() {
     assert!(out.stderr_text().contains("stopped on request"), "{out:?}");
     assert!(
         !snapshots.join(&clone).exists(),
-        "clone {clone} kept after SIGTERM"
+        "clone {clone} kept after {stop}"
     );
     assert_eq!(leftovers(&snapshots), Vec::<String>::new());
 }
