@@ -243,7 +243,7 @@ fn reload(
         .filter(|(name, r)| {
             receivers
                 .get(*name)
-                .map_or(true, |running| running.argv != r.argv)
+                .is_none_or(|running| running.argv != r.argv)
         })
         .map(|(name, _)| name)
         .collect();

@@ -241,7 +241,7 @@ async fn open_due(
     let now = Instant::now();
     let mut opening = tokio::task::JoinSet::new();
     for (i, slot) in slots.iter().enumerate() {
-        if slot.link.is_none() && slot.retry_at.map_or(true, |at| at <= now) {
+        if slot.link.is_none() && slot.retry_at.is_none_or(|at| at <= now) {
             let (config, stop) = (slot.config.clone(), stop.clone());
             opening.spawn(async move { (i, Link::open(&config, stop).await) });
         }

@@ -67,7 +67,7 @@ pub fn parse(text: &str) -> Result<u64, DurationError> {
 /// Prints seconds in the largest unit that divides them exactly: `600` is `10m`, `90` is `90s`.
 pub fn format(secs: u64) -> String {
     for (unit, scale) in UNITS {
-        if secs > 0 && secs % scale == 0 {
+        if secs > 0 && secs.is_multiple_of(scale) {
             return format!("{}{unit}", secs / scale);
         }
     }

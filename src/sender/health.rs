@@ -35,7 +35,7 @@ pub(crate) fn watch_health(
                 cancel.store(true, Ordering::Relaxed);
                 return Ok(());
             }
-            let due = checked.map_or(true, |at| at.elapsed() >= HEALTH_POLL);
+            let due = checked.is_none_or(|at| at.elapsed() >= HEALTH_POLL);
             if let Some(check) = check.as_ref().filter(|_| due) {
                 checked = Some(Instant::now());
                 if let Err(e) = check() {

@@ -264,7 +264,7 @@ impl Plan<'_> {
         }
         // Whether the whole chunk is known not to be all in the page cache (asked once).
         let mut not_all_cached = false;
-        if self.map_cached && offset % page_size() as u64 == 0 {
+        if self.map_cached && offset.is_multiple_of(page_size() as u64) {
             match cached_mapping(self.cached, offset, len) {
                 Some(map) => {
                     chunk.mapped = Some(map);

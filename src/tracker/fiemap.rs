@@ -104,7 +104,7 @@ impl<'a> Cursor<'a> {
 
     /// Moves to the extent that covers or follows `at`.
     fn seek(&mut self, at: u64) -> io::Result<()> {
-        while self.current.map_or(true, |e| e.logical + e.length <= at) {
+        while self.current.is_none_or(|e| e.logical + e.length <= at) {
             let Some(next) = self.extents.next().transpose()? else {
                 self.current = None;
                 return Ok(());

@@ -131,7 +131,7 @@ fn attribute(attributes: &str, name: &str) -> Result<u64, String> {
         // A match inside another attribute's name ("xbegin=") does not count.
         let before = search[..at].chars().last();
         let value = &search[at + needle.len()..];
-        if before.map_or(true, char::is_whitespace) {
+        if before.is_none_or(char::is_whitespace) {
             let end = value.find('"').ok_or("unterminated attribute")?;
             return value[..end]
                 .parse()

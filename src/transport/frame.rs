@@ -987,7 +987,7 @@ mod tests {
         // U+FFFD, which `encode` cut; decoding again gave a shorter reason.
         let mut body = vec![1u8];
         body.extend_from_slice(&1366u32.to_le_bytes());
-        body.extend(std::iter::repeat(0xFF).take(1366));
+        body.extend(std::iter::repeat_n(0xFF, 1366));
         let decoded = Message::decode(&body).unwrap();
         let mut frame = Vec::new();
         decoded.encode(&mut frame);

@@ -394,7 +394,7 @@ fn every_bound_is_accepted_at_the_limit_and_refused_one_past_it() {
     let text = |n: u32| {
         let mut b = vec![1u8];
         b.extend_from_slice(&n.to_le_bytes());
-        b.extend(std::iter::repeat(b'x').take(n as usize));
+        b.extend(std::iter::repeat_n(b'x', n as usize));
         b
     };
     assert!(Message::decode(&text(MAX_TEXT_LEN)).is_ok());

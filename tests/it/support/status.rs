@@ -175,9 +175,7 @@ pub fn assert_receiver_consistent(entry: &Value, generation: u64) {
         "receiver committed generation: {entry}"
     );
     assert!(
-        entry
-            .get("applying_generation")
-            .map_or(true, Value::is_null),
+        entry.get("applying_generation").is_none_or(Value::is_null),
         "consistent receiver still applying: {entry}"
     );
 }
