@@ -171,3 +171,44 @@ fn a_tracked_cycle_has_the_receiver_read_its_ranges_ahead() {
     );
     assert!(target.contents() == source);
 }
+
+/// A tracked cycle refines with the sub-block hashes its readers made: only the changed 4 KiB
+/// are shipped (hashes made with another key, or of the wrong sub-blocks, would ship whole
+/// blocks, still correct but not small).
+#[test]
+fn a_tracked_cycle_ships_only_the_changed_sub_blocks() {
+    let rig = Rig::new(BLOCK);
+    let mut source: Vec<u8> = (0..SIZE as u32).map(|i| (i * 29 % 239) as u8).collect();
+    std::fs::write(&rig.source, &source).unwrap();
+    let target = Arc::new(MemTarget::new(vec![0; SIZE]));
+    let image = Arc::new(Mutex::new(StoreImage::default()));
+    let store = || Box::new(CrashStore::new(Power::new(None), image.clone()));
+    let block = BLOCK as usize;
+    // Two sub-blocks of block 2, one of block 7 (its last), and all of block 9.
+    let changed = [2 * block + 4096, 2 * block + 9 * 4096 + 17, 8 * block - 1];
+    let tracker = Arc::new(Given::new(move |_since| {
+        // One range: the changed blocks lie at several places of one chunk.
+        Changes::Ranges(RangeSet::from_ranges(Some(
+            2 * BLOCK as u64..10 * BLOCK as u64,
+        )))
+    }));
+    let (sent, received) = rig.cycle(target.clone(), store(), tracker.clone());
+    sent.unwrap();
+    received.unwrap();
+
+    for at in changed {
+        source[at] ^= 0xFF;
+    }
+    source[9 * block..10 * block]
+        .iter_mut()
+        .for_each(|b| *b ^= 0x55);
+    std::fs::write(&rig.source, &source).unwrap();
+    let (sent, received) = rig.cycle(target.clone(), store(), tracker);
+    let report = sent.unwrap();
+    received.unwrap();
+    assert_eq!(report.full_scan_reason, None);
+    assert_eq!(report.blocks_changed, 3);
+    assert_eq!(report.blocks_refined, 3);
+    assert_eq!(report.bytes_changed, 3 * 4096 + BLOCK as u64);
+    assert!(target.contents() == source);
+}

@@ -103,6 +103,7 @@ impl OwnedChunk {
             data: &self.data,
             hashes: &self.hashes,
             zero: &self.zero,
+            sub_hashes: &[],
             bytes_read: self.bytes_read,
         }
     }
