@@ -221,6 +221,7 @@ fn with_the_reflink_tracker_a_lagging_destination_catches_up_without_a_full_read
         addr,
         &receiver_args,
     ));
+    let local_holds = read_all(&src);
     random_writes(&src, &mut rng, 8, 4, 16 * KIB);
     let out = send();
     out.assert_success();
@@ -237,6 +238,35 @@ fn with_the_reflink_tracker_a_lagging_destination_catches_up_without_a_full_read
     assert!(
         caught_up.bytes_read <= (behind + 16) * BLOCK,
         "the catch-up reads only what differs, not the volume: {out:?}"
+    );
+    // Both refine with the sub-block hashes of the one tracked read (one key for all): each
+    // ships only the 4 KiB that differ from what it holds, except in blocks it holds as zeros
+    // (refinement needs data to compare with: those ship whole).
+    let now = read_all(&src);
+    let shipped = |held: &[u8]| -> u64 {
+        changed_blocks(held, &now, BLOCK)
+            .into_iter()
+            .map(|block| {
+                let range = (block * BLOCK) as usize..((block + 1) * BLOCK) as usize;
+                match held[range.clone()].iter().all(|&b| b == 0) {
+                    true => BLOCK,
+                    false => {
+                        changed_blocks(&held[range.clone()], &now[range], 4096).len() as u64 * 4096
+                    }
+                }
+            })
+            .sum()
+    };
+    let local_report = report_for(&all, s(&local));
+    assert_eq!(
+        local_report.raw["bytes_changed"],
+        shipped(&local_holds),
+        "{out:?}"
+    );
+    assert_eq!(
+        caught_up.raw["bytes_changed"],
+        shipped(&remote_holds),
+        "{out:?}"
     );
     assert_identical(&src, &local);
     assert_identical(&src, &remote);
