@@ -12,7 +12,6 @@ use rayon::prelude::*;
 
 use super::manifest::{block_count, hash_block, is_zero, zero_block_hash, BlockHash};
 use super::ranges::RangeSet;
-use super::refine::{self, SubHash};
 use crate::progress::{Progress, Stage};
 use crate::source::readahead::{self, Chunk, ReadAheadError, ReadAheadOptions, BUFFERS_PER_READER};
 use crate::source::throttle::Throttle;
@@ -52,10 +51,6 @@ pub struct ScanOptions {
     pub chunk_bytes: usize,
     /// A read-rate limit, when the scan must leave bandwidth to others.
     pub throttle: Option<std::sync::Arc<Throttle>>,
-    /// Also hash every block's 4 KiB sub-blocks with this refinement key, on the reader
-    /// threads beside the blocks' hashes (a tracked cycle refines nearly every block it reads;
-    /// hashing them later on the one thread that ships them made it wait).
-    pub sub_hash_key: Option<[u8; 32]>,
 }
 
 impl ScanOptions {
@@ -66,7 +61,6 @@ impl ScanOptions {
             read_mode: ReadMode::default(),
             chunk_bytes: DEFAULT_CHUNK_BYTES,
             throttle: None,
-            sub_hash_key: None,
         }
     }
 
@@ -85,10 +79,6 @@ pub struct ScannedChunk<'a> {
     pub data: &'a [u8],
     /// One hash per block of `data`.
     pub hashes: &'a [BlockHash],
-    /// With [`ScanOptions::sub_hash_key`] (and when read ahead): the keyed hash of every 4 KiB
-    /// sub-block of `data` (those of all-zero blocks are left zero: they are never refined).
-    /// Empty otherwise.
-    pub sub_hashes: &'a [SubHash],
     /// One flag per block of `data`: true when the block is all zeros.
     pub zero: &'a [bool],
     /// Bytes of `data` read from the source (holes of a sparse file are not read).
@@ -127,7 +117,7 @@ pub fn scan<E>(
     progress: &dyn Progress,
     mut sink: impl FnMut(ScannedChunk<'_>) -> Result<(), E>,
 ) -> Result<(), ScanError<E>> {
-    let hasher = ChunkHasher::new(options.block_size).with_sub_hashes(options.sub_hash_key);
+    let hasher = ChunkHasher::new(options.block_size);
     let spans = ranges
         .aligned_out(options.block_size as u64)
         .clipped(source.size())
@@ -156,7 +146,6 @@ pub fn scan<E>(
 pub struct ChunkHasher {
     block_size: u32,
     full_zero: BlockHash,
-    sub_key: Option<[u8; 32]>,
 }
 
 impl ChunkHasher {
@@ -165,15 +154,6 @@ impl ChunkHasher {
         ChunkHasher {
             block_size,
             full_zero: zero_block_hash(block_size as usize),
-            sub_key: None,
-        }
-    }
-
-    /// The same, also hashing sub-blocks with `key` in [`ChunkHasher::hash_here`].
-    pub fn with_sub_hashes(self, key: Option<[u8; 32]>) -> Self {
-        ChunkHasher {
-            sub_key: key,
-            ..self
         }
     }
 
@@ -200,36 +180,23 @@ impl ChunkHasher {
     }
 
     /// The same on the calling thread; `may_hold_data(range)` false says a block's bytes are
-    /// known to be zeros (a hole), so it is not looked at. With a sub-block key, `subs` gets
-    /// the sub-block hashes (see [`ScannedChunk::sub_hashes`]); it is left empty otherwise.
+    /// known to be zeros (a hole), so it is not looked at.
     pub fn hash_here(
         &self,
         data: &[u8],
         may_hold_data: impl Fn(std::ops::Range<usize>) -> bool,
         hashes: &mut Vec<BlockHash>,
         zero: &mut Vec<bool>,
-        subs: &mut Vec<SubHash>,
     ) {
         let block_size = self.block_size as usize;
         hashes.clear();
         zero.clear();
-        subs.clear();
         for (i, block) in data.chunks(block_size).enumerate() {
             let start = i * block_size;
             let known_zero = !may_hold_data(start..start + block.len());
             let (hash, is_zero) = self.hash_block(block, known_zero);
             hashes.push(hash);
             zero.push(is_zero);
-            if let Some(key) = &self.sub_key {
-                match is_zero {
-                    true => subs.resize(subs.len() + refine::sub_count(block.len()), [0; 8]),
-                    false => subs.extend(
-                        block
-                            .chunks(refine::SUB_BLOCK)
-                            .map(|sub| refine::sub_hash(key, sub)),
-                    ),
-                }
-            }
         }
     }
 
@@ -273,9 +240,8 @@ fn scan_ahead<E>(
         direct,
     };
     // Hashing happens on the reader threads, beside the reads and the sink.
-    type Prepared = (Vec<BlockHash>, Vec<bool>, Vec<SubHash>);
-    let prepare = |chunk: &Chunk, (hashes, zero, subs): &mut Prepared| {
-        hasher.hash_here(chunk.data(), |r| chunk.may_hold_data(r), hashes, zero, subs);
+    let prepare = |chunk: &Chunk, (hashes, zero): &mut (Vec<BlockHash>, Vec<bool>)| {
+        hasher.hash_here(chunk.data(), |r| chunk.may_hold_data(r), hashes, zero);
     };
     let result = readahead::for_each_chunk(
         source,
@@ -283,13 +249,12 @@ fn scan_ahead<E>(
         read_options,
         cancel,
         prepare,
-        |chunk, (hashes, zero, subs)| {
+        |chunk, (hashes, zero)| {
             sink(ScannedChunk {
                 first_block: chunk.offset / options.block_size as u64,
                 data: chunk.data(),
                 hashes,
                 zero,
-                sub_hashes: subs,
                 bytes_read: chunk.bytes_from_source(),
             })?;
             progress.advance(Stage::Scan, chunk.data().len() as u64, 0);
@@ -343,7 +308,6 @@ fn scan_mmap<E>(
             data,
             hashes: &hashes,
             zero: &zero,
-            sub_hashes: &[],
             bytes_read: data.len() as u64,
         })
         .map_err(ScanError::Sink)?;
@@ -430,58 +394,5 @@ mod tests {
             zeroed.hashes(),
             "the hole hashes as zeros"
         );
-    }
-
-    #[test]
-    fn read_ahead_hashes_sub_blocks_with_the_key_it_is_given() {
-        // Data, a zero block, data with an unaligned tail; read in chunks of two blocks.
-        let block = 16384usize;
-        let mut data: Vec<u8> = (0..4 * block + 5000).map(|i| (i % 253) as u8).collect();
-        data[block..2 * block].fill(0);
-        let mut file = tempfile::NamedTempFile::new().unwrap();
-        file.write_all(&data).unwrap();
-        let source = BlockSource::open(file.path()).unwrap();
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
-        let key = [7u8; 32];
-        let scan_subs = |key: Option<[u8; 32]>| {
-            let options = ScanOptions {
-                read_mode: ReadMode::Cached,
-                chunk_bytes: 2 * block,
-                sub_hash_key: key,
-                ..ScanOptions::new(block as u32)
-            };
-            let mut subs = Vec::new();
-            let everything = RangeSet::full(source.size());
-            let cancel = AtomicBool::new(false);
-            scan(
-                &source,
-                &everything,
-                &options,
-                &pool,
-                &cancel,
-                &NoProgress,
-                |chunk| {
-                    assert_eq!(
-                        chunk.sub_hashes.len(),
-                        match key {
-                            Some(_) => chunk.data.len().div_ceil(refine::SUB_BLOCK),
-                            None => 0,
-                        }
-                    );
-                    subs.extend_from_slice(chunk.sub_hashes);
-                    Ok::<(), ()>(())
-                },
-            )
-            .unwrap();
-            subs
-        };
-        let mut expected = refine::sub_hashes(&key, &data);
-        // The zero block's are left zero: it is never refined.
-        expected[block / refine::SUB_BLOCK..2 * block / refine::SUB_BLOCK].fill([0; 8]);
-        assert_eq!(scan_subs(Some(key)), expected);
-        assert!(scan_subs(None).is_empty());
     }
 }

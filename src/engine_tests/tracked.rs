@@ -172,9 +172,9 @@ fn a_tracked_cycle_has_the_receiver_read_its_ranges_ahead() {
     assert!(target.contents() == source);
 }
 
-/// A tracked cycle refines with the sub-block hashes its readers made: only the changed 4 KiB
-/// are shipped (hashes made with another key, or of the wrong sub-blocks, would ship whole
-/// blocks, still correct but not small).
+/// A tracked cycle refines its changed blocks: only the changed 4 KiB are shipped, wherever
+/// the changed blocks lie in a chunk (sub-block hashes made with another key, or of the wrong
+/// sub-blocks, would ship whole blocks: still correct, but not small).
 #[test]
 fn a_tracked_cycle_ships_only_the_changed_sub_blocks() {
     let rig = Rig::new(BLOCK);

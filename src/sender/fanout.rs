@@ -28,7 +28,6 @@ use std::time::Instant;
 
 use crate::blockdiff::manifest::{BlockHash, Manifest};
 use crate::blockdiff::ranges::RangeSet;
-use crate::blockdiff::refine::{self, SubHash};
 use crate::blockdiff::scan::{scan, ScanError, ScanOptions, ScannedChunk};
 use crate::progress::NoProgress;
 use crate::snapshot::HealthFn;
@@ -84,7 +83,6 @@ struct OwnedChunk {
     data: Vec<u8>,
     hashes: Vec<BlockHash>,
     zero: Vec<bool>,
-    sub_hashes: Vec<SubHash>,
     bytes_read: u64,
 }
 
@@ -95,7 +93,6 @@ impl OwnedChunk {
             data: chunk.data.to_vec(),
             hashes: chunk.hashes.to_vec(),
             zero: chunk.zero.to_vec(),
-            sub_hashes: chunk.sub_hashes.to_vec(),
             bytes_read: chunk.bytes_read,
         }
     }
@@ -106,7 +103,6 @@ impl OwnedChunk {
             data: &self.data,
             hashes: &self.hashes,
             zero: &self.zero,
-            sub_hashes: &self.sub_hashes,
             bytes_read: self.bytes_read,
         }
     }
@@ -196,16 +192,11 @@ pub fn run_fanout_cycle(
     };
     let cancel = Arc::new(AtomicBool::new(false));
     let watch = health::watch_health(&frozen.view, ctx.stop.clone(), cancel.clone());
-    // A tracked read is refined nearly whole: its readers hash the sub-blocks with one key
-    // that every refining destination uses (see `stream::stream_changes`).
-    let refines = opened.iter().any(|o| o.cycle.refine) && read != everything;
     let options = ScanOptions {
         read_mode: config.read_mode,
         throttle: config
             .read_limit
             .map(|rate| Arc::new(crate::source::throttle::Throttle::new(rate))),
-        // Without randomness each packer draws its own key, and fails the way it says.
-        sub_hash_key: refines.then(|| refine::new_key().ok()).flatten(),
         ..ScanOptions::new(config.block_size)
     };
     let shared = Shared {
@@ -474,9 +465,6 @@ fn worker(
         open.cycle.refine,
         sink,
     );
-    if let (true, Some(key)) = (packer.refines(), shared.options.sub_hash_key) {
-        packer.use_refine_key(key);
-    }
     for chunk in chunks.iter() {
         packer.chunk(pool, chunk.view(), &NoProgress)?;
     }

@@ -20,7 +20,7 @@ use crate::blockdiff::delta::{Op, Payload, RefineAnswer};
 use crate::blockdiff::manifest::{BlockHash, Manifest};
 use crate::blockdiff::plan::{plan_chunk, PlanOptions, Step};
 use crate::blockdiff::ranges::RangeSet;
-use crate::blockdiff::refine::{self, SubHash, SUB_BLOCK};
+use crate::blockdiff::refine::{self, SUB_BLOCK};
 use crate::blockdiff::scan::ScannedChunk;
 use crate::blockdiff::PARALLEL_MIN_BYTES;
 use crate::progress::{Progress, Stage};
@@ -81,13 +81,8 @@ pub struct Packer<S: DeltaSink> {
     pending: VecDeque<Pending>,
     pending_bytes: usize,
     pending_zero: Option<(u64, u64)>,
-    /// This cycle's sub-block hash key: drawn at the first refinement unless given
-    /// ([`Packer::use_refine_key`]).
+    /// This cycle's sub-block hash key, once sent.
     refine_key: Option<[u8; 32]>,
-    /// Whether the key was given (the scan's), rather than drawn here.
-    key_given: bool,
-    /// Whether the receiver has been sent the key.
-    key_sent: bool,
     /// What was found and shipped so far.
     pub stats: ChangeStats,
 }
@@ -111,22 +106,8 @@ impl<S: DeltaSink> Packer<S> {
             pending_bytes: 0,
             pending_zero: None,
             refine_key: None,
-            key_given: false,
-            key_sent: false,
             stats: ChangeStats::default(),
         }
-    }
-
-    /// Refines with `key`, the one the scan hashed sub-blocks with
-    /// ([`crate::blockdiff::scan::ScanOptions::sub_hash_key`]), instead of drawing one.
-    pub fn use_refine_key(&mut self, key: [u8; 32]) {
-        self.refine_key = Some(key);
-        self.key_given = true;
-    }
-
-    /// Whether this packer refines (the receiver can, and blocks are larger than a sub-block).
-    pub fn refines(&self) -> bool {
-        self.plan.refine
     }
 
     /// Plans and ships one chunk's changes.
@@ -170,16 +151,7 @@ impl<S: DeltaSink> Packer<S> {
             let hashes = chunk.hashes[offset..offset + count as usize].to_vec();
             self.flush_zero_run()?;
             match step {
-                Step::Refine { .. } => {
-                    // The scan's sub-block hashes, when it made them with our key.
-                    let subs = match self.key_given {
-                        true => chunk
-                            .sub_hashes
-                            .get(start / SUB_BLOCK..end.div_ceil(SUB_BLOCK)),
-                        false => None,
-                    };
-                    self.refine(first_block, &chunk.data[start..end], hashes, subs)?
-                }
+                Step::Refine { .. } => self.refine(first_block, &chunk.data[start..end], hashes)?,
                 _ => extents.push((first_block, &chunk.data[start..end], hashes)),
             }
         }
@@ -244,35 +216,27 @@ impl<S: DeltaSink> Packer<S> {
 
     /// Asks which sub-blocks of this run differ; patches older runs first when the window is
     /// full.
-    /// `subs`: the run's sub-block hashes when the scan made them with this cycle's key.
     fn refine(
         &mut self,
         first_block: u64,
         data: &[u8],
         hashes: Vec<BlockHash>,
-        subs: Option<&[SubHash]>,
     ) -> Result<(), SendError> {
         while self.pending_bytes + data.len() > REFINE_WINDOW && !self.pending.is_empty() {
             self.patch_next()?;
         }
         let key = match self.refine_key {
             Some(key) => key,
-            None => *self
-                .refine_key
-                .insert(refine::new_key().map_err(SendError::Randomness)?),
-        };
-        if !self.key_sent {
-            self.sink.send(Op::RefineKey { key })?;
-            self.key_sent = true;
-        }
-        let sub_hashes = match subs {
-            Some(subs) => subs.to_vec(),
-            None => refine::sub_hashes(&key, data),
+            None => {
+                let key = refine::new_key().map_err(SendError::Randomness)?;
+                self.sink.send(Op::RefineKey { key })?;
+                *self.refine_key.insert(key)
+            }
         };
         self.sink.send(Op::Refine {
             first_block,
             block_count: hashes.len() as u32,
-            sub_hashes,
+            sub_hashes: refine::sub_hashes(&key, data),
         })?;
         self.stats.blocks_refined += hashes.len() as u64;
         // The receiver reads the run to answer, and again to apply the patch.

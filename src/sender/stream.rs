@@ -8,7 +8,6 @@ use std::sync::atomic::AtomicBool;
 use crate::blockdiff::delta::{Op, RefineAnswer};
 use crate::blockdiff::manifest::Manifest;
 use crate::blockdiff::ranges::RangeSet;
-use crate::blockdiff::refine;
 use crate::blockdiff::scan::{scan, ScanError, ScanOptions};
 use crate::progress::Progress;
 use crate::source::BlockSource;
@@ -83,18 +82,10 @@ pub(crate) fn stream_changes<S: DeltaSink>(
     sink: S,
 ) -> Result<(Manifest, ChangeStats), SendError> {
     let mut packer = Packer::new(base, streaming.level, refine, sink);
-    let mut options = streaming.options.clone();
-    // A tracked scan reads little besides changed blocks, which are all refined: hash their
-    // sub-blocks on the reader threads rather than on the one thread that ships them.
-    if packer.refines() && *streaming.ranges != RangeSet::full(streaming.source.size()) {
-        let key = refine::new_key().map_err(SendError::Randomness)?;
-        options.sub_hash_key = Some(key);
-        packer.use_refine_key(key);
-    }
     let scanned = scan(
         streaming.source,
         streaming.ranges,
-        &options,
+        &streaming.options,
         streaming.pool,
         streaming.cancel,
         streaming.progress,

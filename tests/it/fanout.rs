@@ -239,9 +239,9 @@ fn with_the_reflink_tracker_a_lagging_destination_catches_up_without_a_full_read
         caught_up.bytes_read <= (behind + 16) * BLOCK,
         "the catch-up reads only what differs, not the volume: {out:?}"
     );
-    // Both refine with the sub-block hashes of the one tracked read (one key for all): each
-    // ships only the 4 KiB that differ from what it holds, except in blocks it holds as zeros
-    // (refinement needs data to compare with: those ship whole).
+    // Both refine what the one tracked read hands them: each ships only the 4 KiB that differ
+    // from what it holds, except in blocks it holds as zeros (refinement needs data to compare
+    // with: those ship whole).
     let now = read_all(&src);
     let shipped = |held: &[u8]| -> u64 {
         changed_blocks(held, &now, BLOCK)
