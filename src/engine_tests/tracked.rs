@@ -7,23 +7,59 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::blockdiff::ranges::RangeSet;
+use crate::receiver::ReceiveError;
+use crate::sender::{CycleReport, SendError};
 use crate::state::{CrashStore, StoreImage};
 use crate::target::{BlockTarget, MemTarget, Power};
-use crate::tracker::{Changes, FullScan, Given};
+use crate::tracker::{ChangeTracker, Changes, FullScan, Given};
 
 use super::Rig;
 
 const BLOCK: u32 = 65536;
 const SIZE: usize = 1 << 20;
 
+/// A rig with a `SIZE`-byte source of the pattern `i * step % modulus`, a target of `fill`
+/// bytes, and one receiver store image that every cycle's store shares.
+struct Setup {
+    rig: Rig,
+    source: Vec<u8>,
+    target: Arc<MemTarget>,
+    image: Arc<Mutex<StoreImage>>,
+}
+
+impl Setup {
+    fn new(step: u32, modulus: u32, fill: u8) -> Self {
+        let rig = Rig::new(BLOCK);
+        let source: Vec<u8> = (0..SIZE as u32)
+            .map(|i| (i * step % modulus) as u8)
+            .collect();
+        std::fs::write(&rig.source, &source).unwrap();
+        Setup {
+            rig,
+            source,
+            target: Arc::new(MemTarget::new(vec![fill; SIZE])),
+            image: Arc::new(Mutex::new(StoreImage::default())),
+        }
+    }
+
+    /// Writes the (changed) source out.
+    fn write_source(&self) {
+        std::fs::write(&self.rig.source, &self.source).unwrap();
+    }
+
+    /// One cycle with `tracker`.
+    fn cycle(
+        &self,
+        tracker: Arc<dyn ChangeTracker>,
+    ) -> (Result<CycleReport, SendError>, Result<(), ReceiveError>) {
+        let store = Box::new(CrashStore::new(Power::new(None), self.image.clone()));
+        self.rig.cycle(self.target.clone(), store, tracker)
+    }
+}
+
 #[test]
 fn the_scan_reads_only_what_the_tracker_reports() {
-    let rig = Rig::new(BLOCK);
-    let mut source: Vec<u8> = (0..SIZE as u32).map(|i| (i * 7 % 253) as u8).collect();
-    std::fs::write(&rig.source, &source).unwrap();
-    let target = Arc::new(MemTarget::new(vec![0xAB; SIZE]));
-    let image = Arc::new(Mutex::new(StoreImage::default()));
-    let store = || Box::new(CrashStore::new(Power::new(None), image.clone()));
+    let mut x = Setup::new(7, 253, 0xAB);
     let asked = Arc::new(AtomicUsize::new(0));
     let counter = asked.clone();
     let tracker = Arc::new(Given::new(move |_since| {
@@ -32,7 +68,7 @@ fn the_scan_reads_only_what_the_tracker_reports() {
     }));
 
     // First cycle: no committed manifest of ours, so the tracker is not asked.
-    let (sent, received) = rig.cycle(target.clone(), store(), tracker.clone());
+    let (sent, received) = x.cycle(tracker.clone());
     let first = sent.unwrap();
     received.unwrap();
     assert_eq!(
@@ -43,13 +79,13 @@ fn the_scan_reads_only_what_the_tracker_reports() {
     assert_eq!(first.tracker, "given");
     assert!(first.full_scan_reason.is_some(), "{first:?}");
     assert_eq!(first.bytes_read, SIZE as u64);
-    assert!(target.contents() == source);
+    assert!(x.target.contents() == x.source);
 
     // Two changes; the tracker reports only the first.
-    source[150] ^= 0xFF;
-    source[SIZE / 2] ^= 0xFF;
-    std::fs::write(&rig.source, &source).unwrap();
-    let (sent, received) = rig.cycle(target.clone(), store(), tracker.clone());
+    x.source[150] ^= 0xFF;
+    x.source[SIZE / 2] ^= 0xFF;
+    x.write_source();
+    let (sent, received) = x.cycle(tracker.clone());
     let second = sent.unwrap();
     received.unwrap();
     assert_eq!(asked.load(Ordering::SeqCst), 1);
@@ -60,50 +96,45 @@ fn the_scan_reads_only_what_the_tracker_reports() {
     );
     assert_eq!(second.ranges_scanned, 1);
     assert_eq!(second.blocks_changed, 1);
-    let held = target.contents();
-    assert_eq!(held[150], source[150], "the reported change was shipped");
+    let held = x.target.contents();
+    assert_eq!(held[150], x.source[150], "the reported change was shipped");
     assert_ne!(
         held[SIZE / 2],
-        source[SIZE / 2],
+        x.source[SIZE / 2],
         "the unreported change was not read"
     );
 
     // A full scan (what an audit does) finds and ships the missed change.
-    let (sent, received) = rig.cycle(target.clone(), store(), Arc::new(FullScan));
+    let (sent, received) = x.cycle(Arc::new(FullScan));
     let third = sent.unwrap();
     received.unwrap();
     assert_eq!(third.blocks_changed, 1);
-    assert!(target.contents() == source);
-    assert_eq!(target.size(), SIZE as u64);
+    assert!(x.target.contents() == x.source);
+    assert_eq!(x.target.size(), SIZE as u64);
 }
 
 /// A tracker that misses a change is caught by the audit: the block it did not report is
 /// counted as a tracking fault and shipped, and the target converges.
 #[test]
 fn an_audit_catches_a_tracker_that_misses_a_change() {
-    let rig = Rig::new(BLOCK);
-    let mut source: Vec<u8> = (0..SIZE as u32).map(|i| (i * 11 % 251) as u8).collect();
-    std::fs::write(&rig.source, &source).unwrap();
-    let target = Arc::new(MemTarget::new(vec![0; SIZE]));
-    let image = Arc::new(Mutex::new(StoreImage::default()));
-    let store = || Box::new(CrashStore::new(Power::new(None), image.clone()));
+    let mut x = Setup::new(11, 251, 0);
     let missing = Arc::new(Given::new(|_since| {
         Changes::Ranges(RangeSet::from_ranges(std::iter::once(0..4096)))
     }));
-    let (sent, _) = rig.cycle(target.clone(), store(), missing.clone());
+    let (sent, _) = x.cycle(missing.clone());
     let first = sent.unwrap();
     assert!(!first.audit, "the first cycle scans everything anyway");
     assert_eq!(first.bytes_read, SIZE as u64);
 
-    source[10] ^= 1; // reported
-    source[3 * BLOCK as usize + 5] ^= 1; // missed
-    source[7 * BLOCK as usize] ^= 1; // missed, in another block
-    std::fs::write(&rig.source, &source).unwrap();
-    rig.audit.set(crate::sender::audit::AuditPolicy {
+    x.source[10] ^= 1; // reported
+    x.source[3 * BLOCK as usize + 5] ^= 1; // missed
+    x.source[7 * BLOCK as usize] ^= 1; // missed, in another block
+    x.write_source();
+    x.rig.audit.set(crate::sender::audit::AuditPolicy {
         always: true,
         ..Default::default()
     });
-    let (sent, received) = rig.cycle(target.clone(), store(), missing);
+    let (sent, received) = x.cycle(missing);
     let report = sent.unwrap();
     received.unwrap();
     assert!(report.audit, "{report:?}");
@@ -111,7 +142,7 @@ fn an_audit_catches_a_tracker_that_misses_a_change() {
     assert_eq!(report.tracking_faults, 2, "{report:?}");
     assert_eq!(report.blocks_changed, 3);
     assert!(
-        target.contents() == source,
+        x.target.contents() == x.source,
         "the audit repaired what the tracker missed"
     );
 }
@@ -121,12 +152,7 @@ fn an_audit_catches_a_tracker_that_misses_a_change() {
 /// unchanged (so no op ever names it) is read ahead. A full scan lists nothing.
 #[test]
 fn a_tracked_cycle_has_the_receiver_read_its_ranges_ahead() {
-    let rig = Rig::new(BLOCK);
-    let mut source: Vec<u8> = (0..SIZE as u32).map(|i| (i * 13 % 241) as u8).collect();
-    std::fs::write(&rig.source, &source).unwrap();
-    let target = Arc::new(MemTarget::new(vec![0; SIZE]));
-    let image = Arc::new(Mutex::new(StoreImage::default()));
-    let store = || Box::new(CrashStore::new(Power::new(None), image.clone()));
+    let mut x = Setup::new(13, 241, 0);
     let unchanged_block = 5 * BLOCK as u64;
     let tracker = Arc::new(Given::new(move |_since| {
         Changes::Ranges(RangeSet::from_ranges([
@@ -134,21 +160,21 @@ fn a_tracked_cycle_has_the_receiver_read_its_ranges_ahead() {
             unchanged_block + 10..unchanged_block + 20,
         ]))
     }));
-    let (sent, received) = rig.cycle(target.clone(), store(), tracker.clone());
+    let (sent, received) = x.cycle(tracker.clone());
     sent.unwrap();
     received.unwrap();
     let read_ahead =
-        |from: usize| -> Vec<std::ops::Range<u64>> { target.prefetched()[from..].to_vec() };
+        |from: usize| -> Vec<std::ops::Range<u64>> { x.target.prefetched()[from..].to_vec() };
     let unchanged = unchanged_block..unchanged_block + BLOCK as u64;
     assert!(
         !read_ahead(0).contains(&unchanged),
         "the first cycle (a full scan) lists nothing"
     );
 
-    source[150] ^= 0xFF;
-    std::fs::write(&rig.source, &source).unwrap();
-    let before = target.prefetched().len();
-    let (sent, received) = rig.cycle(target.clone(), store(), tracker);
+    x.source[150] ^= 0xFF;
+    x.write_source();
+    let before = x.target.prefetched().len();
+    let (sent, received) = x.cycle(tracker);
     let report = sent.unwrap();
     received.unwrap();
     assert_eq!(report.full_scan_reason, None);
@@ -156,12 +182,12 @@ fn a_tracked_cycle_has_the_receiver_read_its_ranges_ahead() {
     let hinted = read_ahead(before);
     assert!(hinted.contains(&(0..BLOCK as u64)), "{hinted:?}");
     assert!(hinted.contains(&unchanged), "{hinted:?}");
-    assert!(target.contents() == source);
+    assert!(x.target.contents() == x.source);
 
-    let before = target.prefetched().len();
-    source[3 * BLOCK as usize] ^= 0xFF;
-    std::fs::write(&rig.source, &source).unwrap();
-    let (sent, received) = rig.cycle(target.clone(), store(), Arc::new(FullScan));
+    let before = x.target.prefetched().len();
+    x.source[3 * BLOCK as usize] ^= 0xFF;
+    x.write_source();
+    let (sent, received) = x.cycle(Arc::new(FullScan));
     sent.unwrap();
     received.unwrap();
     assert!(
@@ -169,7 +195,7 @@ fn a_tracked_cycle_has_the_receiver_read_its_ranges_ahead() {
         "a full scan lists nothing: {:?}",
         read_ahead(before)
     );
-    assert!(target.contents() == source);
+    assert!(x.target.contents() == x.source);
 }
 
 /// A tracked cycle refines its changed blocks: only the changed 4 KiB are shipped, wherever
@@ -177,12 +203,7 @@ fn a_tracked_cycle_has_the_receiver_read_its_ranges_ahead() {
 /// sub-blocks, would ship whole blocks: still correct, but not small).
 #[test]
 fn a_tracked_cycle_ships_only_the_changed_sub_blocks() {
-    let rig = Rig::new(BLOCK);
-    let mut source: Vec<u8> = (0..SIZE as u32).map(|i| (i * 29 % 239) as u8).collect();
-    std::fs::write(&rig.source, &source).unwrap();
-    let target = Arc::new(MemTarget::new(vec![0; SIZE]));
-    let image = Arc::new(Mutex::new(StoreImage::default()));
-    let store = || Box::new(CrashStore::new(Power::new(None), image.clone()));
+    let mut x = Setup::new(29, 239, 0);
     let block = BLOCK as usize;
     // Two sub-blocks of block 2, one of block 7 (its last), and all of block 9.
     let changed = [2 * block + 4096, 2 * block + 9 * 4096 + 17, 8 * block - 1];
@@ -192,23 +213,23 @@ fn a_tracked_cycle_ships_only_the_changed_sub_blocks() {
             2 * BLOCK as u64..10 * BLOCK as u64,
         )))
     }));
-    let (sent, received) = rig.cycle(target.clone(), store(), tracker.clone());
+    let (sent, received) = x.cycle(tracker.clone());
     sent.unwrap();
     received.unwrap();
 
     for at in changed {
-        source[at] ^= 0xFF;
+        x.source[at] ^= 0xFF;
     }
-    source[9 * block..10 * block]
+    x.source[9 * block..10 * block]
         .iter_mut()
         .for_each(|b| *b ^= 0x55);
-    std::fs::write(&rig.source, &source).unwrap();
-    let (sent, received) = rig.cycle(target.clone(), store(), tracker);
+    x.write_source();
+    let (sent, received) = x.cycle(tracker);
     let report = sent.unwrap();
     received.unwrap();
     assert_eq!(report.full_scan_reason, None);
     assert_eq!(report.blocks_changed, 3);
     assert_eq!(report.blocks_refined, 3);
     assert_eq!(report.bytes_changed, 3 * 4096 + BLOCK as u64);
-    assert!(target.contents() == source);
+    assert!(x.target.contents() == x.source);
 }
