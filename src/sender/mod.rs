@@ -150,7 +150,10 @@ pub fn run_cycle(
     if dest.refine && *ranges != everything {
         stream::send_prefetch(endpoint, ranges, config.block_size)?;
     }
-    let (manifest, stats) = scan_and_ship(endpoint, config, ctx, &frozen, ranges, &dest)?;
+    let (manifest, stats) = scan_and_ship(endpoint, config, ctx, &frozen, ranges, &dest)
+        // A scan that failed may have failed for want of snapshot space (an overflowing
+        // classic snapshot, a full thin pool): the figures matter most then.
+        .inspect_err(|_| space::record(ctx, &config.source, &frozen.view))?;
     let tracking_faults = match audit && full_scan_reason.is_none() {
         true => audit::faults(&stats.changed, &tracked, config.block_size),
         false => 0,
