@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The rsync benchmark with the image files on xfs and blkmirror's reflink snapshots, so that
 # its reflink change tracker (FIEMAP of the kept clone against the new one) says what changed
-# and a cycle reads only that. Same arguments as run.sh; rows dd, rsync-local and
-# blkmirror-local unless BENCH_ROWS says otherwise.
+# and a cycle reads only that. Same arguments as run.sh; rows dd, floor (the least any
+# snapshot-based mirror must do for the change: floor.py), rsync-local and blkmirror-local
+# unless BENCH_ROWS says otherwise.
 #
 #   bench/rsync/on-xfs.sh 1000000 --repeat 3
 #
@@ -42,5 +43,6 @@ mkdir -p "$mnt"
 mount "$loopdev" "$mnt"
 log "xfs on $loopdev (backed by $backing) at $mnt"
 n=${1:-50000}
-BENCH_WORK=$mnt/work BENCH_SNAPSHOT=reflink BENCH_ROWS=${BENCH_ROWS:-dd rsync-local blkmirror-local} \
+# The scratch dir is kept (BENCH_KEEP_WORK) so that its logs can be copied: it goes with the xfs.
+BENCH_KEEP_WORK=1 BENCH_WORK=$mnt/work BENCH_SNAPSHOT=reflink BENCH_ROWS=${BENCH_ROWS:-dd floor rsync-local blkmirror-local} \
     BENCH_VARIANTS=${BENCH_VARIANTS:-change} bash "$here/run.sh" "$@"

@@ -29,6 +29,8 @@
 #   BENCH_WORK        scratch dir for this run (default $BENCH_CACHE/work-n<N>; wiped first)
 #   BENCH_KEEP_WORK=1 keep the scratch dir (images, state, logs) after the run
 #   BENCH_ROWS        subset of: dd rsync-local rsync-ssh blkmirror-local blkmirror-tls blkmirror-ssh
+#                     floor (with BENCH_SNAPSHOT=reflink and blkmirror-local, change cycle: the
+#                     least any snapshot-based mirror must do for the change, see floor.py)
 #   BENCH_VARIANTS    subset of: change nochange
 #   BENCH_CHECK_ONLY=1  correctness only (CI): no dd row, no cache dropping or warming
 #   BENCH_TREECMP=0   skip the tree comparison of run 1 (15+ minutes per row at 1,000,000 files
@@ -90,6 +92,12 @@ if [ -z "$csv" ]; then
 fi
 want() { [[ " $rows " == *" $1 "* ]]; }
 want_variant() { [[ " $variants " == *" $1 "* ]]; }
+if want floor; then
+    [ "${BENCH_SNAPSHOT:-none}" = reflink ] && want blkmirror-local && want_variant change ||
+        die "the floor row needs BENCH_SNAPSHOT=reflink (bench/rsync/on-xfs.sh), blkmirror-local and the change cycle"
+    require_tool xfs_io xfsprogs
+    require_tool fio fio
+fi
 
 require_root
 require_tool rsync rsync
@@ -442,6 +450,25 @@ row_dd() {
     emit floor dd "read iflag=direct" "" "" "" "" "$correct" "read $copied of $img_bytes bytes"
 }
 
+# row_floor: freeze, find and move the change with nothing else (floor.py), from the kept
+# clone of blkmirror-local's primed state to a fresh copy of the target.
+row_floor() {
+    local kept detail bytes correct=false
+    kept=$(find "$work/state/local-change.primed/send/snapshots" -maxdepth 1 -type f | head -1)
+    [ -n "$kept" ] || die "the floor row found no kept clone in blkmirror-local's primed state"
+    reset "$work/floor-dst.img"
+    rm -f "$work/floor-clone.img"
+    prepare_cache
+    measure "floor-$rep" python3 "$here/floor.py" "$kept" "$work/src-change.img" \
+        "$work/floor-clone.img" "$work/floor-dst.img"
+    detail=$(tail -1 "$OUT")
+    bytes=$(sed -n 's/^floor: [0-9]* ranges, \([0-9]*\) bytes.*/\1/p' "$OUT")
+    [ "$RC" = 0 ] && [ -n "$bytes" ] && correct=true
+    [ "$RC" = 0 ] || { tail -5 "$ERR" >&2; detail="exit $RC"; }
+    emit change floor "clone + changed extents" "" "$bytes" "changed extents read and written" \
+        "" "$correct" "$detail"
+}
+
 row_rsync() {
     local transport=$1 variant=$2 label=rsync-$1-$2-$rep rrss="" bytes as sent correct=false detail
     reset "$work/rdst.img"
@@ -530,6 +557,7 @@ row_blkmirror() {
 log "timed runs ($cache_mode cache), $n files, $count rewritten, $repeat run(s) of each"
 for rep in $(seq "$repeat"); do
     want dd && want_variant change && row_dd
+    want floor && row_floor
     for variant in $variants; do
         for transport in local ssh; do
             want "rsync-$transport" && row_rsync "$transport" "$variant"
