@@ -84,12 +84,21 @@ enum Backing {
     Opaque,
 }
 
-/// A cursor over one extent stream, digesting what it reads.
+/// A cursor over one extent stream, digesting and counting what it reads.
 struct Cursor<'a> {
     extents: Extents<'a>,
     current: Option<Extent>,
     end_seen: u64,
     digest: blake3::Hasher,
+    count: u64,
+}
+
+/// What a whole reading of one extent map amounts to: a digest of it (a second reading must
+/// give the same) and how many extents it had.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct MapDigest {
+    hash: blake3::Hash,
+    extents: u64,
 }
 
 impl<'a> Cursor<'a> {
@@ -99,6 +108,7 @@ impl<'a> Cursor<'a> {
             current: None,
             end_seen: 0,
             digest: blake3::Hasher::new(),
+            count: 0,
         }
     }
 
@@ -116,6 +126,7 @@ impl<'a> Cursor<'a> {
                 ));
             }
             self.end_seen = next.logical + next.length;
+            self.count += 1;
             self.digest.update(&next.logical.to_le_bytes());
             self.digest.update(&next.physical.to_le_bytes());
             self.digest.update(&next.length.to_le_bytes());
@@ -144,9 +155,12 @@ impl<'a> Cursor<'a> {
     }
 
     /// Reads the rest of the stream into the digest, and returns it.
-    fn finish(mut self) -> io::Result<blake3::Hash> {
+    fn finish(mut self) -> io::Result<MapDigest> {
         self.seek(u64::MAX)?;
-        Ok(self.digest.finalize())
+        Ok(MapDigest {
+            hash: self.digest.finalize(),
+            extents: self.count,
+        })
     }
 }
 
@@ -156,7 +170,7 @@ fn compare_once(
     previous: Extents<'_>,
     current: Extents<'_>,
     size: u64,
-) -> io::Result<(RangeSet, blake3::Hash, blake3::Hash)> {
+) -> io::Result<(RangeSet, MapDigest, MapDigest)> {
     let (mut a, mut b) = (Cursor::new(previous), Cursor::new(current));
     let mut changed = RangeSet::new();
     let mut at = 0;
@@ -180,6 +194,18 @@ fn compare_once(
 /// How many times a pair of maps is read before giving up on a moving filesystem.
 const ATTEMPTS: usize = 3;
 
+/// What a comparison of two clones' extent maps found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Compared {
+    /// The byte ranges that may differ.
+    pub changed: RangeSet,
+    /// Extents in the previous clone's map.
+    pub previous_extents: u64,
+    /// Extents in the current clone's map: the image's fragmentation, which the clone and
+    /// every reading of the maps cost in proportion to.
+    pub current_extents: u64,
+}
+
 /// The byte ranges of `current` (a clone of `size` bytes) that may differ from `previous`, or
 /// why it cannot tell.
 pub fn changed_ranges(
@@ -187,9 +213,9 @@ pub fn changed_ranges(
     previous: &Path,
     current: &Path,
     size: u64,
-) -> Result<RangeSet, String> {
+) -> Result<Compared, String> {
     let digest =
-        |path: &Path| -> io::Result<blake3::Hash> { Cursor::new(source.extents(path)?).finish() };
+        |path: &Path| -> io::Result<MapDigest> { Cursor::new(source.extents(path)?).finish() };
     for _ in 0..ATTEMPTS {
         let first = source
             .extents(previous)
@@ -201,7 +227,11 @@ pub fn changed_ranges(
             .and_then(|p| Ok((p, digest(current)?)))
             .map_err(|e| format!("FIEMAP failed: {e}"))?;
         if again == (previous_digest, current_digest) {
-            return Ok(changed);
+            return Ok(Compared {
+                changed,
+                previous_extents: previous_digest.extents,
+                current_extents: current_digest.extents,
+            });
         }
         tracing::debug!("extent maps moved between two readings; reading them again");
     }
@@ -266,6 +296,7 @@ mod tests {
         let maps = Maps::new(vec![previous], vec![current]);
         changed_ranges(&maps, Path::new("prev"), Path::new("cur"), size)
             .unwrap()
+            .changed
             .iter()
             .cloned()
             .collect()
@@ -282,6 +313,16 @@ mod tests {
         ];
         assert_eq!(compare(previous.clone(), previous.clone(), 12288), vec![]);
         assert_eq!(compare(previous, current, 12288), vec![8192..12288]);
+    }
+
+    #[test]
+    fn the_comparison_counts_each_map_s_extents() {
+        let previous = vec![extent(0, 1000, 8192)];
+        let current = vec![extent(0, 1000, 4096), extent(8192, 5096, 4096)];
+        let maps = Maps::new(vec![previous], vec![current]);
+        let compared = changed_ranges(&maps, Path::new("prev"), Path::new("cur"), 16384).unwrap();
+        assert_eq!(compared.previous_extents, 1);
+        assert_eq!(compared.current_extents, 2);
     }
 
     #[test]
@@ -319,8 +360,13 @@ mod tests {
             vec![stable.clone()],
             vec![stable.clone(), moved.clone(), moved.clone()],
         );
-        let changed = changed_ranges(&maps, Path::new("prev"), Path::new("cur"), 4096).unwrap();
-        assert_eq!(changed.iter().cloned().collect::<Vec<_>>(), vec![0..4096]);
+        let compared = changed_ranges(&maps, Path::new("prev"), Path::new("cur"), 4096).unwrap();
+        let changed = compared.changed.iter().cloned().collect::<Vec<_>>();
+        assert_eq!(changed, vec![0..4096]);
+        assert_eq!(
+            (compared.previous_extents, compared.current_extents),
+            (1, 1)
+        );
         assert_eq!(
             maps.reads.load(Ordering::SeqCst),
             8,

@@ -427,6 +427,83 @@ fn reflink_tracker_on_btrfs_reads_only_what_changed() {
     tracker_cycles("btrfs");
 }
 
+/// An image the kept clone made fragment past 100,000 extents (every other 4 KiB rewritten,
+/// each rewrite splitting an extent the clone shares): the cycle logs the maps' extent counts
+/// and warns once, naming the count and the remedy; the cycle before it, on an image of a few
+/// extents, does not warn.
+#[test]
+fn a_fragmented_image_is_reported_with_its_remedy() {
+    const REGION: u64 = 400 * MIB;
+    let t = Scratch::new("reflink-fragmented");
+    let fs = Filesystem::with_size(&t, "xfs", 1024 * MIB);
+    let state = fs.dir("state");
+    let src = fs.path("vm.img");
+    let tgt = t.path("target.img");
+    let zeros = vec![0u8; MIB as usize];
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&src)
+        .unwrap();
+    for at in (0..REGION).step_by(MIB as usize) {
+        f.write_all_at(&zeros, at).unwrap();
+    }
+    f.sync_all().unwrap();
+    let cycle = || {
+        let out = run(&send_args(&src, &tgt, &state, &[]));
+        out.assert_success();
+        assert_identical(&src, &tgt);
+        out
+    };
+    let warnings = |out: &Output| -> Vec<String> {
+        let warned = out.stderr.iter().filter(|l| l.contains("image_fragmented"));
+        warned.cloned().collect()
+    };
+    let first = cycle();
+    assert!(warnings(&first).is_empty(), "{first:?}");
+
+    // Rewriting the same bytes still copies them on write: every other 4 KiB moves.
+    let page = vec![0u8; 4 * KIB as usize];
+    for at in (0..REGION).step_by(8 * KIB as usize) {
+        f.write_all_at(&page, at).unwrap();
+    }
+    f.sync_all().unwrap();
+    let second = cycle();
+    let report = &second.json_lines()[0];
+    assert_eq!(
+        report["full_scan_reason"],
+        serde_json::Value::Null,
+        "{report}"
+    );
+    let compared: Vec<&String> = second
+        .stderr
+        .iter()
+        .filter(|l| l.contains("extent maps compared"))
+        .collect();
+    assert_eq!(compared.len(), 1, "{second:?}");
+    let extents = field_u64(compared[0], "current_extents");
+    assert!(extents > 100_000, "{}", compared[0]);
+    let warned = warnings(&second);
+    assert_eq!(warned.len(), 1, "{second:?}");
+    assert!(warned[0].contains(&extents.to_string()), "{}", warned[0]);
+    assert!(warned[0].contains("xfs_fsr"), "{}", warned[0]);
+}
+
+/// The number after `key=` in a log line.
+fn field_u64(line: &str, key: &str) -> u64 {
+    let at = line
+        .find(&format!("{key}="))
+        .unwrap_or_else(|| panic!("no {key} in {line}"));
+    let digits: String = line[at + key.len() + 1..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits
+        .parse()
+        .unwrap_or_else(|e| panic!("{key} in {line}: {e}"))
+}
+
 #[test]
 fn full_scan_tracker_keeps_no_clone() {
     let t = Scratch::new("reflink-full-scan");

@@ -105,8 +105,13 @@ pub struct Filesystem {
 impl Filesystem {
     /// `kind`: "xfs" (512 MiB, reflink=1), "btrfs" or "ext4" (256 MiB).
     pub fn new(t: &Scratch, kind: &str) -> Filesystem {
-        let image = t.path(&format!("{kind}.fs"));
         let size = if kind == "xfs" { 512 * MIB } else { 256 * MIB };
+        Filesystem::with_size(t, kind, size)
+    }
+
+    /// A `kind` filesystem of `size` bytes (its backing file is sparse).
+    pub fn with_size(t: &Scratch, kind: &str, size: u64) -> Filesystem {
+        let image = t.path(&format!("{kind}.fs"));
         fs::File::create(&image).unwrap().set_len(size).unwrap();
         match kind {
             "xfs" => sh("mkfs.xfs", &["-q", "-f", "-m", "reflink=1", s(&image)]),
