@@ -1,10 +1,10 @@
 //! Prometheus metrics (`send --metrics-listen ADDR`, `receive --metrics-listen ADDR`): one
 //! process-wide registry (`prometheus-client`) that the engines feed through a few free
 //! functions ([`cycle_committed`], [`cycle_failed`], [`snapshot_fill`], [`thin_pool_usage`],
-//! [`receiver_committed`], [`receiver_aborted`], [`scrub_finished`]), and a small HTTP
-//! responder on the process's tokio runtime that answers `GET /metrics` with the OpenMetrics
-//! text format (which Prometheus scrapes natively), 404 for any other path and 405 for any
-//! other method.
+//! [`source_extents`], [`receiver_committed`], [`receiver_aborted`], [`scrub_finished`]), and
+//! a small HTTP responder on the process's tokio runtime that answers `GET /metrics` with the
+//! OpenMetrics text format (which Prometheus scrapes natively), 404 for any other path and 405
+//! for any other method.
 //!
 //! The registry exists whether or not it is served: feeding it costs a few atomic adds per
 //! cycle. The snapshot space figures cost an `lvs` per cycle, so the sender reads them only
@@ -55,6 +55,12 @@ struct SnapshotLabels {
     snapshot: String,
 }
 
+/// The label of a figure of the source alone: its path.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: String,
+}
+
 /// The labels of a thin pool's usage: the source path and the pool (`VG/POOL`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PoolLabels {
@@ -88,6 +94,7 @@ struct Metrics {
     snapshot_fill: Family<SnapshotLabels, FloatGauge>,
     pool_data: Family<PoolLabels, FloatGauge>,
     pool_metadata: Family<PoolLabels, FloatGauge>,
+    source_extents: Family<SourceLabels, Gauge>,
     /// Unix time (seconds) of the snapshot each destination's committed generation was read
     /// from: the lag is computed from it at scrape time.
     snapshot_at: Mutex<HashMap<DestLabels, f64>>,
@@ -116,6 +123,7 @@ impl Metrics {
             snapshot_fill: Family::default(),
             pool_data: Family::default(),
             pool_metadata: Family::default(),
+            source_extents: Family::default(),
             snapshot_at: Mutex::new(HashMap::new()),
             receiver_generation: Family::default(),
             receiver_bytes_written: Family::default(),
@@ -194,6 +202,11 @@ impl Metrics {
             "blkmirror_thin_pool_metadata_ratio",
             "Fraction of the thin pool's metadata space used, read at the end of the last cycle",
             m.pool_metadata.clone(),
+        );
+        r.register(
+            "blkmirror_source_extents",
+            "Extents of the source image file at the last cycle's comparison of extent maps (reflink change tracker): the clone and the maps cost time in proportion to them",
+            m.source_extents.clone(),
         );
         r.register(
             "blkmirror_receiver_committed_generation",
@@ -371,6 +384,25 @@ pub fn thin_pool_usage(source: &str, pool: &str, data: Option<f64>, metadata: Op
     };
     set_or_remove(&m.pool_data, &labels, data);
     set_or_remove(&m.pool_metadata, &labels, metadata);
+}
+
+/// The extents of `source` (an image file) at the last comparison of its clones' extent
+/// maps; `None` removes the series (no comparison: another tracker, a full scan).
+pub fn source_extents(source: &str, extents: Option<u64>) {
+    let labels = SourceLabels {
+        source: source.to_string(),
+    };
+    let family = &metrics().source_extents;
+    match extents {
+        Some(n) => {
+            family
+                .get_or_create(&labels)
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        None => {
+            family.remove(&labels);
+        }
+    }
 }
 
 /// Whether this process serves its metrics (`--metrics-listen`): figures that cost a command

@@ -1,6 +1,7 @@
 //! The snapshot space metrics (docs/metrics.md), read at the end of a cycle just before its
 //! view is kept or released, and when its scan failed (before the view goes): the fill of that view and of the one the change tracker kept
-//! from the cycle before (classic LVM snapshots), or the thin pool's usage (thin snapshots).
+//! from the cycle before (classic LVM snapshots), or the thin pool's usage (thin snapshots);
+//! and the image's extents the reflink tracker counted (what its clones cost).
 
 use std::path::Path;
 
@@ -16,6 +17,7 @@ pub(super) fn record(ctx: &CycleContext, source: &Path, view: &FrozenView) {
         return;
     }
     let source = source.display().to_string();
+    crate::metrics::source_extents(&source, ctx.tracker.image_extents());
     let keeps = ctx.tracker.keeps_previous();
     let kept = match keeps {
         true => ctx.kept.lock().expect("kept views lock").kept_name(),

@@ -86,6 +86,11 @@ pub trait ChangeTracker: Send + Sync {
     ) -> Changes;
     /// Cleans up what a crashed run of this tracker left (called once at start).
     fn recover(&self) {}
+    /// The extents of the image's map at this tracker's last comparison (the reflink
+    /// tracker: what the clone and the maps cost in proportion to); `None` for others.
+    fn image_extents(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// The tracker for a provider's views of `source`: FIEMAP of reflink clones for `reflink`,

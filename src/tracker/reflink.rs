@@ -7,7 +7,8 @@
 //! is copied elsewhere and splits an extent: the image fragments, and the clone and the extent
 //! maps cost time in proportion to its extents. Each comparison logs both maps' extent counts,
 //! and a warning each time the image's count first reaches [`FRAGMENTED_EXTENTS`] times a
-//! power of two, with the remedy (docs/snapshots.md, "Fragmentation").
+//! power of two, with the remedy (docs/snapshots.md, "Fragmentation"); the last count is also
+//! a metric (`blkmirror_source_extents`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -25,7 +26,12 @@ pub struct ReflinkTracker {
     extents: Box<dyn ExtentSource>,
     /// The highest fragmentation level warned about in this run (0: none).
     warned_at: AtomicU64,
+    /// The image's extents at the last comparison ([`NOT_COMPARED`]: none yet).
+    last_extents: AtomicU64,
 }
+
+/// [`ReflinkTracker::last_extents`] before any comparison.
+const NOT_COMPARED: u64 = u64::MAX;
 
 impl ReflinkTracker {
     /// The tracker reading maps with `FS_IOC_FIEMAP`.
@@ -38,6 +44,7 @@ impl ReflinkTracker {
         ReflinkTracker {
             extents,
             warned_at: AtomicU64::new(0),
+            last_extents: AtomicU64::new(NOT_COMPARED),
         }
     }
 }
@@ -68,6 +75,7 @@ impl ReflinkTracker {
     /// it had not reached before in this run.
     fn report(&self, compared: &Compared) {
         let (previous, current) = (compared.previous_extents, compared.current_extents);
+        self.last_extents.store(current, Ordering::Relaxed);
         tracing::info!(
             event = "extent_maps_compared",
             previous_extents = previous,
@@ -101,7 +109,13 @@ impl ChangeTracker for ReflinkTracker {
         true
     }
 
+    fn image_extents(&self) -> Option<u64> {
+        Some(self.last_extents.load(Ordering::Relaxed)).filter(|&n| n != NOT_COMPARED)
+    }
+
     fn changed(&self, previous: Option<&FrozenView>, current: &FrozenView, _: &Since) -> Changes {
+        // A cycle that cannot compare has no count: never a stale one.
+        self.last_extents.store(NOT_COMPARED, Ordering::Relaxed);
         let Some(previous) = previous else {
             return Changes::fallback("no previous clone");
         };

@@ -161,6 +161,50 @@ fn sender_metrics_show_lag_growing_while_the_receiver_is_down_and_dropping_after
     assert!(sender.try_wait().is_none(), "{}", sender.describe());
 }
 
+/// The reflink tracker's count of the source image's extents, scraped between cycles: few for
+/// a freshly written image once a cycle compared two clones' maps, then two more per scattered
+/// rewrite (each splits an extent the kept clone shares).
+#[test]
+fn the_source_image_s_extents_grow_with_scattered_rewrites() {
+    const EXTENTS: &str = REFLINK_METRICS[0];
+    let t = Scratch::new("metrics-extents");
+    let fs = Filesystem::new(&t, "xfs");
+    let src = fs.path("vm.img");
+    write_random_file(&src, 16 * MIB, 1401);
+    let mut args = send_args(s(&src), s(&t.path("target.img")), &fs.dir("state"));
+    for extra in ["--snapshot", "reflink", "--interval", "1s"] {
+        args.push(extra.into());
+    }
+    args.extend(["--metrics-listen".into(), "127.0.0.1:0".into()]);
+    let mut sender = Proc::blkmirror("sender", &args);
+    let metrics = metrics_addr(&mut sender);
+    let compared = scrape_until(metrics, "a comparison of extent maps", |s| {
+        s.get(EXTENTS).is_some()
+    });
+    let fresh = compared.value(EXTENTS);
+    assert!((1.0..64.0).contains(&fresh), "{}", compared.text);
+    assert!(compared
+        .labels(EXTENTS)
+        .contains(&format!("source=\"{}\"", s(&src))));
+
+    let f = std::fs::OpenOptions::new().write(true).open(&src).unwrap();
+    let rewrites = 100;
+    for i in 0..rewrites {
+        std::os::unix::fs::FileExt::write_all_at(&f, &[0xAB; 4096], i * 128 * KIB).unwrap();
+    }
+    f.sync_all().unwrap();
+    let split = scrape_until(metrics, "the rewrites' extents", |s| {
+        s.get(EXTENTS).unwrap_or(0.0) >= (2 * rewrites) as f64
+    });
+    assert!(
+        split.value(EXTENTS) < (4 * rewrites) as f64,
+        "{}",
+        split.text
+    );
+    sender.signal(Signal::SIGTERM);
+    sender.wait_exit(RUN_TIMEOUT);
+}
+
 #[test]
 fn receiver_metrics_after_one_send() {
     let t = Scratch::new("metrics-receiver");
@@ -243,6 +287,9 @@ pub(crate) const LVM_METRICS: [&str; 3] = [
     "blkmirror_thin_pool_metadata_ratio",
 ];
 
+/// A sender's metrics of a reflinked image, per source (the reflink change tracker only).
+const REFLINK_METRICS: [&str; 1] = ["blkmirror_source_extents"];
+
 #[test]
 fn the_sample_alert_rules_check_and_pass_their_unit_tests() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/prometheus");
@@ -260,12 +307,13 @@ fn the_sample_alert_rules_check_and_pass_their_unit_tests() {
         assert!(
             SENDER_METRICS.contains(name)
                 || RECEIVER_METRICS.contains(name)
-                || LVM_METRICS.contains(name),
+                || LVM_METRICS.contains(name)
+                || REFLINK_METRICS.contains(name),
             "the rules use {name}, which blkmirror does not export"
         );
     }
     let exported = SENDER_METRICS.iter().chain(&RECEIVER_METRICS);
-    for name in exported.chain(&LVM_METRICS) {
+    for name in exported.chain(&LVM_METRICS).chain(&REFLINK_METRICS) {
         assert!(
             docs.contains(&format!("`{name}`")),
             "docs/metrics.md lacks {name}"
