@@ -25,42 +25,24 @@ size=${2:-4}
 per_round=${3:-1000}
 dir=${4:-/var/tmp/blkmirror-frag}
 here=$(cd "$(dirname "$0")/.." && pwd)
-bin=${BLKMIRROR:-$here/target/release/blkmirror}
-[ -x "$bin" ] || { echo "fragmentation: no binary at $bin (cargo build --release)" >&2; exit 2; }
-[ "$(id -u)" = 0 ] || { echo "fragmentation: run as root" >&2; exit 2; }
-for tool in mkfs.xfs xfs_io xfs_fsr; do
-    command -v "$tool" > /dev/null || { echo "fragmentation: $tool not found (apt-get install xfsprogs)" >&2; exit 2; }
-done
+. "$here/bench/xfs-lib.sh"
+bench_checks fragmentation mkfs.xfs xfs_io xfs_fsr
 
 mkdir -p "$dir"
 mnt=$dir/mnt
 loopdev=""
 cleanup() {
-    mountpoint -q "$mnt" && umount "$mnt"
-    [ -n "$loopdev" ] && losetup -d "$loopdev" 2> /dev/null
+    xfs_down
     rm -f "$dir/xfs.img" "$dir/target.img" "$dir/time.out" "$dir/out.json" "$dir/err.log"
 }
 trap cleanup EXIT
 
-cold() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 seconds() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", b - a}'; }
-field() { python3 -c 'import json, sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])[sys.argv[2]])' "$dir/out.json" "$1"; }
+field() { json_field "$dir/out.json" "$1"; }
 snapshot_s() { python3 -c 'import json, sys; print("%.2f" % (json.loads(open(sys.argv[1]).read().splitlines()[-1])["duration_ms"]["snapshot"] / 1000))' "$dir/out.json"; }
 extents() { xfs_io -c "fiemap" "$src" | grep -vc -e hole -e ":$"; }
-# writes SEED: random 4 KiB-aligned writes of 4 KiB to the source, then fsync.
-writes() {
-    python3 - "$src" "$1" "$per_round" <<'PY'
-import os, random, sys
-path, seed, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-rng = random.Random(seed)
-fd = os.open(path, os.O_WRONLY)
-blocks = os.fstat(fd).st_size // 4096
-for _ in range(count):
-    os.pwrite(fd, rng.randbytes(4096), rng.randrange(blocks) * 4096)
-os.fsync(fd)
-os.close(fd)
-PY
-}
+# writes SEED: the round's random 4 KiB writes to the source, then fsync.
+writes() { random_writes "$src" "$1" "$per_round"; }
 # cycle LABEL: one timed tracked cycle, caches dropped first; prints its row.
 cycle() {
     local before t0 t1 user sys
@@ -76,12 +58,7 @@ cycle() {
         "$(awk -v b="$(field bytes_read)" 'BEGIN {printf "%.1f", b / 1048576}')"
 }
 
-truncate -s 0 "$dir/xfs.img"
-truncate -s $(( size * 3 + 2 ))G "$dir/xfs.img"
-mkfs.xfs -q -f "$dir/xfs.img"
-loopdev=$(losetup --find --show --direct-io=on "$dir/xfs.img")
-mkdir -p "$mnt"
-mount "$loopdev" "$mnt"
+xfs_up "$dir/xfs.img" $(( size * 3 + 2 )) "$mnt"
 src=$mnt/source.img
 target=$dir/target.img
 rm -f "$target"

@@ -24,22 +24,18 @@ sizes=${1:-2 4 8 16}
 rounds=${2:-3}
 dir=${3:-/var/tmp/blkmirror-scaling}
 here=$(cd "$(dirname "$0")/.." && pwd)
-bin=${BLKMIRROR:-$here/target/release/blkmirror}
-[ -x "$bin" ] || { echo "tracker-scaling: no binary at $bin (cargo build --release)" >&2; exit 2; }
-[ "$(id -u)" = 0 ] || { echo "tracker-scaling: run as root" >&2; exit 2; }
-command -v mkfs.xfs > /dev/null || { echo "tracker-scaling: mkfs.xfs not found (apt-get install xfsprogs)" >&2; exit 2; }
+. "$here/bench/xfs-lib.sh"
+bench_checks tracker-scaling mkfs.xfs
 
 mkdir -p "$dir"
 mnt=$dir/mnt
 loopdev=""
 cleanup() {
-    mountpoint -q "$mnt" && umount "$mnt"
-    [ -n "$loopdev" ] && losetup -d "$loopdev" 2> /dev/null
+    xfs_down
     rm -f "$dir/xfs.img" "$dir/target.img" "$dir/time.out"
 }
 trap cleanup EXIT
 
-cold() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 # timed COMMAND...: runs it with caches dropped; sets WALL (s) and CPU (user+sys s); its stdout
 # goes to $dir/out.json.
 timed() {
@@ -53,32 +49,15 @@ timed() {
     WALL=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}')
     CPU=$(awk -v u="$user" -v s="$sys" 'BEGIN {printf "%.2f", u + s}')
 }
-field() { python3 -c 'import json, sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])[sys.argv[2]])' "$dir/out.json" "$1"; }
+field() { json_field "$dir/out.json" "$1"; }
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
-# writes SEED: 1,000 random 4 KiB-aligned writes of 4 KiB to the source, then fsync.
-writes() {
-    python3 - "$src" "$1" <<'PY'
-import os, random, sys
-path, seed = sys.argv[1], int(sys.argv[2])
-rng = random.Random(seed)
-fd = os.open(path, os.O_WRONLY)
-blocks = os.fstat(fd).st_size // 4096
-for _ in range(1000):
-    os.pwrite(fd, rng.randbytes(4096), rng.randrange(blocks) * 4096)
-os.fsync(fd)
-os.close(fd)
-PY
-}
+# writes SEED: 1,000 random 4 KiB writes to the source, then fsync.
+writes() { random_writes "$src" "$1" 1000; }
 
 echo "| size GiB | tracked cycle s | tracked CPU s | bytes read MiB | full-scan cycle s | full-scan CPU s | dd iflag=direct s | tracked / full scan |"
 echo "|---:|---:|---:|---:|---:|---:|---:|---:|"
 for size in $sizes; do
-    truncate -s 0 "$dir/xfs.img"
-    truncate -s $(( size * 2 + 2 ))G "$dir/xfs.img"
-    mkfs.xfs -q -f "$dir/xfs.img"
-    loopdev=$(losetup --find --show --direct-io=on "$dir/xfs.img")
-    mkdir -p "$mnt"
-    mount "$loopdev" "$mnt"
+    xfs_up "$dir/xfs.img" $(( size * 2 + 2 )) "$mnt"
     src=$mnt/source.img
     state=$mnt/state
     target=$dir/target.img
@@ -105,8 +84,6 @@ for size in $sizes; do
     printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$size" "$t" "$(median "${tracked_cpu[@]}")" \
         "$(median "${read_mib[@]}")" "$f" "$(median "${full_cpu[@]}")" "$(median "${dd_s[@]}")" \
         "$(awk -v a="$t" -v b="$f" 'BEGIN {printf "%.3f", a / b}')"
-    umount "$mnt"
-    losetup -d "$loopdev"
-    loopdev=""
+    xfs_down
     rm -f "$dir/xfs.img" "$target"
 done

@@ -7,23 +7,6 @@ use std::time::Duration;
 
 use crate::support::*;
 
-/// `name=NUMBER` from a log line.
-#[track_caller]
-fn field(line: &str, name: &str) -> u64 {
-    let key = format!(" {name}=");
-    let at = line
-        .find(&key)
-        .unwrap_or_else(|| panic!("no {name} in {line}"))
-        + key.len();
-    let digits: String = line[at..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits
-        .parse()
-        .unwrap_or_else(|_| panic!("{name} is not a number in {line}"))
-}
-
 #[test]
 fn a_chain_forwards_every_generation_and_catches_up_after_the_next_hop_was_down() {
     let t = Scratch::new("chain");
@@ -92,9 +75,9 @@ fn a_chain_forwards_every_generation_and_catches_up_after_the_next_hop_was_down(
         if cycle > 1 {
             // Only what B wrote since C's last commit is read and sent.
             let behind = changed_blocks(&c_holds, &now, BLOCK).len() as u64;
-            assert_eq!(field(&line, "blocks_changed"), behind, "{line}");
+            assert_eq!(log_number(&line, "blocks_changed"), behind, "{line}");
             assert!(
-                field(&line, "bytes_read") <= behind * BLOCK,
+                log_number(&line, "bytes_read") <= behind * BLOCK,
                 "the forward reads only the written blocks: {line}"
             );
             if cycle == 6 {

@@ -482,26 +482,12 @@ fn a_fragmented_image_is_reported_with_its_remedy() {
         .filter(|l| l.contains("extent maps compared"))
         .collect();
     assert_eq!(compared.len(), 1, "{second:?}");
-    let extents = field_u64(compared[0], "current_extents");
+    let extents = log_number(compared[0], "current_extents");
     assert!(extents > 100_000, "{}", compared[0]);
     let warned = warnings(&second);
     assert_eq!(warned.len(), 1, "{second:?}");
     assert!(warned[0].contains(&extents.to_string()), "{}", warned[0]);
     assert!(warned[0].contains("xfs_fsr"), "{}", warned[0]);
-}
-
-/// The number after `key=` in a log line.
-fn field_u64(line: &str, key: &str) -> u64 {
-    let at = line
-        .find(&format!("{key}="))
-        .unwrap_or_else(|| panic!("no {key} in {line}"));
-    let digits: String = line[at + key.len() + 1..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits
-        .parse()
-        .unwrap_or_else(|e| panic!("{key} in {line}: {e}"))
 }
 
 #[test]

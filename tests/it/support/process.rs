@@ -459,3 +459,20 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut cond: impl FnMut() -> Opti
         thread::sleep(POLL);
     }
 }
+
+/// `name=NUMBER` from a log line (the text log format's fields).
+#[track_caller]
+pub fn log_number(line: &str, name: &str) -> u64 {
+    let key = format!(" {name}=");
+    let at = line
+        .find(&key)
+        .unwrap_or_else(|| panic!("no {name} in {line}"))
+        + key.len();
+    let digits: String = line[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("{name} is not a number in {line}"))
+}
