@@ -17,7 +17,7 @@ pub(super) fn record(ctx: &CycleContext, source: &Path, view: &FrozenView) {
         return;
     }
     let source = source.display().to_string();
-    crate::metrics::source_extents(&source, ctx.tracker.image_extents());
+    crate::metrics::source_extents(&source, ctx.tracker.take_image_extents());
     let keeps = ctx.tracker.keeps_previous();
     let kept = match keeps {
         true => ctx.kept.lock().expect("kept views lock").kept_name(),

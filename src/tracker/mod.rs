@@ -86,9 +86,10 @@ pub trait ChangeTracker: Send + Sync {
     ) -> Changes;
     /// Cleans up what a crashed run of this tracker left (called once at start).
     fn recover(&self) {}
-    /// The extents of the image's map at this tracker's last comparison (the reflink
-    /// tracker: what the clone and the maps cost in proportion to); `None` for others.
-    fn image_extents(&self) -> Option<u64> {
+    /// The extents of the image's map counted by a comparison since the last call (the
+    /// reflink tracker: what the clone and the maps cost in proportion to), once: a cycle that
+    /// compared nothing gets `None`, never an older cycle's count. `None` for other trackers.
+    fn take_image_extents(&self) -> Option<u64> {
         None
     }
 }

@@ -26,7 +26,7 @@ pub struct ReflinkTracker {
     extents: Box<dyn ExtentSource>,
     /// The highest fragmentation level warned about in this run (0: none).
     warned_at: AtomicU64,
-    /// The image's extents at the last comparison ([`NOT_COMPARED`]: none yet).
+    /// The image's extents at the last comparison, until taken ([`NOT_COMPARED`]: none).
     last_extents: AtomicU64,
 }
 
@@ -109,12 +109,12 @@ impl ChangeTracker for ReflinkTracker {
         true
     }
 
-    fn image_extents(&self) -> Option<u64> {
-        Some(self.last_extents.load(Ordering::Relaxed)).filter(|&n| n != NOT_COMPARED)
+    fn take_image_extents(&self) -> Option<u64> {
+        Some(self.last_extents.swap(NOT_COMPARED, Ordering::Relaxed)).filter(|&n| n != NOT_COMPARED)
     }
 
     fn changed(&self, previous: Option<&FrozenView>, current: &FrozenView, _: &Since) -> Changes {
-        // A cycle that cannot compare has no count: never a stale one.
+        // A cycle that cannot compare has no count: never an older one.
         self.last_extents.store(NOT_COMPARED, Ordering::Relaxed);
         let Some(previous) = previous else {
             return Changes::fallback("no previous clone");
