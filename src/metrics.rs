@@ -349,9 +349,10 @@ pub fn cycle_failed(source: &str, dest: &str) {
 
 /// Sets `family`'s series for `labels` to `value`, or removes it when there is none (a figure
 /// that could not be read is absent, never stale).
-fn set_or_remove<L>(family: &Family<L, FloatGauge>, labels: &L, value: Option<f64>)
+fn set_or_remove<L, N, A>(family: &Family<L, Gauge<N, A>>, labels: &L, value: Option<N>)
 where
     L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug,
+    A: prometheus_client::metrics::gauge::Atomic<N> + Default,
 {
     match value {
         Some(v) => {
@@ -392,17 +393,8 @@ pub fn source_extents(source: &str, extents: Option<u64>) {
     let labels = SourceLabels {
         source: source.to_string(),
     };
-    let family = &metrics().source_extents;
-    match extents {
-        Some(n) => {
-            family
-                .get_or_create(&labels)
-                .set(i64::try_from(n).unwrap_or(i64::MAX));
-        }
-        None => {
-            family.remove(&labels);
-        }
-    }
+    let extents = extents.map(|n| i64::try_from(n).unwrap_or(i64::MAX));
+    set_or_remove(&metrics().source_extents, &labels, extents);
 }
 
 /// Whether this process serves its metrics (`--metrics-listen`): figures that cost a command

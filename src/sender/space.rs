@@ -1,7 +1,8 @@
 //! The snapshot space metrics (docs/metrics.md), read at the end of a cycle just before its
-//! view is kept or released, and when its scan failed (before the view goes): the fill of that view and of the one the change tracker kept
-//! from the cycle before (classic LVM snapshots), or the thin pool's usage (thin snapshots);
-//! and the image's extents the reflink tracker counted (what its clones cost).
+//! view is kept or released, and when its scan failed (before the view goes): the fill of
+//! that view and of the one the change tracker kept from the cycle before (classic LVM
+//! snapshots), or the thin pool's usage (thin snapshots); and the image's extents the reflink
+//! tracker counted (what its clones cost).
 
 use std::path::Path;
 

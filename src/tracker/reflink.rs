@@ -58,16 +58,10 @@ impl Default for ReflinkTracker {
 /// The fragmentation level `extents` has reached: the largest [`FRAGMENTED_EXTENTS`] times a
 /// power of two at most `extents` (0 below it).
 fn fragmentation_level(extents: u64) -> u64 {
-    let mut level = 0;
-    let mut next = FRAGMENTED_EXTENTS;
-    while next <= extents {
-        level = next;
-        next = next.saturating_mul(2);
-        if next == level {
-            break;
-        }
+    match extents / FRAGMENTED_EXTENTS {
+        0 => 0,
+        times => FRAGMENTED_EXTENTS << times.ilog2(),
     }
-    level
 }
 
 impl ReflinkTracker {

@@ -172,10 +172,16 @@ fn the_source_image_s_extents_grow_with_scattered_rewrites() {
     let src = fs.path("vm.img");
     write_random_file(&src, 16 * MIB, 1401);
     let mut args = send_args(s(&src), s(&t.path("target.img")), &fs.dir("state"));
-    for extra in ["--snapshot", "reflink", "--interval", "1s"] {
+    for extra in [
+        "--snapshot",
+        "reflink",
+        "--interval",
+        "1s",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ] {
         args.push(extra.into());
     }
-    args.extend(["--metrics-listen".into(), "127.0.0.1:0".into()]);
     let mut sender = Proc::blkmirror("sender", &args);
     let metrics = metrics_addr(&mut sender);
     let compared = scrape_until(metrics, "a comparison of extent maps", |s| {
