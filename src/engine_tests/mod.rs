@@ -1,8 +1,8 @@
 //! Tests of both engines together, in process: the sender's packer against the receiver's
 //! applier over a [`crate::target::MemTarget`] ([`plan_apply`]), whole cycles through an
 //! in-process connection with a crash-simulating target and state store ([`crash`]), and the
-//! range-scan path of the change-tracker seam ([`tracked`]). This module (like
-//! `daemon::link`) is allowed to know both sides.
+//! range-scan path of the change-tracker seam, for one destination and for a fan-out
+//! ([`tracked`]). This module (like `daemon::link`) is allowed to know both sides.
 
 mod crash;
 mod plan_apply;
@@ -130,47 +130,9 @@ impl Rig {
         tracker: Arc<dyn ChangeTracker>,
         stop: Arc<AtomicBool>,
     ) -> (Result<CycleReport, SendError>, Result<(), ReceiveError>) {
-        let config = CycleConfig {
-            source: self.source.clone(),
-            dest: "test-target".into(),
-            block_size: self.block_size,
-            state_dir: self.state.clone(),
-            compress_level: 1,
-            read_mode: Default::default(),
-            audit: self.audit.get(),
-            rehash_target: false,
-            read_limit: None,
-            post_commit: None,
-        };
-        let provider: Arc<dyn crate::snapshot::SnapshotProvider> = Arc::new(NoSnapshot::default());
-        let kept = self.state.join("kept");
-        let ctx = CycleContext {
-            kept: Arc::new(std::sync::Mutex::new(crate::tracker::KeptViews::new(
-                kept,
-                provider.clone(),
-            ))),
-            provider,
-            tracker,
-            pool: Arc::new(
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(2)
-                    .build()
-                    .unwrap(),
-            ),
-            progress: Arc::new(NoProgress),
-            stop: stop.clone(),
-        };
-        let parts = SessionParts {
-            opener: Box::new(GivenTarget(target)),
-            store,
-            create: false,
-            max_size: crate::receiver::GrowthLimit::Unbounded,
-            threads: 2,
-            progress: Arc::new(NoProgress),
-            stop,
-            history: None,
-            on_commit: None,
-        };
+        let config = self.config("test-target".into());
+        let ctx = self.context(tracker, stop.clone());
+        let parts = session_parts(target, store, stop);
         self.runtime.block_on(async move {
             let (ours, theirs) = pair().await;
             let receiving = tokio::task::spawn_blocking(move || {
@@ -188,7 +150,116 @@ impl Rig {
             (sent, receiving.await.unwrap())
         })
     }
+
+    /// One fan-out cycle (`send SOURCE DEST1 DEST2 ...`, once) to a receiver session per
+    /// (target, store): each destination's outcome, and each receiver's, in the order given.
+    pub(crate) fn fanout_cycle(
+        &self,
+        dests: Vec<(Arc<dyn BlockTarget>, Box<dyn ReceiverStore>)>,
+        tracker: Arc<dyn ChangeTracker>,
+    ) -> Outcomes {
+        let names: Vec<String> = (1..=dests.len())
+            .map(|i| format!("test-target-{i}"))
+            .collect();
+        let config = self.config(crate::daemon::fanout::group_key(&names));
+        let stop = Arc::new(AtomicBool::new(false));
+        let ctx = self.context(tracker, stop.clone());
+        self.runtime.block_on(async move {
+            let mut fanout_dests = Vec::new();
+            let mut receiving = Vec::new();
+            for (name, (target, store)) in names.into_iter().zip(dests) {
+                let (ours, theirs) = pair().await;
+                let parts = session_parts(target, store, stop.clone());
+                receiving.push(tokio::task::spawn_blocking(move || {
+                    receiver::run_session(&theirs, parts)
+                }));
+                fanout_dests.push(sender::fanout::FanoutDest {
+                    name,
+                    endpoint: Arc::new(ours),
+                });
+            }
+            let (cycle, fanout_dests) = tokio::task::spawn_blocking(move || {
+                let cycle = sender::fanout::run_fanout_cycle(&fanout_dests, &config, &ctx);
+                (cycle.expect("the fan-out cycle opened"), fanout_dests)
+            })
+            .await
+            .unwrap();
+            cycle.snapshot.expect("the snapshot kept or released");
+            for dest in fanout_dests {
+                let _ = dest.endpoint.close().await;
+            }
+            let mut received = Vec::new();
+            for session in receiving {
+                received.push(session.await.unwrap());
+            }
+            let sent = cycle.outcomes.into_iter().map(|o| o.result).collect();
+            (sent, received)
+        })
+    }
+
+    /// A cycle's configuration, to `dest`.
+    fn config(&self, dest: String) -> CycleConfig {
+        CycleConfig {
+            source: self.source.clone(),
+            dest,
+            block_size: self.block_size,
+            state_dir: self.state.clone(),
+            compress_level: 1,
+            read_mode: Default::default(),
+            audit: self.audit.get(),
+            rehash_target: false,
+            read_limit: None,
+            post_commit: None,
+        }
+    }
+
+    /// What a cycle runs with: no snapshot, `tracker`, two threads.
+    fn context(&self, tracker: Arc<dyn ChangeTracker>, stop: Arc<AtomicBool>) -> CycleContext {
+        let provider: Arc<dyn crate::snapshot::SnapshotProvider> = Arc::new(NoSnapshot::default());
+        let kept = self.state.join("kept");
+        CycleContext {
+            kept: Arc::new(std::sync::Mutex::new(crate::tracker::KeptViews::new(
+                kept,
+                provider.clone(),
+            ))),
+            provider,
+            tracker,
+            pool: Arc::new(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(2)
+                    .build()
+                    .unwrap(),
+            ),
+            progress: Arc::new(NoProgress),
+            stop,
+        }
+    }
 }
+
+/// A receiver session's parts: `target` (which exists), `store`, two threads.
+fn session_parts(
+    target: Arc<dyn BlockTarget>,
+    store: Box<dyn ReceiverStore>,
+    stop: Arc<AtomicBool>,
+) -> SessionParts {
+    SessionParts {
+        opener: Box::new(GivenTarget(target)),
+        store,
+        create: false,
+        max_size: crate::receiver::GrowthLimit::Unbounded,
+        threads: 2,
+        progress: Arc::new(NoProgress),
+        stop,
+        history: None,
+        on_commit: None,
+    }
+}
+
+/// A fan-out's outcomes: each destination's, and each receiver's.
+type Outcomes = (
+    Vec<Result<CycleReport, SendError>>,
+    Vec<Result<(), ReceiveError>>,
+);
 
 /// Two handshaken endpoints connected in memory.
 async fn pair() -> (Endpoint, Endpoint) {

@@ -198,6 +198,60 @@ fn a_tracked_cycle_has_the_receiver_read_its_ranges_ahead() {
     assert!(x.target.contents() == x.source);
 }
 
+/// Each destination of a fan-out is told its tracked ranges (`Prefetch`) as one destination
+/// is, so that its receiver reads them from its target ahead: even a reported block that
+/// turns out unchanged.
+#[test]
+fn each_destination_of_a_fanout_reads_its_ranges_ahead() {
+    let mut x = Setup::new(13, 241, 0);
+    let unchanged_block = 5 * BLOCK as u64;
+    let tracker = Arc::new(Given::new(move |_since| {
+        Changes::Ranges(RangeSet::from_ranges([
+            100..200,
+            unchanged_block + 10..unchanged_block + 20,
+        ]))
+    }));
+    let targets = [x.target.clone(), Arc::new(MemTarget::new(vec![0; SIZE]))];
+    let images = [x.image.clone(), Default::default()];
+    let fanout = |x: &Setup| {
+        let dests = targets
+            .iter()
+            .zip(&images)
+            .map(|(target, image)| {
+                let store = CrashStore::new(Power::new(None), image.clone());
+                (target.clone() as Arc<dyn BlockTarget>, Box::new(store) as _)
+            })
+            .collect();
+        let (sent, received) = x.rig.fanout_cycle(dests, tracker.clone());
+        received.into_iter().for_each(|r| r.unwrap());
+        sent.into_iter().map(Result::unwrap).collect::<Vec<_>>()
+    };
+    for report in fanout(&x) {
+        assert!(report.full_scan_reason.is_some(), "{report:?}");
+    }
+    let unchanged = unchanged_block..unchanged_block + BLOCK as u64;
+    for target in &targets {
+        assert!(
+            !target.prefetched().contains(&unchanged),
+            "a full scan lists nothing"
+        );
+    }
+
+    x.source[150] ^= 0xFF;
+    x.write_source();
+    let before: Vec<usize> = targets.iter().map(|t| t.prefetched().len()).collect();
+    for report in fanout(&x) {
+        assert_eq!(report.full_scan_reason, None, "{report:?}");
+        assert_eq!(report.blocks_changed, 1);
+    }
+    for (target, before) in targets.iter().zip(before) {
+        let hinted = target.prefetched()[before..].to_vec();
+        assert!(hinted.contains(&(0..BLOCK as u64)), "{hinted:?}");
+        assert!(hinted.contains(&unchanged), "{hinted:?}");
+        assert!(target.contents() == x.source);
+    }
+}
+
 /// A tracked cycle refines its changed blocks: only the changed 4 KiB are shipped, wherever
 /// the changed blocks lie in a chunk (sub-block hashes made with another key, or of the wrong
 /// sub-blocks, would ship whole blocks: still correct, but not small).

@@ -4,7 +4,8 @@
 //! - **One read.** The scan's chunks are copied once into shared buffers and handed to one
 //!   worker thread per destination; each worker packs them against its destination's base,
 //!   ships them, and commits as soon as its destination has everything: a fast destination
-//!   never waits for a slow one.
+//!   never waits for a slow one. A worker of a tracked read first lists its destination's
+//!   ranges to its receiver (`Prefetch`), as a single destination's cycle does.
 //! - **A bounded window.** A worker may lag [`WINDOW_CHUNKS`] chunks behind the shared read.
 //!   Past that its destination is detached from the shared read and reads the rest of the
 //!   cycle's ranges from the same snapshot by itself, at its own pace; the shared read goes on
@@ -38,7 +39,7 @@ use crate::transport::Endpoint;
 use super::base::{self, DestCycle};
 use super::packing::Packer;
 use super::report::ms;
-use super::stream::{scan_error, WireSink};
+use super::stream::{scan_error, send_prefetch, WireSink};
 use super::{
     audit, commit, cycle_report, health, save_status, CycleConfig, CycleContext, CycleReport,
     Frozen, Reported, SendError, StageDurations,
@@ -458,6 +459,11 @@ fn worker(
     let sent_before = endpoint.bytes_sent();
     let config = shared.config;
     let pool = &*shared.ctx.pool;
+    // As for one destination: a tracked read lists this destination's ranges first, so that
+    // its receiver reads its target ahead of the refinements (an audit reads everything).
+    if open.cycle.refine && !shared.audit && open.ranges != RangeSet::full(shared.source.size()) {
+        send_prefetch(endpoint, &open.ranges, config.block_size)?;
+    }
     let sink = WireSink(endpoint);
     let mut packer = Packer::new(
         open.cycle.base.clone(),
