@@ -178,7 +178,10 @@ async fn one_cycle(
         })
         .collect();
     let all_quiet = std::cell::Cell::new(true);
-    if !dests.is_empty() {
+    if dests.is_empty() {
+        // No cycle, so none reads the space figures: the kept snapshot still fills.
+        super::space_between_cycles(ctx, &config.cycle.source).await;
+    } else {
         let (cycle, cycle_ctx) = (config.cycle.clone(), ctx.clone());
         let span = tracing::info_span!("cycle", source = %config.cycle.source.display());
         let cycle_thread = move || {

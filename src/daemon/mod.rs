@@ -9,6 +9,7 @@
 pub mod fanout;
 pub mod link;
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -170,6 +171,8 @@ pub async fn run(
                 failures += 1;
                 let wait = backoff(config.interval, failures);
                 let why = error.to_string();
+                // Read before the failure is logged: a scrape after the line sees them.
+                space_between_cycles(&ctx, &config.cycle.source).await;
                 note_failure(
                     &config.cycle,
                     &identity,
@@ -313,6 +316,17 @@ async fn one_cycle(
         }
         Err(e) => Err(e.into()),
     })
+}
+
+/// Reads the snapshot space figures again after a failed attempt (the kept snapshot and the
+/// pool go on filling while nothing is sent: [`crate::sender::space::record_between_cycles`]),
+/// off the async threads: it runs `lvs`.
+async fn space_between_cycles(ctx: &CycleContext, source: &Path) {
+    let (ctx, source) = (ctx.clone(), source.to_path_buf());
+    let read = move || crate::sender::space::record_between_cycles(&ctx, &source);
+    tokio::task::spawn_blocking(read)
+        .await
+        .expect("reading the space figures panicked");
 }
 
 /// Records in the destination's status when its next cycle is planned (`None`: not at all).

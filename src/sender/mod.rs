@@ -12,7 +12,7 @@ pub mod fanout;
 mod health;
 pub mod packing;
 mod report;
-mod space;
+pub mod space;
 mod stream;
 
 pub use error::SendError;

@@ -2,8 +2,9 @@
 //! guest's loopback, scraped over HTTP between its cycles and compared with what `lvs` says
 //! of the same LVs: a thin pool's data and metadata usage, a classic snapshot's fill (the
 //! cycle's, and the kept one, which holds the origin's writes between cycles), a snapshot
-//! that overflowed mid-cycle (full after the failed cycle), and a figure `lvs` refuses
-//! (absent, logged once, and the cycles commit all the same).
+//! that overflowed mid-cycle (full after the failed cycle), the kept snapshot's fill read again
+//! while the destination is down, and a figure `lvs` refuses (absent, logged once, and the
+//! cycles commit all the same).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -24,7 +25,17 @@ const ROUNDING: f64 = 0.0001;
 /// A looping sender of `x`'s origin with its metrics on 127.0.0.1 (a free port); returns it
 /// and the address it logged.
 fn metrics_sender(x: &Setup, extra: &[&str], env: &[(&str, &str)]) -> (Proc, SocketAddr) {
-    let mut args = send_args(s(&x.origin), s(&x.target), &x.state);
+    metrics_sender_to(x, s(&x.target), extra, env)
+}
+
+/// The same, to `dest`.
+fn metrics_sender_to(
+    x: &Setup,
+    dest: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (Proc, SocketAddr) {
+    let mut args = send_args(s(&x.origin), dest, &x.state);
     args.extend(extra.iter().map(|a| a.to_string()));
     args.extend(
         [
@@ -283,6 +294,64 @@ fn a_cycle_whose_snapshot_overflowed_shows_it_full() {
         Some(1.0),
         "the overflowed snapshot's fill: {failed:?}"
     );
+    stop(sender);
+}
+
+/// A destination that goes away does not freeze the figures: while the sender retries, the
+/// kept snapshot goes on filling with the origin's writes, and each failed attempt reads its
+/// fill again before the failure is logged, so that an alert can fire before it overflows.
+#[test]
+#[ignore = "runs in the QEMU guest (see lvm_acceptance_in_guest)"]
+fn the_kept_fill_is_read_again_while_the_destination_is_down() {
+    let x = Setup::new("metrics-outage", Kind::Classic, LV_MIB);
+    let tls = TlsPair::new(&x.t);
+    let mut receiving = tls.receiver_args();
+    receiving.push("--create".into());
+    let mut receiver = Receiver::start(&x.target, &x.t.dir("receiver-state"), &receiving);
+    let dest = format!("tls://{}", receiver.addr);
+    let identity = tls.sender_args();
+    let identity: Vec<&str> = identity.iter().map(String::as_str).collect();
+    let (mut sender, addr) = metrics_sender_to(&x, &dest, &identity, &[]);
+    let kept_fill = |samples: &[Sample]| {
+        sample(
+            samples,
+            "blkmirror_snapshot_fill_ratio",
+            &x.origin,
+            "snapshot",
+            "kept",
+        )
+    };
+    let first = scrape_after(&mut sender, addr, 1);
+    assert_eq!(
+        kept_fill(&first),
+        None,
+        "nothing was kept before the first cycle"
+    );
+    let kept = kept_snapshots(&x.state);
+    assert_eq!(kept.len(), 1, "the cow-table tracker keeps the snapshot");
+
+    // The origin is written between cycles, then the destination goes away.
+    fill_random(&x.origin, LV_MIB / 4);
+    let filled = lvs_ratio(&format!("{VG}/{}", kept[0]), "snap_percent");
+    assert!(filled > 0.1, "8 MiB of writes filled {filled}");
+    assert_between_cycles(&x, &kept);
+    receiver.proc.kill9();
+
+    sender.wait_line(Stream::Stderr, RUN_TIMEOUT, "a failed attempt", |l| {
+        l.contains("cycle failed")
+    });
+    let (code, text) = http(addr, "GET", "/metrics");
+    assert_eq!(code, 200, "{text}");
+    let during = samples(&text);
+    let fill = kept_fill(&during)
+        .unwrap_or_else(|| panic!("no kept fill after the failed attempt: {during:?}"));
+    assert_close(fill, filled, "kept fill while the destination is down");
+    assert_eq!(
+        kept_snapshots(&x.state),
+        kept,
+        "a failed cycle keeps the snapshot kept before it"
+    );
+    eprintln!("[lvm_guest]   kept fill {fill} while the destination is down");
     stop(sender);
 }
 
