@@ -147,12 +147,9 @@ fn an_audit_catches_a_tracker_that_misses_a_change() {
     );
 }
 
-/// A tracked cycle lists the tracker's ranges to the receiver (`Prefetch`) before its data,
-/// and the receiver starts reading them from its target: even a reported block that turns out
-/// unchanged (so no op ever names it) is read ahead. A full scan lists nothing.
-#[test]
-fn a_tracked_cycle_has_the_receiver_read_its_ranges_ahead() {
-    let mut x = Setup::new(13, 241, 0);
+/// A tracker that reports bytes 100..200 (of block 0) and a few bytes of block 5, which the
+/// read-ahead tests never change; returns it and block 5's offset.
+fn reporting_an_unchanged_block() -> (Arc<Given>, u64) {
     let unchanged_block = 5 * BLOCK as u64;
     let tracker = Arc::new(Given::new(move |_since| {
         Changes::Ranges(RangeSet::from_ranges([
@@ -160,6 +157,16 @@ fn a_tracked_cycle_has_the_receiver_read_its_ranges_ahead() {
             unchanged_block + 10..unchanged_block + 20,
         ]))
     }));
+    (tracker, unchanged_block)
+}
+
+/// A tracked cycle lists the tracker's ranges to the receiver (`Prefetch`) before its data,
+/// and the receiver starts reading them from its target: even a reported block that turns out
+/// unchanged (so no op ever names it) is read ahead. A full scan lists nothing.
+#[test]
+fn a_tracked_cycle_has_the_receiver_read_its_ranges_ahead() {
+    let mut x = Setup::new(13, 241, 0);
+    let (tracker, unchanged_block) = reporting_an_unchanged_block();
     let (sent, received) = x.cycle(tracker.clone());
     sent.unwrap();
     received.unwrap();
@@ -204,13 +211,7 @@ fn a_tracked_cycle_has_the_receiver_read_its_ranges_ahead() {
 #[test]
 fn each_destination_of_a_fanout_reads_its_ranges_ahead() {
     let mut x = Setup::new(13, 241, 0);
-    let unchanged_block = 5 * BLOCK as u64;
-    let tracker = Arc::new(Given::new(move |_since| {
-        Changes::Ranges(RangeSet::from_ranges([
-            100..200,
-            unchanged_block + 10..unchanged_block + 20,
-        ]))
-    }));
+    let (tracker, unchanged_block) = reporting_an_unchanged_block();
     let targets = [x.target.clone(), Arc::new(MemTarget::new(vec![0; SIZE]))];
     let images = [x.image.clone(), Default::default()];
     let fanout = |x: &Setup| {
