@@ -1,5 +1,6 @@
-# Shared by bench/tracker-scaling.sh and bench/fragmentation.sh (sourced): an xfs file system
-# on a loop device for a source image and the sender's clones, caches dropped, random writes.
+# Shared by bench/tracker-scaling.sh, bench/fragmentation.sh and bench/fanout-tracked.sh
+# (sourced): an xfs file system on a loop device for a source image and the sender's clones,
+# caches dropped, random writes.
 # Sets and uses: mnt, loopdev, bin.
 
 # bench_checks NAME TOOL...: sets bin (BLKMIRROR, or the release build of the checkout at
