@@ -26,7 +26,7 @@ pub(super) fn record(ctx: &CycleContext, source: &Path, view: &FrozenView) {
 /// Between cycles, after one that failed or could not start (its destination unreachable or
 /// gone): the kept snapshot's fill and the pool's usage read again, since the origin's writes
 /// go on filling them however long nothing can be sent. The `cycle` fill and the extents stay
-/// the last cycle's. Like [`record`], only when served, and it never fails.
+/// the last cycle's. Like `record`, only when served, and it never fails.
 pub fn record_between_cycles(ctx: &CycleContext, source: &Path) {
     if crate::metrics::served() {
         read_fills(ctx, &source.display().to_string(), None);
