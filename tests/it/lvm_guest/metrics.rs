@@ -3,8 +3,8 @@
 //! of the same LVs: a thin pool's data and metadata usage, a classic snapshot's fill (the
 //! cycle's, and the kept one, which holds the origin's writes between cycles), a snapshot
 //! that overflowed mid-cycle (full after the failed cycle), the kept snapshot's fill read again
-//! while the destination is down, and a figure `lvs` refuses (absent, logged once, and the
-//! cycles commit all the same).
+//! while the destination is down (one destination, and every destination of a fan-out), and a
+//! figure `lvs` refuses (absent, logged once, and the cycles commit all the same).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -352,6 +352,75 @@ fn the_kept_fill_is_read_again_while_the_destination_is_down() {
         "a failed cycle keeps the snapshot kept before it"
     );
     eprintln!("[lvm_guest]   kept fill {fill} while the destination is down");
+    stop(sender);
+}
+
+/// With several destinations, a pass that reaches none of them runs no cycle, and reads the
+/// kept snapshot's fill again all the same: after the pass whose cycle failed at both (which
+/// reads the figures as any cycle does), the origin is written, and the next pass, which only
+/// dials, shows the new fill.
+#[test]
+#[ignore = "runs in the QEMU guest (see lvm_acceptance_in_guest)"]
+fn the_kept_fill_is_read_again_while_no_destination_of_a_fanout_is_up() {
+    let x = Setup::new("metrics-outage-fanout", Kind::Classic, LV_MIB);
+    let tls = TlsPair::new(&x.t);
+    let mut receiving = tls.receiver_args();
+    receiving.push("--create".into());
+    let second = x.t.dir("second");
+    let mut receivers = [
+        Receiver::start(&x.target, &x.t.dir("receiver-state"), &receiving),
+        Receiver::start(&second.join("target.img"), &second, &receiving),
+    ];
+    let dests: Vec<String> = receivers
+        .iter()
+        .map(|r| format!("tls://{}", r.addr))
+        .collect();
+    let mut extra = tls.sender_args();
+    extra.push(dests[1].clone());
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let (mut sender, addr) = metrics_sender_to(&x, &dests[0], &extra, &[]);
+    scrape_after(&mut sender, addr, 1);
+    let kept = kept_snapshots(&x.state);
+    assert_eq!(kept.len(), 1, "the cow-table tracker keeps the snapshot");
+    for receiver in &mut receivers {
+        receiver.proc.kill9();
+    }
+
+    // The next pass still holds both sessions: its cycle fails at both.
+    let failed = |l: &str| l.contains("cycle failed");
+    let (first, _) = sender.wait_line_from(Stream::Stderr, 0, RUN_TIMEOUT, "a failure", failed);
+    let (second, _) =
+        sender.wait_line_from(Stream::Stderr, first + 1, RUN_TIMEOUT, "the other", failed);
+    // Before the next pass (twice the interval later), the origin is written.
+    fill_random(&x.origin, LV_MIB / 4);
+    let filled = lvs_ratio(&format!("{VG}/{}", kept[0]), "snap_percent");
+    assert!(filled > 0.1, "8 MiB of writes filled {filled}");
+    assert!(
+        !sender.stderr_lines()[second + 1..]
+            .iter()
+            .any(|l| failed(l)),
+        "the next pass came before the test was done between passes: raise INTERVAL"
+    );
+    sender.wait_line_from(
+        Stream::Stderr,
+        second + 1,
+        RUN_TIMEOUT,
+        "the next pass",
+        failed,
+    );
+    let (code, text) = http(addr, "GET", "/metrics");
+    assert_eq!(code, 200, "{text}");
+    let during = samples(&text);
+    let fill = sample(
+        &during,
+        "blkmirror_snapshot_fill_ratio",
+        &x.origin,
+        "snapshot",
+        "kept",
+    )
+    .unwrap_or_else(|| panic!("no kept fill: {during:?}"));
+    assert_close(fill, filled, "kept fill while no destination is up");
+    assert_eq!(kept_snapshots(&x.state), kept, "the kept snapshot stays");
     stop(sender);
 }
 
