@@ -297,6 +297,67 @@ fn a_cycle_whose_snapshot_overflowed_shows_it_full() {
     stop(sender);
 }
 
+/// A looping sender of `x`'s origin (metrics served) to `count` TLS receivers on the guest's
+/// loopback (the first of `x.target`, the others of targets of their own, each created by the
+/// first cycle), once its first cycle committed; returns the sender, its metrics address, the
+/// receivers and the snapshot the first cycle kept.
+fn sender_to_receivers(x: &Setup, count: usize) -> (Proc, SocketAddr, Vec<Receiver>, Vec<String>) {
+    let tls = TlsPair::new(&x.t);
+    let mut receiving = tls.receiver_args();
+    receiving.push("--create".into());
+    let receivers: Vec<Receiver> = (0..count)
+        .map(|i| match i {
+            0 => Receiver::start(&x.target, &x.t.dir("receiver-state"), &receiving),
+            _ => {
+                let own = x.t.dir(&format!("receiver-{i}"));
+                Receiver::start(&own.join("target.img"), &own, &receiving)
+            }
+        })
+        .collect();
+    let mut dests: Vec<String> = receivers
+        .iter()
+        .map(|r| format!("tls://{}", r.addr))
+        .collect();
+    let mut extra = tls.sender_args();
+    extra.extend(dests.drain(1..));
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let (mut sender, addr) = metrics_sender_to(x, &dests[0], &extra, &[]);
+    let first = scrape_after(&mut sender, addr, 1);
+    assert_eq!(
+        kept_fill(x, &first),
+        None,
+        "nothing was kept before the first cycle"
+    );
+    let kept = kept_snapshots(&x.state);
+    assert_eq!(kept.len(), 1, "the cow-table tracker keeps the snapshot");
+    (sender, addr, receivers, kept)
+}
+
+/// The kept snapshot's fill in `samples`.
+fn kept_fill(x: &Setup, samples: &[Sample]) -> Option<f64> {
+    let name = "blkmirror_snapshot_fill_ratio";
+    sample(samples, name, &x.origin, "snapshot", "kept")
+}
+
+/// Writes 8 MiB to the origin, which the kept snapshot takes; returns its fill as `lvs` says.
+fn write_to_kept(x: &Setup, kept: &[String]) -> f64 {
+    fill_random(&x.origin, LV_MIB / 4);
+    let filled = lvs_ratio(&format!("{VG}/{}", kept[0]), "snap_percent");
+    assert!(filled > 0.1, "8 MiB of writes filled {filled}");
+    filled
+}
+
+/// Scrapes the metrics now and checks the kept fill against `filled`.
+#[track_caller]
+fn assert_kept_fill_now(x: &Setup, addr: SocketAddr, filled: f64, what: &str) {
+    let (code, text) = http(addr, "GET", "/metrics");
+    assert_eq!(code, 200, "{text}");
+    let now = samples(&text);
+    let fill = kept_fill(x, &now).unwrap_or_else(|| panic!("no kept fill {what}: {now:?}"));
+    assert_close(fill, filled, &format!("kept fill {what}"));
+    eprintln!("[lvm_guest]   kept fill {fill} {what}");
+}
+
 /// A destination that goes away does not freeze the figures: while the sender retries, the
 /// kept snapshot goes on filling with the origin's writes, and each failed attempt reads its
 /// fill again before the failure is logged, so that an alert can fire before it overflows.
@@ -304,54 +365,21 @@ fn a_cycle_whose_snapshot_overflowed_shows_it_full() {
 #[ignore = "runs in the QEMU guest (see lvm_acceptance_in_guest)"]
 fn the_kept_fill_is_read_again_while_the_destination_is_down() {
     let x = Setup::new("metrics-outage", Kind::Classic, LV_MIB);
-    let tls = TlsPair::new(&x.t);
-    let mut receiving = tls.receiver_args();
-    receiving.push("--create".into());
-    let mut receiver = Receiver::start(&x.target, &x.t.dir("receiver-state"), &receiving);
-    let dest = format!("tls://{}", receiver.addr);
-    let identity = tls.sender_args();
-    let identity: Vec<&str> = identity.iter().map(String::as_str).collect();
-    let (mut sender, addr) = metrics_sender_to(&x, &dest, &identity, &[]);
-    let kept_fill = |samples: &[Sample]| {
-        sample(
-            samples,
-            "blkmirror_snapshot_fill_ratio",
-            &x.origin,
-            "snapshot",
-            "kept",
-        )
-    };
-    let first = scrape_after(&mut sender, addr, 1);
-    assert_eq!(
-        kept_fill(&first),
-        None,
-        "nothing was kept before the first cycle"
-    );
-    let kept = kept_snapshots(&x.state);
-    assert_eq!(kept.len(), 1, "the cow-table tracker keeps the snapshot");
-
+    let (mut sender, addr, mut receivers, kept) = sender_to_receivers(&x, 1);
     // The origin is written between cycles, then the destination goes away.
-    fill_random(&x.origin, LV_MIB / 4);
-    let filled = lvs_ratio(&format!("{VG}/{}", kept[0]), "snap_percent");
-    assert!(filled > 0.1, "8 MiB of writes filled {filled}");
+    let filled = write_to_kept(&x, &kept);
     assert_between_cycles(&x, &kept);
-    receiver.proc.kill9();
+    receivers[0].proc.kill9();
 
     sender.wait_line(Stream::Stderr, RUN_TIMEOUT, "a failed attempt", |l| {
         l.contains("cycle failed")
     });
-    let (code, text) = http(addr, "GET", "/metrics");
-    assert_eq!(code, 200, "{text}");
-    let during = samples(&text);
-    let fill = kept_fill(&during)
-        .unwrap_or_else(|| panic!("no kept fill after the failed attempt: {during:?}"));
-    assert_close(fill, filled, "kept fill while the destination is down");
+    assert_kept_fill_now(&x, addr, filled, "while the destination is down");
     assert_eq!(
         kept_snapshots(&x.state),
         kept,
         "a failed cycle keeps the snapshot kept before it"
     );
-    eprintln!("[lvm_guest]   kept fill {fill} while the destination is down");
     stop(sender);
 }
 
@@ -363,25 +391,7 @@ fn the_kept_fill_is_read_again_while_the_destination_is_down() {
 #[ignore = "runs in the QEMU guest (see lvm_acceptance_in_guest)"]
 fn the_kept_fill_is_read_again_while_no_destination_of_a_fanout_is_up() {
     let x = Setup::new("metrics-outage-fanout", Kind::Classic, LV_MIB);
-    let tls = TlsPair::new(&x.t);
-    let mut receiving = tls.receiver_args();
-    receiving.push("--create".into());
-    let second = x.t.dir("second");
-    let mut receivers = [
-        Receiver::start(&x.target, &x.t.dir("receiver-state"), &receiving),
-        Receiver::start(&second.join("target.img"), &second, &receiving),
-    ];
-    let dests: Vec<String> = receivers
-        .iter()
-        .map(|r| format!("tls://{}", r.addr))
-        .collect();
-    let mut extra = tls.sender_args();
-    extra.push(dests[1].clone());
-    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-    let (mut sender, addr) = metrics_sender_to(&x, &dests[0], &extra, &[]);
-    scrape_after(&mut sender, addr, 1);
-    let kept = kept_snapshots(&x.state);
-    assert_eq!(kept.len(), 1, "the cow-table tracker keeps the snapshot");
+    let (mut sender, addr, mut receivers, kept) = sender_to_receivers(&x, 2);
     for receiver in &mut receivers {
         receiver.proc.kill9();
     }
@@ -392,34 +402,16 @@ fn the_kept_fill_is_read_again_while_no_destination_of_a_fanout_is_up() {
     let (second, _) =
         sender.wait_line_from(Stream::Stderr, first + 1, RUN_TIMEOUT, "the other", failed);
     // Before the next pass (twice the interval later), the origin is written.
-    fill_random(&x.origin, LV_MIB / 4);
-    let filled = lvs_ratio(&format!("{VG}/{}", kept[0]), "snap_percent");
-    assert!(filled > 0.1, "8 MiB of writes filled {filled}");
+    let filled = write_to_kept(&x, &kept);
     assert!(
         !sender.stderr_lines()[second + 1..]
             .iter()
             .any(|l| failed(l)),
         "the next pass came before the test was done between passes: raise INTERVAL"
     );
-    sender.wait_line_from(
-        Stream::Stderr,
-        second + 1,
-        RUN_TIMEOUT,
-        "the next pass",
-        failed,
-    );
-    let (code, text) = http(addr, "GET", "/metrics");
-    assert_eq!(code, 200, "{text}");
-    let during = samples(&text);
-    let fill = sample(
-        &during,
-        "blkmirror_snapshot_fill_ratio",
-        &x.origin,
-        "snapshot",
-        "kept",
-    )
-    .unwrap_or_else(|| panic!("no kept fill: {during:?}"));
-    assert_close(fill, filled, "kept fill while no destination is up");
+    let next = "the next pass";
+    sender.wait_line_from(Stream::Stderr, second + 1, RUN_TIMEOUT, next, failed);
+    assert_kept_fill_now(&x, addr, filled, "while no destination is up");
     assert_eq!(kept_snapshots(&x.state), kept, "the kept snapshot stays");
     stop(sender);
 }
