@@ -461,9 +461,13 @@ fn worker(
     let pool = &*shared.ctx.pool;
     // As for one destination: a tracked read lists this destination's ranges first, so that
     // its receiver reads its target ahead of the refinements (an audit reads everything).
-    if open.cycle.refine && !shared.audit && open.ranges != RangeSet::full(shared.source.size()) {
-        send_prefetch(endpoint, &open.ranges, config.block_size)?;
-    }
+    let ranges = if shared.audit {
+        shared.read
+    } else {
+        &open.ranges
+    };
+    let geometry = (config.block_size, shared.source.size());
+    send_prefetch(endpoint, open.cycle.refine, ranges, geometry)?;
     let sink = WireSink(endpoint);
     let mut packer = Packer::new(
         open.cycle.base.clone(),

@@ -147,9 +147,7 @@ pub fn run_cycle(
     let audit = config.audit.due(&paths.audit, dest.generation) && tracked != everything;
     let ranges = if audit { &everything } else { &tracked };
     let scan_start = Instant::now();
-    if dest.refine && *ranges != everything {
-        stream::send_prefetch(endpoint, ranges, config.block_size)?;
-    }
+    stream::send_prefetch(endpoint, dest.refine, ranges, geometry)?;
     let (manifest, stats) = scan_and_ship(endpoint, config, ctx, &frozen, ranges, &dest)
         // A scan that failed may have failed for want of snapshot space (an overflowing
         // classic snapshot, a full thin pool): the figures matter most then.

@@ -35,18 +35,23 @@ impl DeltaSink for WireSink<'_> {
     }
 }
 
-/// Tells the receiver which blocks a tracked cycle will look at (`ranges`, bytes), so that it
-/// starts reading them from its target before the refinements that need them arrive: the
-/// target's scattered reads then overlap the source's instead of following them one by one.
-/// Only to a receiver that refines and announced `CAP_PREFETCH`; a full scan lists nothing
-/// (it would read the whole target). At most [`MAX_PREFETCH_RUNS_PER_CYCLE`] runs: past them,
-/// refinements read the target without the head start.
+/// Tells the receiver which blocks a tracked cycle will look at (`ranges`, bytes, of a
+/// `device_size`-byte source), so that it starts reading them from its target before the
+/// refinements that need them arrive: the target's scattered reads then overlap the source's
+/// instead of following them one by one. Only to a receiver that refines (`refine`) and
+/// announced `CAP_PREFETCH`; a full scan or an audit (ranges covering the whole source) lists
+/// nothing: it would read the whole target. At most [`MAX_PREFETCH_RUNS_PER_CYCLE`] runs: past
+/// them, refinements read the target without the head start.
 pub(crate) fn send_prefetch(
     endpoint: &Endpoint,
+    refine: bool,
     ranges: &RangeSet,
-    block_size: u32,
+    (block_size, device_size): (u32, u64),
 ) -> Result<(), SendError> {
-    if endpoint.peer_capabilities() & CAP_PREFETCH == 0 {
+    if !refine
+        || endpoint.peer_capabilities() & CAP_PREFETCH == 0
+        || *ranges == RangeSet::full(device_size)
+    {
         return Ok(());
     }
     let blocks = ranges.to_units(block_size as u64);

@@ -47,24 +47,7 @@ impl ReflinkTracker {
             last_extents: AtomicU64::new(NOT_COMPARED),
         }
     }
-}
 
-impl Default for ReflinkTracker {
-    fn default() -> Self {
-        ReflinkTracker::new()
-    }
-}
-
-/// The fragmentation level `extents` has reached: the largest [`FRAGMENTED_EXTENTS`] times a
-/// power of two at most `extents` (0 below it).
-fn fragmentation_level(extents: u64) -> u64 {
-    match extents / FRAGMENTED_EXTENTS {
-        0 => 0,
-        times => FRAGMENTED_EXTENTS << times.ilog2(),
-    }
-}
-
-impl ReflinkTracker {
     /// Logs what the comparison found, and warns when the image has fragmented past a level
     /// it had not reached before in this run.
     fn report(&self, compared: &Compared) {
@@ -85,6 +68,21 @@ impl ReflinkTracker {
                 "the image is in {current} extents, and its clone and extent maps cost time in proportion every cycle; defragmenting it (`xfs_fsr IMAGE` on xfs, `btrfs filesystem defragment IMAGE` on btrfs) makes the next cycle read it whole once and the cycles after it cheap again (docs/snapshots.md, \"Fragmentation\")"
             );
         }
+    }
+}
+
+impl Default for ReflinkTracker {
+    fn default() -> Self {
+        ReflinkTracker::new()
+    }
+}
+
+/// The fragmentation level `extents` has reached: the largest [`FRAGMENTED_EXTENTS`] times a
+/// power of two at most `extents` (0 below it).
+fn fragmentation_level(extents: u64) -> u64 {
+    match extents / FRAGMENTED_EXTENTS {
+        0 => 0,
+        times => FRAGMENTED_EXTENTS << times.ilog2(),
     }
 }
 
