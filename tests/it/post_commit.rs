@@ -76,11 +76,7 @@ fn a_failing_post_commit_hook_is_logged_and_the_generation_stays_committed() {
     let out = run(&args);
     out.assert_success();
     assert_identical(&src, &tgt);
-    let failed: Vec<&String> = out
-        .stderr
-        .iter()
-        .filter(|l| l.contains("\"hook_failed\""))
-        .collect();
+    let failed = out.stderr_containing("\"hook_failed\"");
     assert_eq!(failed.len(), 1, "{out:?}");
     assert!(
         failed[0].contains("exit 3") && failed[0].contains("nope"),

@@ -456,12 +456,9 @@ fn a_fragmented_image_is_reported_with_its_remedy() {
         assert_identical(&src, &tgt);
         out
     };
-    let warnings = |out: &Output| -> Vec<String> {
-        let warned = out.stderr.iter().filter(|l| l.contains("image_fragmented"));
-        warned.cloned().collect()
-    };
+    let fragmented = "image_fragmented";
     let first = cycle();
-    assert!(warnings(&first).is_empty(), "{first:?}");
+    assert!(first.stderr_containing(fragmented).is_empty(), "{first:?}");
 
     // Rewriting the same bytes still copies them on write: every other 4 KiB moves.
     let page = vec![0u8; 4 * KIB as usize];
@@ -476,15 +473,11 @@ fn a_fragmented_image_is_reported_with_its_remedy() {
         serde_json::Value::Null,
         "{report}"
     );
-    let compared: Vec<&String> = second
-        .stderr
-        .iter()
-        .filter(|l| l.contains("extent maps compared"))
-        .collect();
+    let compared = second.stderr_containing("extent maps compared");
     assert_eq!(compared.len(), 1, "{second:?}");
     let extents = log_number(compared[0], "current_extents");
     assert!(extents > 100_000, "{}", compared[0]);
-    let warned = warnings(&second);
+    let warned = second.stderr_containing(fragmented);
     assert_eq!(warned.len(), 1, "{second:?}");
     assert!(warned[0].contains(&extents.to_string()), "{}", warned[0]);
     assert!(warned[0].contains("xfs_fsr"), "{}", warned[0]);

@@ -377,6 +377,15 @@ impl Output {
         self
     }
 
+    /// The stderr lines that contain `text`.
+    pub fn stderr_containing(&self, text: &str) -> Vec<&str> {
+        self.stderr
+            .iter()
+            .map(String::as_str)
+            .filter(|l| l.contains(text))
+            .collect()
+    }
+
     /// The stderr lines that start with `blkmirror: error: `.
     pub fn error_lines(&self) -> Vec<&str> {
         self.stderr
